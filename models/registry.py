@@ -1,0 +1,43 @@
+"""Generator/critic pairs by name: the one place that maps a name and a resolution to modules."""
+from torch import nn
+
+from models.dcgan import DCGANCritic, DCGANGenerator
+from models.layers import CRITIC_NORMS, IMAGE_RESOLUTIONS
+from models.mlp import MLPCritic, MLPGenerator
+from models.resnet import ResNetCritic, ResNetGenerator
+
+IMAGE_MODELS = ("dcgan", "resnet")
+POINT_MODELS = ("mlp",)
+MODEL_NAMES = IMAGE_MODELS + POINT_MODELS
+
+
+def check_model(name: str, resolution: int, critic_norm: str = "layer") -> None:
+    """Raise ValueError naming the bad value and the valid ones."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if name in IMAGE_MODELS and resolution not in IMAGE_RESOLUTIONS:
+        valid = ", ".join(map(str, IMAGE_RESOLUTIONS))
+        raise ValueError(f"resolution {resolution} is not supported by {name!r}; choose one of {valid}")
+    if critic_norm not in CRITIC_NORMS:
+        raise ValueError(f"unknown critic norm {critic_norm!r}; choose one of {', '.join(CRITIC_NORMS)}")
+
+
+def build_models(
+    name: str,
+    *,
+    resolution: int,
+    latent_dim: int,
+    channel_base: int = 16384,
+    channel_max: int = 512,
+    critic_norm: str = "layer",
+    mlp_hidden: int = 512,
+) -> tuple[nn.Module, nn.Module]:
+    """Return (generator, critic) for a model name; image generators emit [-1, 1] at `resolution`."""
+    check_model(name, resolution, critic_norm)
+    if name == "mlp":
+        return MLPGenerator(latent_dim, mlp_hidden), MLPCritic(mlp_hidden)
+    generator_cls, critic_cls = {"dcgan": (DCGANGenerator, DCGANCritic), "resnet": (ResNetGenerator, ResNetCritic)}[name]
+    return (
+        generator_cls(latent_dim, resolution, channel_base, channel_max),
+        critic_cls(resolution, channel_base, channel_max, critic_norm),
+    )

@@ -1,0 +1,1 @@
+"""The training spine: configuration, data, objectives, the loop and its outputs."""

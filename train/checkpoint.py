@@ -1,0 +1,80 @@
+"""Checkpoints: accelerate's save_state plus the EMA and each rank's stream state, made atomically.
+
+A checkpoint is written into `step_XXXXXX.tmp/` and renamed to `step_XXXXXX/` only once every rank
+has finished writing, so a crash mid-save leaves the previous checkpoint as the latest whole one.
+Everything is loaded with safetensors or torch.load(weights_only=True).
+"""
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+EMA_FILE = "ema.safetensors"
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+def _rank_file(rank: int) -> str:
+    return f"train_state_{rank}.pt"
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Whole checkpoints under `out`, oldest first."""
+    folder = Path(out) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    checkpoints = list_checkpoints(out)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(
+    accelerator: Accelerator, out: Path, step: int, rank_state: dict, ema_state: dict[str, torch.Tensor], keep: int
+) -> Path:
+    """Collective: every rank calls it. Returns the checkpoint folder."""
+    final = Path(out) / CHECKPOINTS / f"step_{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)  # left by a save that died part-way
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    torch.save(rank_state, tmp / _rank_file(accelerator.process_index))
+    if accelerator.is_main_process:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, tmp / EMA_FILE)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # the same step saved again after a resume: swap, never delete first
+            stale = final.with_name(final.name + ".old")
+            final.rename(stale)
+            tmp.rename(final)
+            shutil.rmtree(stale)
+        else:
+            tmp.rename(final)
+        for old in list_checkpoints(out)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore models, optimizers, scaler and RNGs in place; return (this rank's state, EMA state)."""
+    accelerator.load_state(str(path))
+    rank_path = path / _rank_file(accelerator.process_index)
+    if not rank_path.exists():
+        # More ranks than the run that saved it: this rank starts fresh streams at the saved step.
+        rank_state = torch.load(path / _rank_file(0), map_location="cpu", weights_only=True)
+        rank_state = {"step": rank_state["step"]}
+    else:
+        rank_state = torch.load(rank_path, map_location="cpu", weights_only=True)
+    return rank_state, load_file(path / EMA_FILE)
+
+
+def load_ema_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(Path(path) / EMA_FILE)

@@ -1,0 +1,20 @@
+"""What every trainer's entry script does: parse and check the flags, then train."""
+import os
+import sys
+from typing import Sequence
+
+from train.config import Config, ConfigError, load_config
+from train.loop import ObjectiveFactory, train
+from train.multi_cpu import relaunch_on_cpu_processes
+
+
+def main(config_cls: type[Config], make_objective: ObjectiveFactory, description: str, argv: Sequence[str] | None = None) -> int:
+    relaunch_on_cpu_processes()
+    try:
+        config = load_config(config_cls, argv, description)
+    except ConfigError as error:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    train(config, make_objective)
+    return 0

@@ -1,0 +1,182 @@
+"""Run configuration: one dataclass per recipe, its CLI, presets, and checks before any compute.
+
+Precedence, lowest first: the recipe's defaults, the --debug preset, the toy-data preset, the
+run's saved config.json (with --resume), then the flags given on the command line.
+"""
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from models import MODEL_NAMES, POINT_MODELS, check_model
+from train.checkpoint import latest_checkpoint
+from train.data import DataSpecError, parse_data_spec
+
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """What every trainer shares; a recipe subclasses it with its objective's own values."""
+
+    data: str = flag("synthetic", "synthetic, toy:8gaussians, toy:25gaussians, or a folder of images")
+    resolution: int = flag(64, "image size in pixels: 64, 128, 256, 512 or 1024")
+    workers: int = flag(2, "data-loading worker processes per rank (image folders)")
+    model: str = flag("resnet", "generator/critic pair", choices=MODEL_NAMES)
+    latent_dim: int = flag(128, "size of the generator's input noise")
+    channel_base: int = flag(16384, "conv width rule: channels = channel_base / resolution, capped (4096 = the WGAN-GP paper at 64px)")
+    channel_max: int = flag(512, "the cap on conv channels")
+    critic_norm: str = flag("layer", "per-sample normalisation in the critic", choices=("layer", "instance", "none"))
+    mlp_hidden: int = flag(512, "hidden width of the toy MLPs")
+    batch_size: int = flag(64, "samples per process per forward")
+    grad_accum: int = flag(1, "micro-batches accumulated per optimizer step (both models)")
+    critic_steps: int = flag(5, "critic updates per generator update, each on a fresh real batch")
+    lr: float = flag(1e-4, "Adam learning rate, both models")
+    betas: tuple[float, float] = flag((0.0, 0.9), "Adam betas", nargs=2, type=float, metavar=("BETA1", "BETA2"))
+    ema_decay: float = flag(0.999, "decay of the generator EMA used for samples (warmed up over the first steps)")
+    max_steps: int = flag(100_000, "generator steps to train for")
+    seed: int = flag(0, "base seed; each rank draws latents from its own stream derived from it")
+    out: str = flag("runs/wgangp", "run directory: config, metrics, samples, checkpoints")
+    resume: bool = flag(False, "continue from the latest checkpoint in --out")
+    mixed_precision: str | None = flag(None, "default: from the accelerate config", choices=PRECISIONS)
+    cpu: bool = flag(False, "train on the CPU even when a GPU is present")
+    sync_bn: bool = flag(True, "SyncBatchNorm in the generator for multi-GPU runs (batch statistics over the global batch)")
+    log_every: int = flag(50, "generator steps between metrics.jsonl lines")
+    sample_every: int = flag(1000, "generator steps between sample grids")
+    ckpt_every: int = flag(2000, "generator steps between checkpoints")
+    keep_checkpoints: int = flag(3, "checkpoints kept (oldest deleted once a new one is whole)")
+    num_samples: int = flag(64, "fixed-noise samples in each grid")
+    debug: bool = flag(False, "tiny model on synthetic data (MLP on toy data), a few dozen steps, no network")
+
+
+# Fields that shape the networks: a resumed run must keep them.
+ARCHITECTURE_FIELDS = ("model", "resolution", "latent_dim", "channel_base", "channel_max", "critic_norm", "mlp_hidden")
+
+DEBUG_PRESET: dict[str, Any] = {
+    "data": "synthetic",
+    "model": "dcgan",
+    "resolution": 64,
+    "latent_dim": 64,
+    "channel_base": 1024,
+    "channel_max": 64,
+    "mlp_hidden": 128,
+    "batch_size": 8,
+    "max_steps": 40,
+    "log_every": 5,
+    "sample_every": 20,
+    "ckpt_every": 20,
+    "num_samples": 16,
+    "workers": 0,
+    "out": "runs/debug",
+}
+# The WGAN-GP authors' toy code: 2-D noise, batch 256, Adam betas (0.5, 0.9) and lambda = 0.1;
+# lambda = 10 leaves most of the 8 modes uncovered after 1000 steps.
+TOY_PRESET: dict[str, Any] = {"model": "mlp", "latent_dim": 2, "batch_size": 256, "betas": (0.5, 0.9), "gp_weight": 0.1}
+
+Config = TypeVar("Config", bound=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A bad flag or run directory; the message names the input and the fix."""
+
+
+def build_parser(config_cls: type[TrainConfig], description: str) -> argparse.ArgumentParser:
+    # SUPPRESS defaults: the namespace then holds only the flags the user gave, which must win.
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    for f in dataclasses.fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {k: v for k, v in f.metadata.items()}
+        kwargs["help"] = f"{kwargs['help']} (default: {f.default})"
+        if isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif "type" not in kwargs:
+            kwargs["type"] = type(f.default) if f.default is not None else str
+        parser.add_argument(flag, dest=f.name, **kwargs)
+    return parser
+
+
+def _data_is_points(data: str) -> bool:
+    try:
+        return parse_data_spec(data).is_points
+    except DataSpecError:
+        return False
+
+
+def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
+    """Merge defaults, presets, a resumed run's saved config and the given flags; then check it."""
+    values = dataclasses.asdict(config_cls())
+    out = Path(given.get("out", values["out"] if not given.get("debug") else DEBUG_PRESET["out"]))
+    if given.get("resume"):
+        saved = _saved_config(out)
+        for name in ARCHITECTURE_FIELDS:
+            if name in given and given[name] != saved.get(name):
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {given[name]} differs from the run in {out} ({saved.get(name)});"
+                    " drop the flag to resume, or start a new run in another --out"
+                )
+        values.update({k: v for k, v in saved.items() if k in values})
+    else:
+        if given.get("debug"):
+            values.update(DEBUG_PRESET)
+        if _data_is_points(given.get("data", values["data"])):
+            values.update({k: v for k, v in TOY_PRESET.items() if k in values})
+    values.update(given)
+    values["betas"] = tuple(values["betas"])
+    config = config_cls(**values)
+    check_config(config)
+    return config
+
+
+def load_config(config_cls: type[Config], argv: Sequence[str] | None, description: str) -> Config:
+    given = vars(build_parser(config_cls, description).parse_args(argv))
+    return resolve_config(config_cls, given)
+
+
+def _saved_config(out: Path) -> dict[str, Any]:
+    path = out / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {out} holds no run (no config.json); start without --resume")
+    return json.loads(path.read_text())
+
+
+def check_config(config: TrainConfig) -> None:
+    """Every check that needs no compute, so a bad start fails before touching --out."""
+    for name in ("batch_size", "grad_accum", "critic_steps", "max_steps", "log_every", "sample_every",
+                 "ckpt_every", "keep_checkpoints", "num_samples", "latent_dim"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be at least 1")
+    if config.workers < 0:
+        raise ConfigError(f"--workers {config.workers}: must be 0 or more")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ConfigError(f"--ema-decay {config.ema_decay}: must be in [0, 1)")
+    if getattr(config, "gp_weight", 0.0) < 0:
+        raise ConfigError(f"--gp-weight {config.gp_weight}: must be 0 or more")
+    try:
+        spec = parse_data_spec(config.data)
+        check_model(config.model, config.resolution, config.critic_norm)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if spec.is_points and config.model not in POINT_MODELS:
+        raise ConfigError(f"--model {config.model}: --data {config.data} is 2-D points; use --model mlp")
+    if not spec.is_points and config.model in POINT_MODELS:
+        raise ConfigError(f"--model {config.model} is for toy data; for images use --model dcgan or resnet")
+    out = Path(config.out)
+    if config.resume:
+        if latest_checkpoint(out) is None:
+            raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+    elif (out / "config.json").exists() or latest_checkpoint(out) is not None:
+        raise ConfigError(f"--out {out} already holds a run; add --resume to continue it, or choose another --out")
+
+
+def save_config(config: TrainConfig, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    os.replace(tmp, out / "config.json")

@@ -1,0 +1,190 @@
+"""The training loop shared by every trainer: critic phase, generator phase, EMA, outputs.
+
+It knows models only as callables and objectives only through `critic_loss` / `generator_loss`.
+"""
+import contextlib
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from torch import nn
+from tqdm.auto import tqdm
+
+from models import build_models
+from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from train.config import TrainConfig, save_config
+from train.data import open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
+from train.ema import GeneratorEMA
+from train.metrics import MetricsFile, StatWindow
+from train.precision import resolve_mixed_precision
+from train.samples import save_samples
+
+SAMPLE_CHUNK = 16
+
+
+class Objective(Protocol):
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
+
+
+ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.Generator], Objective]
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    # Without CUDA, Accelerate must be told to use the CPU, or torchrun's ranks never form a group.
+    use_cpu = config.cpu or not torch.cuda.is_available()
+    return Accelerator(
+        cpu=use_cpu,
+        mixed_precision=resolve_mixed_precision(config.mixed_precision, use_cpu),
+        # Default DDP flags on purpose: static_graph breaks the penalty's double backward.
+        kwargs_handlers=[DistributedDataParallelKwargs(static_graph=False)],
+    )
+
+
+def fixed_noise(config: TrainConfig) -> torch.Tensor:
+    """The evaluation latents: a function of the run's seed alone, so the same on every rank and resume."""
+    return torch.randn(config.num_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
+
+
+def build_networks(config: TrainConfig) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    return build_models(
+        config.model,
+        resolution=config.resolution,
+        latent_dim=config.latent_dim,
+        channel_base=config.channel_base,
+        channel_max=config.channel_max,
+        critic_norm=config.critic_norm,
+        mlp_hidden=config.mlp_hidden,
+    )
+
+
+@torch.no_grad()
+def render_samples(generator: nn.Module, noise: torch.Tensor) -> torch.Tensor:
+    generator.eval()
+    device = next(generator.parameters()).device
+    return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in noise.split(SAMPLE_CHUNK)])
+
+
+def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
+    out = Path(config.out)
+    accelerator = make_accelerator(config)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    spec = parse_data_spec(config.data)
+
+    generator, critic = build_networks(config)
+    ema = GeneratorEMA(generator, config.ema_decay, device=device)
+    if config.sync_bn and world > 1 and device.type == "cuda":
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+    g_opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
+    d_opt = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
+    generator, critic, g_opt, d_opt = accelerator.prepare(generator, critic, g_opt, d_opt)
+
+    noise_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, 0))
+    stream = open_stream(
+        spec,
+        resolution=config.resolution,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        rank=rank,
+        world_size=world,
+        workers=config.workers,
+    )
+    objective = make_objective(config, accelerator.scaler, noise_rng)
+    window = StatWindow()
+    eval_noise = fixed_noise(config)
+    modes, std = toy_modes(spec.name) if spec.is_points else (None, 0.0)
+
+    start_step = 0
+    if config.resume:
+        rank_state, ema_state = load_checkpoint(accelerator, latest_checkpoint(out))
+        ema.load_state_dict(ema_state)
+        start_step = int(rank_state["step"])
+        if "noise_rng" in rank_state:
+            noise_rng.set_state(rank_state["noise_rng"])
+            stream.load_state_dict(rank_state["data"])
+            window.load_state_dict(rank_state["window"], device)
+        accelerator.print(f"resumed from step {start_step}")
+    if accelerator.is_main_process:
+        save_config(config, out)
+        metrics = MetricsFile(out / "metrics.jsonl", resume_step=start_step if config.resume else None)
+
+    def latents() -> torch.Tensor:
+        return torch.randn(config.batch_size, config.latent_dim, device=device, generator=noise_rng)
+
+    def sync_unless_last(model: nn.Module, micro: int):
+        # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
+        return accelerator.no_sync(model) if micro < config.grad_accum - 1 else contextlib.nullcontext()
+
+    real_per_step = config.batch_size * config.critic_steps * config.grad_accum * world
+    progress = tqdm(
+        total=config.max_steps, initial=start_step, unit="step", disable=not accelerator.is_local_main_process
+    )
+    window_start, window_steps, data_wait, skipped = time.perf_counter(), 0, 0.0, 0
+    for step in range(start_step + 1, config.max_steps + 1):
+        generator.train()
+        critic.requires_grad_(True)
+        for _ in range(config.critic_steps):
+            for micro in range(config.grad_accum):
+                waited = time.perf_counter()
+                batch = next(stream)
+                data_wait += time.perf_counter() - waited
+                real = to_model_input(batch, device)
+                with torch.no_grad():
+                    fake = generator(latents())
+                with sync_unless_last(critic, micro):
+                    loss, stats = objective.critic_loss(critic, real, fake)
+                    accelerator.backward(loss / config.grad_accum)
+                window.add(stats)
+            d_opt.step()
+            skipped += d_opt.step_was_skipped
+            d_opt.zero_grad(set_to_none=True)
+
+        critic.requires_grad_(False)
+        for micro in range(config.grad_accum):
+            with sync_unless_last(generator, micro):
+                loss, stats = objective.generator_loss(critic, generator(latents()))
+                accelerator.backward(loss / config.grad_accum)
+            window.add(stats)
+        g_opt.step()
+        skipped += g_opt.step_was_skipped
+        g_opt.zero_grad(set_to_none=True)
+        ema.update(accelerator.unwrap_model(generator))
+        window_steps += 1
+        progress.update()
+
+        last = step == config.max_steps
+        if step % config.ckpt_every == 0 or last:
+            rank_state = {
+                "step": step,
+                "noise_rng": noise_rng.get_state(),
+                "data": stream.state_dict(),
+                "window": window.state_dict(),
+            }
+            save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
+        if step % config.log_every == 0 or last:
+            means = window.means(accelerator)
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "step": step,
+                **means,
+                "img_per_s": real_per_step * window_steps / elapsed,
+                "data_wait_frac": data_wait / elapsed,
+                "lr": config.lr,
+                "skipped_steps": skipped,
+            }
+            if accelerator.is_main_process:
+                metrics.write(record)
+                progress.set_postfix(img_s=f"{record['img_per_s']:.0f}", d_loss=f"{means['d_loss']:.3f}", refresh=False)
+            window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
+        if (step % config.sample_every == 0 or last) and accelerator.is_main_process:
+            samples = render_samples(ema.generator, eval_noise)
+            save_samples(samples, out / "samples" / f"step_{step:06d}.png", modes, std)
+    progress.close()
+
+    # Release the DDP-wrapped models before the process group goes: otherwise gloo can abort at exit.
+    del generator, critic, g_opt, d_opt
+    accelerator.free_memory()
+    accelerator.end_training()

@@ -1,0 +1,25 @@
+"""Train a WGAN-GP (Gulrajani et al. 2017): `accelerate launch train/wgangp.py [flags]`."""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from train.cli import main  # noqa: E402
+from train.config import TrainConfig, flag  # noqa: E402
+from train.objectives import WGANGP  # noqa: E402
+
+
+@dataclass
+class WGANGPConfig(TrainConfig):
+    gp_weight: float = flag(10.0, "gradient penalty weight, lambda (toy data: 0.1, the authors' toy value)")
+    out: str = flag("runs/wgangp", "run directory: config, metrics, samples, checkpoints")
+
+
+def make_objective(config: WGANGPConfig, scaler, rng) -> WGANGP:
+    return WGANGP(gp_weight=config.gp_weight, scaler=scaler, rng=rng)
+
+
+if __name__ == "__main__":
+    sys.exit(main(WGANGPConfig, make_objective, __doc__))
