@@ -174,6 +174,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 "data_wait_frac": data_wait / elapsed,
                 "lr": config.lr,
                 "skipped_steps": skipped,
+                "world_size": world,
             }
             if accelerator.is_main_process:
                 metrics.write(record)

@@ -27,13 +27,15 @@ def input_gradients(
     """Return (d critic / d inputs in fp32, critic scores), the former differentiable in the weights."""
     inputs = inputs.detach().requires_grad_(True)
     scores = critic(inputs)
-    total = scores.float().sum()
+    # The mean, not the sum: each sample's output gradient is then scale / N, which stays inside
+    # fp16's range (65504) at GradScaler's initial scale of 2**16; the factor N comes back below.
+    total = scores.float().mean()
     if scaler is not None:
         # scaler.scale of a one keeps the scale a tensor: no host sync inside the critic step.
         scale = scaler.scale(torch.ones((), device=total.device))
         total = total * scale
     (grads,) = torch.autograd.grad(total, inputs, create_graph=True)
-    grads = grads.float()
+    grads = grads.float() * len(inputs)
     if scaler is not None:
         grads = grads / scale
     return grads, scores

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from torchvision.utils import make_grid
+from einops import rearrange
 
 
 def _atomic_save(image: Image.Image, path: Path) -> None:
@@ -15,10 +15,16 @@ def _atomic_save(image: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def image_grid(images: torch.Tensor) -> Image.Image:
-    """(N, 3, H, W) in [-1, 1] -> a square-ish grid."""
-    grid = make_grid(images.float().clamp(-1, 1).add(1).div(2), nrow=math.ceil(math.sqrt(len(images))), padding=2)
-    return Image.fromarray(grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+def image_grid(images: torch.Tensor, padding: int = 2) -> Image.Image:
+    """(N, 3, H, W) in [-1, 1] -> a square-ish grid on a black background."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    images = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    images = torch.nn.functional.pad(images, (padding, 0, padding, 0))
+    blank = images.new_zeros((rows * columns - len(images), *images.shape[1:]))
+    grid = rearrange(torch.cat([images, blank]), "(r c) ch h w -> (r h) (c w) ch", c=columns)
+    grid = torch.nn.functional.pad(grid, (0, 0, 0, padding, 0, padding))
+    return Image.fromarray(grid.numpy())
 
 
 def point_plot(points: torch.Tensor, modes: torch.Tensor, std: float, size: int = 512) -> Image.Image:

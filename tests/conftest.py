@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None, launcher: list[str] | None = None):
+    """Run a project script as a user would, from the repository root; returns the CompletedProcess."""
+    command = [*(launcher or [sys.executable]), str(ROOT / script), *args]
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+@pytest.fixture
+def run():
+    return run_script
+
+
+def debug_launch(target: str, *args, num_processes: int = 2, timeout: float = 240) -> None:
+    """Run `module:function(*args)` on `num_processes` gloo CPU processes (accelerate's debug_launcher)
+    from a fresh interpreter: the launcher forks, and a fork of a process that has already run
+    OpenMP-parallel torch ops (as pytest's has, by then) can deadlock."""
+    module, function = target.split(":")
+    code = (
+        "import sys; from accelerate import debug_launcher; "
+        f"from {module} import {function}; "
+        f"debug_launcher({function}, args={args!r}, num_processes={num_processes})"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]

@@ -1,0 +1,121 @@
+"""train/config.py: presets, precedence, and refusing bad input before any compute."""
+import json
+
+import pytest
+
+from train.config import ConfigError, load_config, save_config
+from train.precision import resolve_mixed_precision
+from train.wgangp import WGANGPConfig
+
+
+def config(*argv: str) -> WGANGPConfig:
+    return load_config(WGANGPConfig, list(argv), "test")
+
+
+def test_debug_preset_is_a_tiny_dcgan_on_synthetic_images(tmp_path):
+    c = config("--debug", "--out", str(tmp_path / "r"))
+    assert (c.data, c.model, c.resolution, c.max_steps) == ("synthetic", "dcgan", 64, 40)
+    assert c.gp_weight == 10.0 and c.betas == (0.0, 0.9)
+
+
+def test_toy_data_brings_the_toy_recipe_and_debug_keeps_it_an_mlp(tmp_path):
+    for extra in ([], ["--debug"]):
+        c = config("--data", "toy:8gaussians", "--out", str(tmp_path / "r"), *extra)
+        assert (c.model, c.latent_dim, c.batch_size, c.gp_weight, c.betas) == ("mlp", 2, 256, 0.1, (0.5, 0.9))
+
+
+def test_flags_given_win_over_presets(tmp_path):
+    c = config("--debug", "--batch-size", "3", "--gp-weight", "5", "--betas", "0.1", "0.8", "--out", str(tmp_path / "r"))
+    assert (c.batch_size, c.gp_weight, c.betas, c.max_steps) == (3, 5.0, (0.1, 0.8), 40)
+
+
+def test_resume_takes_the_saved_config_and_new_flags(tmp_path):
+    out = tmp_path / "r"
+    saved = config("--debug", "--batch-size", "3", "--out", str(out))
+    save_config(saved, out)
+    (out / "checkpoints" / "step_000020").mkdir(parents=True)
+    c = config("--resume", "--out", str(out), "--max-steps", "80")
+    assert (c.batch_size, c.model, c.max_steps, c.resume) == (3, "dcgan", 80, True)
+    with pytest.raises(ConfigError, match=r"--resolution 128 differs from the run in .* \(64\); drop the flag to resume"):
+        config("--resume", "--out", str(out), "--resolution", "128")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--resolution", "100"], "resolution 100 is not supported by 'resnet'; choose one of 64, 128, 256, 512, 1024"),
+        (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["--data", "toy:8gaussians", "--model", "dcgan"], "--model dcgan: --data toy:8gaussians is 2-D points; use --model mlp"),
+        (["--model", "mlp"], "--model mlp is for toy data; for images use --model dcgan or resnet"),
+        (["--data", "toy:9gaussians"], "unknown toy dataset"),
+        (["--ema-decay", "1.0"], r"--ema-decay 1.0: must be in \[0, 1\)"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_flag_and_the_fix(tmp_path, argv, message):
+    with pytest.raises(ConfigError, match=message):
+        config(*argv, "--out", str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_or_empty_data_folder_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no such folder"):
+        config("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="the folder holds no images"):
+        config("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
+
+
+def test_resume_without_a_run_or_a_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="holds no run \\(no config.json\\); start without --resume"):
+        config("--resume", "--out", str(tmp_path / "r"))
+    save_config(config("--debug", "--out", str(tmp_path / "r")), tmp_path / "r")
+    with pytest.raises(ConfigError, match="--resume: no checkpoint in .*; start without --resume"):
+        config("--resume", "--out", str(tmp_path / "r"))
+
+
+def test_an_existing_run_is_never_started_over(tmp_path):
+    out = tmp_path / "r"
+    save_config(config("--debug", "--out", str(out)), out)
+    with pytest.raises(ConfigError, match="already holds a run; add --resume to continue it, or choose another --out"):
+        config("--debug", "--out", str(out))
+
+
+def test_unknown_model_is_an_argparse_error_listing_the_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config("--model", "biggan", "--out", str(tmp_path / "r"))
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.replace("'", "")
+    assert "--model: invalid choice: biggan (choose from dcgan, resnet, mlp)" in error
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--data", "nowhere/images"], "--data nowhere/images"),
+        (["--resolution", "96"], "resolution 96"),
+        (["--resume"], "--resume"),
+    ],
+)
+def test_the_cli_exits_non_zero_with_one_line_and_leaves_out_untouched(run, tmp_path, argv, flag):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run("train/wgangp.py", *argv, "--out", str(out), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_fp16_on_the_cpu_falls_back_to_fp32_with_a_warning():
+    with pytest.warns(UserWarning, match="fp16 needs a GPU"):
+        assert resolve_mixed_precision("fp16", use_cpu=True) == "no"
+    assert resolve_mixed_precision("bf16", use_cpu=True) == "bf16"
+    assert resolve_mixed_precision(None, use_cpu=True) in ("no", "bf16", "fp16")
+
+
+def test_config_json_holds_every_field(tmp_path):
+    c = config("--debug", "--out", str(tmp_path / "r"))
+    save_config(c, tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["gp_weight"] == 10.0 and saved["critic_steps"] == 5 and saved["betas"] == [0.0, 0.9]

@@ -1,0 +1,142 @@
+"""train/objectives.py: the WGAN-GP losses, and their gradients under DDP on 2 gloo processes."""
+import copy
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from models import build_models
+from tests.conftest import debug_launch
+from train.objectives import WGANGP
+
+GLOBAL_BATCH = 8
+TOLERANCE = 1e-5
+
+
+class Linear2D(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.tensor([[0.6, 0.8]]))  # unit norm: zero penalty
+            self.linear.bias.fill_(0.5)
+
+    def forward(self, x):
+        return self.linear(x).flatten()
+
+
+def test_critic_loss_is_fake_minus_real_plus_weighted_penalty():
+    critic = Linear2D()
+    real, fake = torch.randn(16, 2), torch.randn(16, 2)
+    loss, stats = WGANGP(gp_weight=10.0).critic_loss(critic, real, fake)
+    w = torch.tensor([0.6, 0.8])
+    wdist = (real @ w).mean() - (fake @ w).mean()
+    torch.testing.assert_close(stats["wdist"], wdist)
+    torch.testing.assert_close(stats["gp"], torch.tensor(0.0), atol=1e-10, rtol=0)
+    torch.testing.assert_close(loss, -wdist)
+    with torch.no_grad():
+        critic.linear.weight.mul_(3.0)  # norm 3: penalty (3 - 1)^2 = 4
+    loss, stats = WGANGP(gp_weight=10.0).critic_loss(critic, real, fake)
+    torch.testing.assert_close(stats["gp"], torch.tensor(4.0))
+    torch.testing.assert_close(loss, -stats["wdist"] + 40.0)
+
+
+def test_generator_loss_is_minus_the_mean_fake_score():
+    critic = Linear2D()
+    fake = torch.randn(16, 2)
+    loss, stats = WGANGP().generator_loss(critic, fake)
+    torch.testing.assert_close(loss, -critic(fake).mean())
+    torch.testing.assert_close(stats["g_loss"], loss.detach())
+
+
+def test_critic_loss_draws_interpolation_weights_from_its_own_generator():
+    torch.manual_seed(0)
+    critic = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 1))
+    real, fake = torch.randn(16, 2), torch.randn(16, 2)
+    first = WGANGP(rng=torch.Generator().manual_seed(5)).critic_loss(critic, real, fake)[0]
+    again = WGANGP(rng=torch.Generator().manual_seed(5)).critic_loss(critic, real, fake)[0]
+    other = WGANGP(rng=torch.Generator().manual_seed(6)).critic_loss(critic, real, fake)[0]
+    assert first.item() == again.item()
+    assert first.item() != other.item()
+
+
+def _models(name: str) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return build_models(name, resolution=64, latent_dim=8, channel_base=512, channel_max=16, mlp_hidden=64)
+
+
+def _global_batch(name: str, generator: nn.Module) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    shape = (GLOBAL_BATCH, 2) if name == "mlp" else (GLOBAL_BATCH, 3, 64, 64)
+    batch = {
+        "real": torch.randn(shape),
+        "z_critic": torch.randn(GLOBAL_BATCH, 8),
+        "z_generator": torch.randn(GLOBAL_BATCH, 8),
+        "alpha": torch.rand(GLOBAL_BATCH),
+    }
+    with torch.no_grad():
+        batch["fake"] = generator(batch["z_critic"])
+    return batch
+
+
+def _max_difference(model: nn.Module, reference: nn.Module) -> float:
+    """Largest gradient difference, relative to the tensor's largest gradient when that exceeds 1
+    (float32 sums in another order differ in the 7th significant digit)."""
+    return max(
+        ((p.grad - r.grad).abs().max() / r.grad.abs().max().clamp(min=1.0)).item()
+        for p, r in zip(model.parameters(), reference.parameters())
+    )
+
+
+def _ddp_step_matches_full_batch(name: str, micro_batches: int) -> None:
+    """On each rank: a 1-process reference on the global batch, then the DDP step on this rank's
+    half (split into micro-batches with no_sync, as the loop does); their gradients must agree."""
+    accelerator = Accelerator(cpu=True)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    assert world == 2
+    generator, critic = _models(name)
+    # BatchNorm statistics are per rank on CPU (SyncBatchNorm is GPU-only): compare DDP's gradient
+    # averaging with the generator's normalisation fixed, i.e. in eval mode, on both sides.
+    generator.eval()
+    ref_generator, ref_critic = copy.deepcopy(generator), copy.deepcopy(critic)
+    batch = _global_batch(name, ref_generator)
+    objective = WGANGP(gp_weight=10.0)
+
+    loss, _ = objective.critic_loss(ref_critic, batch["real"], batch["fake"], batch["alpha"])
+    loss.backward()
+    ref_critic.requires_grad_(False)
+    objective.generator_loss(ref_critic, ref_generator(batch["z_generator"]))[0].backward()
+
+    generator, critic = accelerator.prepare(generator, critic)
+    assert not critic.static_graph
+    local = {k: v.chunk(world)[rank] for k, v in batch.items()}
+    micro = {k: v.chunk(micro_batches) for k, v in local.items()}
+    for i in range(micro_batches):
+        sync = accelerator.no_sync(critic) if i < micro_batches - 1 else torch.enable_grad()
+        with sync:
+            loss, _ = objective.critic_loss(critic, micro["real"][i], micro["fake"][i], micro["alpha"][i])
+            accelerator.backward(loss / micro_batches)
+    critic.requires_grad_(False)
+    for i in range(micro_batches):
+        sync = accelerator.no_sync(generator) if i < micro_batches - 1 else torch.enable_grad()
+        with sync:
+            loss, _ = objective.generator_loss(critic, generator(micro["z_generator"][i]))
+            accelerator.backward(loss / micro_batches)
+
+    critic_diff = _max_difference(accelerator.unwrap_model(critic), ref_critic)
+    generator_diff = _max_difference(accelerator.unwrap_model(generator), ref_generator)
+    assert critic_diff <= TOLERANCE, f"rank {rank}: critic gradients differ by {critic_diff:.2e}"
+    assert generator_diff <= TOLERANCE, f"rank {rank}: generator gradients differ by {generator_diff:.2e}"
+    del generator, critic
+    accelerator.free_memory()
+    accelerator.end_training()
+
+
+@pytest.mark.parametrize("name", ["mlp", "dcgan", "resnet"])
+def test_two_gloo_processes_give_the_full_batch_gradients(name):
+    debug_launch(f"{__name__}:_ddp_step_matches_full_batch", name, 1)
+
+
+def test_accumulated_micro_batches_on_two_processes_give_the_full_batch_gradients():
+    debug_launch(f"{__name__}:_ddp_step_matches_full_batch", "mlp", 2)
