@@ -130,3 +130,11 @@ def test_too_few_images_for_one_batch_per_rank_is_refused(tmp_path):
     folder = make_folder(tmp_path / "imgs", 5)
     with pytest.raises(DataSpecError, match="5 images cannot fill one batch of 4 on each of 2 processes"):
         FolderStream(str(folder), resolution=8, batch_size=4, seed=0, rank=0, world_size=2, workers=0)
+
+
+def test_stream_seeds_differ_per_rank_and_purpose_and_are_reproducible():
+    from train.data import stream_seed
+
+    seeds = {(rank, purpose): stream_seed(7, rank, purpose) for rank in range(4) for purpose in range(2)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert stream_seed(7, 1, 0) == seeds[(1, 0)]

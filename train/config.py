@@ -43,9 +43,11 @@ class TrainConfig:
     ema_decay: float = flag(0.999, "decay of the generator EMA used for samples (warmed up over the first steps)")
     max_steps: int = flag(100_000, "generator steps to train for")
     seed: int = flag(0, "base seed; each rank draws latents from its own stream derived from it")
-    out: str = flag("runs/wgangp", "run directory: config, metrics, samples, checkpoints")
+    out: str = flag("runs/train", "run directory: config, metrics, samples, checkpoints")
     resume: bool = flag(False, "continue from the latest checkpoint in --out")
-    mixed_precision: str | None = flag(None, "default: from the accelerate config", choices=PRECISIONS)
+    mixed_precision: str | None = flag(
+        None, "no, fp16 or bf16 (default: the accelerate config's); bf16 falls back to fp16 on GPUs without native bf16", choices=PRECISIONS
+    )
     cpu: bool = flag(False, "train on the CPU even when a GPU is present")
     sync_bn: bool = flag(True, "SyncBatchNorm in the generator for multi-GPU runs (batch statistics over the global batch)")
     log_every: int = flag(50, "generator steps between metrics.jsonl lines")

@@ -156,14 +156,6 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
         progress.update()
 
         last = step == config.max_steps
-        if step % config.ckpt_every == 0 or last:
-            rank_state = {
-                "step": step,
-                "noise_rng": noise_rng.get_state(),
-                "data": stream.state_dict(),
-                "window": window.state_dict(),
-            }
-            save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
         if step % config.log_every == 0 or last:
             means = window.means(accelerator)
             elapsed = time.perf_counter() - window_start
@@ -180,6 +172,18 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 metrics.write(record)
                 progress.set_postfix(img_s=f"{record['img_per_s']:.0f}", d_loss=f"{means['d_loss']:.3f}", refresh=False)
             window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
+            if step % config.log_every == 0:
+                # A final, off-cadence line leaves the window open: a resumed run then logs the
+                # same means at the next regular step as an uninterrupted one.
+                window.reset()
+        if step % config.ckpt_every == 0 or last:
+            rank_state = {
+                "step": step,
+                "noise_rng": noise_rng.get_state(),
+                "data": stream.state_dict(),
+                "window": window.state_dict(),
+            }
+            save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
         if (step % config.sample_every == 0 or last) and accelerator.is_main_process:
             samples = render_samples(ema.generator, eval_noise)
             save_samples(samples, out / "samples" / f"step_{step:06d}.png", modes, std)

@@ -19,12 +19,13 @@ class StatWindow:
             self.counts[key] = self.counts.get(key, 0) + 1
 
     def means(self, accelerator: Accelerator) -> dict[str, float]:
-        """Mean over the window and over all ranks (collective), then reset."""
+        """Mean over the window and over all ranks (collective)."""
         keys = sorted(self.sums)
         local = torch.stack([self.sums[k] / self.counts[k] for k in keys]).to(accelerator.device)
-        reduced = accelerator.reduce(local, reduction="mean").tolist()
+        return dict(zip(keys, accelerator.reduce(local, reduction="mean").tolist()))
+
+    def reset(self) -> None:
         self.sums, self.counts = {}, {}
-        return dict(zip(keys, reduced))
 
     def state_dict(self) -> dict:
         return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}

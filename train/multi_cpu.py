@@ -13,7 +13,11 @@ def requested_cpu_processes() -> int:
         return 1
     try:
         argv = psutil.Process().parent().cmdline()
-        launch_at = next(i for i, arg in enumerate(argv) if arg == "launch" and "accelerate" in " ".join(argv[: i + 1]))
+        launch_at = next(
+            i
+            for i, arg in enumerate(argv)
+            if arg == "accelerate.commands.launch" or (arg == "launch" and i > 0 and "accelerate" in argv[i - 1])
+        )
         from accelerate.commands.launch import launch_command_parser
 
         args, _ = launch_command_parser().parse_known_args(argv[launch_at + 1 :])

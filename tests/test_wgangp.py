@@ -1,0 +1,112 @@
+"""train/wgangp.py end to end: the debug run, resume, two processes, toy-data mode coverage."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from train.data import toy_modes
+from train.metrics import read_metrics
+
+LOSS_KEYS = ("d_loss", "g_loss", "gp", "wdist")
+
+
+def completed(result):
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    from tests.conftest import run_script
+
+    out = tmp_path_factory.mktemp("debug") / "run"
+    completed(run_script("train/wgangp.py", "--debug", "--out", str(out)))
+    return out
+
+
+def test_debug_run_leaves_config_metrics_samples_and_checkpoints(debug_run):
+    config = json.loads((debug_run / "config.json").read_text())
+    assert config["debug"] is True and config["model"] == "dcgan" and config["gp_weight"] == 10.0
+    records = read_metrics(debug_run / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(5, 41, 5))
+    for record in records:
+        assert set(LOSS_KEYS + ("step", "img_per_s", "data_wait_frac")) <= set(record)
+        assert all(np.isfinite(record[k]) for k in LOSS_KEYS) and record["img_per_s"] > 0
+    assert records[-1]["world_size"] == 1
+    for step in (20, 40):
+        image = Image.open(debug_run / "samples" / f"step_{step:06d}.png")
+        assert image.size == (4 * 66 + 2, 4 * 66 + 2)  # 16 fixed-noise samples, 64 px, 2 px padding
+    checkpoints = sorted(p.name for p in (debug_run / "checkpoints").iterdir())
+    assert checkpoints == ["step_000020", "step_000040"]
+    files = {p.name for p in (debug_run / "checkpoints" / "step_000040").iterdir()}
+    assert {"model.safetensors", "model_1.safetensors", "ema.safetensors", "train_state_0.pt"} <= files
+    torch.load(debug_run / "checkpoints" / "step_000040" / "train_state_0.pt", weights_only=True)
+
+
+def test_generate_writes_a_grid_from_the_ema_generator(run, debug_run, tmp_path):
+    completed(run("train/generate.py", "--run", str(debug_run), "--n", "9", "--output", str(tmp_path / "grid.png")))
+    assert Image.open(tmp_path / "grid.png").size == (3 * 66 + 2, 3 * 66 + 2)
+    refused = run("train/generate.py", "--run", str(debug_run), "--n", "9", "--output", str(tmp_path / "x.npy"))
+    assert refused.returncode != 0 and "change the file extension" in refused.stderr
+
+
+def test_resumed_run_continues_exactly_like_an_uninterrupted_one(run, tmp_path):
+    # A log window (2 steps) that straddles the interruption (step 3) must still give the same means.
+    common = ["--debug", "--ckpt-every", "3", "--log-every", "2", "--sample-every", "100"]
+    completed(run("train/wgangp.py", *common, "--max-steps", "6", "--out", str(tmp_path / "whole")))
+    completed(run("train/wgangp.py", *common, "--max-steps", "3", "--out", str(tmp_path / "split")))
+    resumed = completed(run("train/wgangp.py", "--resume", "--max-steps", "6", "--out", str(tmp_path / "split")))
+    assert "resumed from step 3" in resumed.stdout
+
+    whole = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    split = read_metrics(tmp_path / "split" / "metrics.jsonl")
+    assert [r["step"] for r in whole] == [2, 4, 6]
+    assert [r["step"] for r in split] == [2, 3, 4, 6]  # 3: the interrupted run's last line
+    for expected, got in zip(whole[1:], split[2:]):
+        assert {k: got[k] for k in LOSS_KEYS} == {k: expected[k] for k in LOSS_KEYS}
+    # the fixed evaluation noise survives the resume: the final grids are the same picture
+    final = "samples/step_000006.png"
+    assert (tmp_path / "split" / final).read_bytes() == (tmp_path / "whole" / final).read_bytes()
+    ema_whole = load_file(tmp_path / "whole" / "checkpoints" / "step_000006" / "ema.safetensors")
+    ema_split = load_file(tmp_path / "split" / "checkpoints" / "step_000006" / "ema.safetensors")
+    for key in ema_whole:
+        torch.testing.assert_close(ema_split[key], ema_whole[key], rtol=0, atol=0)
+
+
+def test_metrics_logged_after_the_last_checkpoint_are_not_repeated_on_resume(run, tmp_path):
+    out = tmp_path / "run"
+    common = ["--debug", "--ckpt-every", "2", "--log-every", "1", "--sample-every", "100"]
+    completed(run("train/wgangp.py", *common, "--max-steps", "4", "--out", str(out)))
+    shutil.rmtree(out / "checkpoints" / "step_000004")  # as if killed after logging step 4
+    completed(run("train/wgangp.py", "--resume", "--out", str(out)))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_accelerate_launch_cpu_with_two_processes_trains_on_two_ranks(run, tmp_path):
+    out = tmp_path / "two"
+    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]
+    result = completed(run("train/wgangp.py", "--debug", "--max-steps", "4", "--out", str(out), launcher=launcher))
+    assert "running 2 CPU processes with torchrun" in result.stdout
+    assert read_metrics(out / "metrics.jsonl")[-1]["world_size"] == 2
+    files = {p.name for p in (out / "checkpoints" / "step_000004").iterdir()}
+    assert {"random_states_1.pkl", "train_state_1.pt"} <= files
+
+
+@pytest.mark.slow
+def test_wgangp_covers_all_eight_gaussian_modes(run, tmp_path):
+    out = tmp_path / "toy"
+    completed(run("train/wgangp.py", "--data", "toy:8gaussians", "--max-steps", "500", "--log-every", "100", "--out", str(out), timeout=600))
+    completed(run("train/generate.py", "--run", str(out), "--n", "2000", "--output", str(tmp_path / "points.npy")))
+    points = torch.from_numpy(np.load(tmp_path / "points.npy"))
+    assert points.shape == (2000, 2)
+    modes, std = toy_modes("8gaussians")
+    distance, nearest = torch.cdist(points, modes).min(dim=1)
+    on_mode = distance < 3 * std
+    per_mode = torch.bincount(nearest[on_mode], minlength=8)
+    assert (per_mode >= 10).all(), f"samples within 3 std of each mode: {per_mode.tolist()}"
