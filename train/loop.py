@@ -35,6 +35,8 @@ ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.G
 def make_accelerator(config: TrainConfig) -> Accelerator:
     # Without CUDA, Accelerate must be told to use the CPU, or torchrun's ranks never form a group.
     use_cpu = config.cpu or not torch.cuda.is_available()
+    if not use_cpu:
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
     return Accelerator(
         cpu=use_cpu,
         mixed_precision=resolve_mixed_precision(config.mixed_precision, use_cpu),
@@ -97,7 +99,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
     eval_noise = fixed_noise(config)
     modes, std = toy_modes(spec.name) if spec.is_points else (None, 0.0)
 
-    start_step = 0
+    start_step, skipped = 0, 0
     if config.resume:
         rank_state, ema_state = load_checkpoint(accelerator, latest_checkpoint(out))
         ema.load_state_dict(ema_state)
@@ -106,6 +108,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
             noise_rng.set_state(rank_state["noise_rng"])
             stream.load_state_dict(rank_state["data"])
             window.load_state_dict(rank_state["window"], device)
+            skipped = int(rank_state.get("skipped", 0))
         accelerator.print(f"resumed from step {start_step}")
     if accelerator.is_main_process:
         save_config(config, out)
@@ -120,9 +123,9 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
 
     real_per_step = config.batch_size * config.critic_steps * config.grad_accum * world
     progress = tqdm(
-        total=config.max_steps, initial=start_step, unit="step", disable=not accelerator.is_local_main_process
+        total=config.max_steps, initial=start_step, unit="step", disable=not accelerator.is_main_process
     )
-    window_start, window_steps, data_wait, skipped = time.perf_counter(), 0, 0.0, 0
+    window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
     for step in range(start_step + 1, config.max_steps + 1):
         generator.train()
         critic.requires_grad_(True)
@@ -182,6 +185,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 "noise_rng": noise_rng.get_state(),
                 "data": stream.state_dict(),
                 "window": window.state_dict(),
+                "skipped": skipped,
             }
             save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
         if (step % config.sample_every == 0 or last) and accelerator.is_main_process:
