@@ -4,6 +4,7 @@ import sys
 from typing import Sequence
 
 from train.config import Config, ConfigError, load_config
+from train.data import DataError, DataSpecError
 from train.loop import ObjectiveFactory, train
 from train.multi_cpu import relaunch_on_cpu_processes
 
@@ -11,10 +12,9 @@ from train.multi_cpu import relaunch_on_cpu_processes
 def main(config_cls: type[Config], make_objective: ObjectiveFactory, description: str, argv: Sequence[str] | None = None) -> int:
     relaunch_on_cpu_processes()
     try:
-        config = load_config(config_cls, argv, description)
-    except ConfigError as error:
+        train(load_config(config_cls, argv, description), make_objective)
+    except (ConfigError, DataSpecError, DataError) as error:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {error}", file=sys.stderr)
         return 2
-    train(config, make_objective)
     return 0

@@ -14,6 +14,7 @@ from typing import Any, Sequence, TypeVar
 from models import MODEL_NAMES, POINT_MODELS, check_model
 from train.checkpoint import latest_checkpoint
 from train.data import DataSpecError, parse_data_spec
+from train.data.specs import DEFAULT_HUB_DATASET
 
 PRECISIONS = ("no", "fp16", "bf16")
 
@@ -26,9 +27,17 @@ def flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
 class TrainConfig:
     """What every trainer shares; a recipe subclasses it with its objective's own values."""
 
-    data: str = flag("synthetic", "synthetic, toy:8gaussians, toy:25gaussians, or a folder of images")
+    data: str = flag(
+        f"hf:{DEFAULT_HUB_DATASET}",
+        "hf:<dataset-id>, 'parquet:<glob>', a folder of images, synthetic, toy:8gaussians or toy:25gaussians",
+    )
+    split: str = flag("train", "dataset split (hf: sources)")
+    image_column: str | None = flag(None, "the image column (default: the dataset's single Image column)")
     resolution: int = flag(64, "image size in pixels: 64, 128, 256, 512 or 1024")
-    workers: int = flag(2, "data-loading worker processes per rank (image folders)")
+    celeba_crop: int = flag(0, "centre-crop this many pixels before resizing (108 for the original aligned CelebA); 0: off")
+    hflip: bool = flag(True, "random horizontal flips of real images")
+    shuffle_buffer: int = flag(1000, "rows in the streaming shuffle buffer")
+    workers: int = flag(2, "decoding worker processes per rank (capped at the rank's shards)")
     model: str = flag("resnet", "generator/critic pair", choices=MODEL_NAMES)
     latent_dim: int = flag(128, "size of the generator's input noise")
     channel_base: int = flag(16384, "conv width rule: channels = channel_base / resolution, capped (4096 = the WGAN-GP paper at 64px)")
@@ -154,8 +163,9 @@ def check_config(config: TrainConfig) -> None:
                  "ckpt_every", "keep_checkpoints", "num_samples", "latent_dim"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be at least 1")
-    if config.workers < 0:
-        raise ConfigError(f"--workers {config.workers}: must be 0 or more")
+    for name in ("workers", "celeba_crop", "shuffle_buffer"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be 0 or more")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay {config.ema_decay}: must be in [0, 1)")
     if getattr(config, "gp_weight", 0.0) < 0:

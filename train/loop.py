@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from models import build_models
 from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig, save_config
-from train.data import open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
+from train.data import check_skipped, open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
 from train.ema import GeneratorEMA
 from train.metrics import MetricsFile, StatWindow
 from train.precision import resolve_mixed_precision
@@ -92,7 +92,13 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
         seed=config.seed,
         rank=rank,
         world_size=world,
-        workers=config.workers,
+        **(
+            dict(workers=config.workers, split=config.split, image_column=config.image_column,
+                 celeba_crop=config.celeba_crop, hflip=config.hflip, shuffle_buffer=config.shuffle_buffer,
+                 pin_memory=device.type == "cuda")
+            if spec.is_streamed
+            else {}
+        ),
     )
     objective = make_objective(config, accelerator.scaler, noise_rng)
     window = StatWindow()
@@ -161,6 +167,11 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
         last = step == config.max_steps
         if step % config.log_every == 0 or last:
             means = window.means(accelerator)
+            counters = stream.counters()
+            if counters:  # rows read and skipped, summed over ranks: every rank takes the same decision
+                totals = accelerator.reduce(torch.tensor(list(counters.values()), device=device), reduction="sum")
+                counters = dict(zip(counters, totals.tolist()))
+                check_skipped(spec, counters["data_read"], counters["data_skipped"])
             elapsed = time.perf_counter() - window_start
             record = {
                 "step": step,
@@ -170,6 +181,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 "lr": config.lr,
                 "skipped_steps": skipped,
                 "world_size": world,
+                **counters,
             }
             if accelerator.is_main_process:
                 metrics.write(record)

@@ -1,0 +1,73 @@
+"""The `--data` value: which source it names, checked before anything is computed."""
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+TOY_NAMES = ("8gaussians", "25gaussians")
+DEFAULT_HUB_DATASET = "mattymchen/celeba-hq"
+
+
+class DataSpecError(ValueError):
+    """A --data value that cannot be read; the message names it and says what to do."""
+
+
+class DataError(RuntimeError):
+    """The data went bad during training (too many unreadable rows); the message names the dataset."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    kind: str  # "synthetic" | "toy" | "folder" | "hf" | "parquet"
+    name: str  # toy dataset name, folder path, hub id or glob
+
+    @property
+    def is_points(self) -> bool:
+        return self.kind == "toy"
+
+    @property
+    def is_streamed(self) -> bool:
+        return self.kind in ("folder", "hf", "parquet")
+
+    def __str__(self) -> str:
+        return self.name if self.kind in ("folder", "synthetic") else f"{self.kind}:{self.name}"
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def parquet_files(pattern: str) -> list[str]:
+    return sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    if spec == "synthetic":
+        return DataSpec("synthetic", "synthetic")
+    kind, sep, name = spec.partition(":")
+    if sep and kind == "toy":
+        if name not in TOY_NAMES:
+            raise DataSpecError(f"--data {spec}: unknown toy dataset; choose toy:{' or toy:'.join(TOY_NAMES)}")
+        return DataSpec("toy", name)
+    if sep and kind == "hf":
+        if not name:
+            raise DataSpecError(f"--data {spec}: name a hub dataset, e.g. --data hf:{DEFAULT_HUB_DATASET}")
+        return DataSpec("hf", name)
+    if sep and kind == "parquet":
+        if not parquet_files(name):
+            raise DataSpecError(
+                f"--data {spec}: no file matches {name!r}; quote the glob so the shell leaves it alone,"
+                " e.g. --data 'parquet:shards/*.parquet'"
+            )
+        return DataSpec("parquet", name)
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        raise DataSpecError(
+            f"--data {spec}: no such folder; pass a folder of images, hf:<dataset-id>, 'parquet:<glob>',"
+            " synthetic, or toy:8gaussians / toy:25gaussians"
+        )
+    if not image_files(folder):
+        raise DataSpecError(
+            f"--data {spec}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point it at a folder of images"
+        )
+    return DataSpec("folder", str(folder))

@@ -1,0 +1,197 @@
+"""Hub datasets, parquet shards and image folders through one `datasets` streaming pipeline.
+
+Per rank: the stream is split by node (whole shards where the count allows, else row groups, else
+every world_size-th example), shuffled with the same seed on every rank, decoded in DataLoader
+workers (never more than the rank's shards), and resumable through StatefulDataLoader.
+"""
+import copy
+import logging
+import random
+import warnings
+from typing import Iterator
+
+import datasets
+import pyarrow.parquet as pq
+import torch
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from train.data.decode import decode_image
+from train.data.generated import stream_seed
+from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
+
+logger = logging.getLogger(__name__)
+# Judge the share of unreadable rows only once this many were read, then stop above this share.
+SKIP_JUDGED_AFTER, SKIP_LIMIT = 1000, 0.01
+
+
+def load_source(spec: DataSpec, split: str = "train") -> datasets.IterableDataset:
+    """The streaming dataset a spec names (no rows are read yet)."""
+    if spec.kind == "parquet":
+        return datasets.load_dataset("parquet", data_files={"train": parquet_files(spec.name)}, split="train", streaming=True)
+    if spec.kind == "folder":
+        return datasets.load_dataset("imagefolder", data_dir=spec.name, split="train", streaming=True)
+    try:
+        return datasets.load_dataset(spec.name, split=split, streaming=True)
+    except Exception as error:  # offline, unreachable, unknown id, gated: all end the same way for a user
+        raise DataSpecError(
+            f"--data {spec}: cannot open it on the Hugging Face hub ({type(error).__name__}: {error})."
+            f" To train without the hub, copy it where there is internet with"
+            f" `python -m train.data download {spec} --to DIR` and train with --data 'parquet:DIR/*.parquet',"
+            " or train from a local image folder with --data path/to/images"
+        ) from None
+
+
+def image_column_of(dataset: datasets.IterableDataset, spec: DataSpec, requested: str | None) -> str:
+    features = dataset.features or {}
+    images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    if requested:
+        if requested not in features:
+            raise DataSpecError(f"--image-column {requested}: --data {spec} has columns {', '.join(features)}")
+        return requested
+    if len(images) != 1:
+        found = f"image columns {', '.join(images)}" if images else f"no Image column (columns: {', '.join(features)})"
+        raise DataSpecError(f"--data {spec}: {found}; name the one to train on with --image-column")
+    return images[0]
+
+
+def _read_row_groups(fragments: list[tuple[str, int]]) -> Iterator[dict]:
+    for path, group in fragments:
+        yield from pq.ParquetFile(path).read_row_group(group).to_pylist()
+
+
+def row_group_source(files: list[str], features: datasets.Features) -> datasets.IterableDataset:
+    """Local parquet files as one shard per row group (datasets 4.8's own reshard() keeps whole files)."""
+    fragments = [(path, group) for path in files for group in range(pq.ParquetFile(path).num_row_groups)]
+    return datasets.IterableDataset.from_generator(_read_row_groups, gen_kwargs={"fragments": fragments}, features=features)
+
+
+def shard_for_rank(
+    dataset: datasets.IterableDataset, spec: DataSpec, rank: int, world_size: int
+) -> tuple[datasets.IterableDataset, str]:
+    """Split for this rank: whole shards when they divide evenly, else local parquet row groups, else
+    every world_size-th example. Returns the dataset and how it was split (for the log)."""
+    if world_size == 1:
+        return dataset, f"{dataset.num_shards} shards on one process"
+    how = f"{dataset.num_shards} shards over {world_size} processes"
+    if dataset.num_shards % world_size:
+        by_group = row_group_source(parquet_files(spec.name), dataset.features) if spec.kind == "parquet" else None
+        if by_group is not None and by_group.num_shards % world_size == 0:
+            dataset, how = by_group, f"{by_group.num_shards} row groups over {world_size} processes"
+        else:
+            # every rank reads every shard and keeps one row in world_size
+            how = f"every {world_size}th row on each process ({dataset.num_shards} shards do not divide evenly)"
+    return split_dataset_by_node(dataset, rank=rank, world_size=world_size), how
+
+
+def _image_bytes(cell: dict) -> bytes:
+    """An undecoded Image cell: hub and parquet rows hold the bytes, image folders only a path."""
+    if cell.get("bytes") is not None:
+        return cell["bytes"]
+    with open(cell["path"], "rb") as f:
+        return f.read()
+
+
+class DecodedBatches(IterableDataset):
+    """Runs inside each DataLoader worker: endless epochs of the worker's shards, decoded into
+    uint8 batches that carry how many rows were read and skipped to make them."""
+
+    def __init__(self, source: datasets.IterableDataset, column: str, resolution: int, batch_size: int,
+                 celeba_crop: int, hflip: bool, seed: int, rank: int):
+        self.source, self.column, self.resolution, self.batch_size = source, column, resolution, batch_size
+        self.celeba_crop, self.hflip, self.seed, self.rank = celeba_crop, hflip, seed, rank
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        flips = random.Random(stream_seed(self.seed, self.rank, 100 + (worker.id if worker else 0)))
+        images, read, skipped = [], 0, 0
+        while True:
+            self.source.set_epoch(self.epoch)
+            decoded_this_epoch = 0
+            for row in self.source:
+                read += 1
+                try:
+                    image = decode_image(_image_bytes(row[self.column]), self.resolution, self.celeba_crop)
+                except Exception:  # corrupt, truncated or not an image: counted, never fatal here
+                    skipped += 1
+                    continue
+                decoded_this_epoch += 1
+                images.append(image.flip(-1) if self.hflip and flips.random() < 0.5 else image)
+                if len(images) == self.batch_size:
+                    yield {"images": torch.stack(images), "read": read, "skipped": skipped}
+                    images, read, skipped = [], 0, 0
+            if not decoded_this_epoch:  # nothing readable at all: another pass would spin forever
+                raise DataError(f"no readable image in a whole pass over this worker's shards ({read} rows tried)")
+            self.epoch += 1
+
+    def state_dict(self) -> dict:
+        # datasets returns its live state: copy it, it moves on with the next row
+        return {"epoch": self.epoch, "source": copy.deepcopy(self.source.state_dict())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.source.load_state_dict(state["source"])
+
+
+class StreamingImages:
+    """This rank's endless, resumable stream of uint8 image batches from a `datasets` source."""
+
+    def __init__(self, spec: DataSpec, *, resolution: int, batch_size: int, seed: int, rank: int, world_size: int,
+                 workers: int, split: str = "train", image_column: str | None = None, celeba_crop: int = 0,
+                 hflip: bool = True, shuffle_buffer: int = 1000, pin_memory: bool = False):
+        self.spec = spec
+        source = load_source(spec, split)
+        column = image_column_of(source, spec, image_column)
+        # Split before shuffling (resharding must precede it); the shuffle seed is the same on every
+        # rank, and DecodedBatches advances the epoch so every pass is reshuffled.
+        source, how = shard_for_rank(source, spec, rank, world_size)
+        source = source.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        source = source.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        self.workers = min(workers, source.num_shards)
+        if rank == 0:
+            logger.info("data %s: %s, %d loader workers per process", spec, how, self.workers)
+        self.split_description = how
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 on torch >= 2.10
+            self.loader = StatefulDataLoader(
+                DecodedBatches(source, column, resolution, batch_size, celeba_crop, hflip, seed, rank),
+                batch_size=None,
+                num_workers=self.workers,
+                pin_memory=pin_memory,
+                persistent_workers=self.workers > 0,
+            )
+        self._batches: Iterator[dict] | None = None
+        self.read = self.skipped = 0
+
+    def __iter__(self) -> "StreamingImages":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._batches is None:
+            self._batches = iter(self.loader)
+        batch = next(self._batches)
+        self.read += batch["read"]
+        self.skipped += batch["skipped"]
+        return batch["images"]
+
+    def counters(self) -> dict[str, int]:
+        return {"data_read": self.read, "data_skipped": self.skipped}
+
+    def state_dict(self) -> dict:
+        return {"loader": self.loader.state_dict(), "read": self.read, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.read, self.skipped = int(state["read"]), int(state["skipped"])
+        self._batches = None
+
+
+def check_skipped(spec: DataSpec | str, read: int, skipped: int) -> None:
+    """Stop when more than 1% of the rows read so far were unreadable (judged after 1,000 rows)."""
+    if read >= SKIP_JUDGED_AFTER and skipped > SKIP_LIMIT * read:
+        raise DataError(
+            f"--data {spec}: {skipped} of the {read} rows read so far ({skipped / read:.1%}) are corrupt,"
+            f" truncated or not images, over the {SKIP_LIMIT:.0%} limit; repair or drop them and resume"
+        )
