@@ -2,6 +2,7 @@
 from torch import nn
 
 IMAGE_RESOLUTIONS = (64, 128, 256, 512, 1024)
+MIN_CHANNELS = 16
 CRITIC_NORMS = ("layer", "instance", "none")
 
 
@@ -9,9 +10,10 @@ def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
     """Feature maps at one spatial size: wide at low resolution, narrow at high, capped.
 
     StyleGAN's rule (channels = base / resolution, capped at max): the cap keeps low-resolution
-    layers affordable and the falling width keeps 1024x1024 activations within GPU memory.
+    layers affordable and the falling width keeps 1024x1024 activations within GPU memory; a
+    floor of 16 keeps the highest resolutions from thinning out to a handful of channels.
     """
-    return max(1, min(channel_max, channel_base // resolution))
+    return min(channel_max, max(MIN_CHANNELS, channel_base // resolution))
 
 
 def critic_norm(kind: str, channels: int) -> nn.Module:

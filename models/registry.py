@@ -27,7 +27,7 @@ def build_models(
     *,
     resolution: int,
     latent_dim: int,
-    channel_base: int = 16384,
+    channel_base: int = 4096,
     channel_max: int = 512,
     critic_norm: str = "layer",
     mlp_hidden: int = 512,

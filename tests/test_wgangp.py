@@ -110,3 +110,27 @@ def test_wgangp_covers_all_eight_gaussian_modes(run, tmp_path):
     on_mode = distance < 3 * std
     per_mode = torch.bincount(nearest[on_mode], minlength=8)
     assert (per_mode >= 10).all(), f"samples within 3 std of each mode: {per_mode.tolist()}"
+
+
+def test_training_from_parquet_shards_logs_data_counters(run, tmp_path):
+    from tests.fixtures import write_parquet_shards
+
+    glob = write_parquet_shards(tmp_path / "shards", rows=400, shards=4, corrupt_every=100)
+    out = tmp_path / "run"
+    args = ["--debug", "--data", f"parquet:{glob}", "--resolution", "64", "--max-steps", "3", "--log-every", "1", "--workers", "2"]
+    result = completed(run("train/wgangp.py", *args, "--out", str(out)))
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[-1]["data_read"] >= 3 * 5 * 8 and records[-1]["data_skipped"] >= 0
+    assert 0 <= records[-1]["data_wait_frac"] < 1
+    assert "smaller (32px) than --resolution 64" in result.stderr  # the fixture is 32 px: warned, upsampled
+
+
+def test_a_dataset_with_five_percent_corrupt_rows_stops_training_with_the_count(run, tmp_path):
+    from tests.fixtures import write_parquet_shards
+
+    glob = write_parquet_shards(tmp_path / "shards", rows=1200, shards=2, corrupt_every=20)
+    args = ["--debug", "--data", f"parquet:{glob}", "--resolution", "64", "--batch-size", "40", "--log-every", "1"]
+    result = run("train/wgangp.py", *args, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "rows read so far" in result.stderr and "are corrupt, truncated or not images" in result.stderr

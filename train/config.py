@@ -40,7 +40,7 @@ class TrainConfig:
     workers: int = flag(2, "decoding worker processes per rank (capped at the rank's shards)")
     model: str = flag("resnet", "generator/critic pair", choices=MODEL_NAMES)
     latent_dim: int = flag(128, "size of the generator's input noise")
-    channel_base: int = flag(16384, "conv width rule: channels = channel_base / resolution, capped (4096 = the WGAN-GP paper at 64px)")
+    channel_base: int = flag(4096, "conv width rule: channels = channel_base / resolution, within [16, channel_max] (4096: the WGAN-GP paper's widths at 64 px)")
     channel_max: int = flag(512, "the cap on conv channels")
     critic_norm: str = flag("layer", "per-sample normalisation in the critic", choices=("layer", "instance", "none"))
     mlp_hidden: int = flag(512, "hidden width of the toy MLPs")
