@@ -5,7 +5,6 @@ every world_size-th example), shuffled with the same seed on every rank, decoded
 workers (never more than the rank's shards), and resumable through StatefulDataLoader.
 """
 import copy
-import logging
 import random
 import warnings
 from typing import Iterator
@@ -21,7 +20,6 @@ from train.data.decode import decode_image
 from train.data.generated import stream_seed
 from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
 
-logger = logging.getLogger(__name__)
 # Judge the share of unreadable rows only once this many were read, then stop above this share.
 SKIP_JUDGED_AFTER, SKIP_LIMIT = 1000, 0.01
 
@@ -151,7 +149,7 @@ class StreamingImages:
         source = source.shuffle(seed=seed, buffer_size=shuffle_buffer)
         self.workers = min(workers, source.num_shards)
         if rank == 0:
-            logger.info("data %s: %s, %d loader workers per process", spec, how, self.workers)
+            print(f"data {spec}: {how}, {self.workers} decoding workers per process", flush=True)
         self.split_description = how
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 on torch >= 2.10
