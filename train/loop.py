@@ -92,13 +92,13 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
         seed=config.seed,
         rank=rank,
         world_size=world,
-        **(
-            dict(workers=config.workers, split=config.split, image_column=config.image_column,
-                 celeba_crop=config.celeba_crop, hflip=config.hflip, shuffle_buffer=config.shuffle_buffer,
-                 pin_memory=device.type == "cuda")
-            if spec.is_streamed
-            else {}
-        ),
+        workers=config.workers,
+        split=config.split,
+        image_column=config.image_column,
+        celeba_crop=config.celeba_crop,
+        hflip=config.hflip,
+        shuffle_buffer=config.shuffle_buffer,
+        pin_memory=device.type == "cuda",
     )
     objective = make_objective(config, accelerator.scaler, noise_rng)
     window = StatWindow()

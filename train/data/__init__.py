@@ -28,7 +28,9 @@ class BatchStream(Protocol):
 
 def open_stream(spec: DataSpec, *, resolution: int, batch_size: int, seed: int, rank: int, world_size: int,
                 **streaming_options) -> BatchStream:
-    """This rank's endless stream of batches of `batch_size`; `streaming_options` go to StreamingImages."""
+    """This rank's endless stream of batches of `batch_size`; `streaming_options` (workers, split,
+    image_column, celeba_crop, hflip, shuffle_buffer, pin_memory) concern hub, parquet and folder
+    sources only, and generated streams ignore them."""
     if spec.kind == "toy":
         return ToyStream(spec.name, batch_size, stream_seed(seed, rank, 1))
     if spec.kind == "synthetic":
