@@ -9,9 +9,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
-from models import MODEL_NAMES, POINT_MODELS, check_model
+from models import POINT_MODELS, check_model
 from train.checkpoint import latest_checkpoint
 from train.data import DataSpecError, parse_data_spec
 from train.data.specs import DEFAULT_HUB_DATASET
@@ -21,6 +21,28 @@ PRECISIONS = ("no", "fp16", "bf16")
 
 def flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+DEBUG_PRESET: dict[str, Any] = {
+    "data": "synthetic",
+    "model": "dcgan",
+    "resolution": 64,
+    "latent_dim": 64,
+    "channel_base": 1024,
+    "channel_max": 64,
+    "mlp_hidden": 128,
+    "batch_size": 8,
+    "max_steps": 40,
+    "log_every": 5,
+    "sample_every": 20,
+    "ckpt_every": 20,
+    "num_samples": 16,
+    "workers": 0,
+    "out": "runs/debug",
+}
+# The WGAN-GP authors' toy code: 2-D noise, batch 256, Adam betas (0.5, 0.9) and lambda = 0.1;
+# lambda = 10 leaves most of the 8 modes uncovered after 1000 steps.
+TOY_PRESET: dict[str, Any] = {"model": "mlp", "latent_dim": 2, "batch_size": 256, "betas": (0.5, 0.9), "gp_weight": 0.1}
 
 
 @dataclass
@@ -38,7 +60,7 @@ class TrainConfig:
     hflip: bool = flag(True, "random horizontal flips of real images")
     shuffle_buffer: int = flag(1000, "rows in the streaming shuffle buffer")
     workers: int = flag(2, "decoding worker processes per rank (capped at the rank's shards)")
-    model: str = flag("resnet", "generator/critic pair", choices=MODEL_NAMES)
+    model: str = flag("resnet", "generator/critic pair", choices=("resnet", "dcgan", "mlp"))
     latent_dim: int = flag(128, "size of the generator's input noise")
     channel_base: int = flag(4096, "conv width rule: channels = channel_base / resolution, within [16, channel_max] (4096: the WGAN-GP paper's widths at 64 px)")
     channel_max: int = flag(512, "the cap on conv channels")
@@ -66,30 +88,16 @@ class TrainConfig:
     num_samples: int = flag(64, "fixed-noise samples in each grid")
     debug: bool = flag(False, "tiny model on synthetic data (MLP on toy data), a few dozen steps, no network")
 
+    # Fields that shape the networks: a resumed run must keep them.
+    architecture_fields: ClassVar[tuple[str, ...]] = (
+        "model", "resolution", "latent_dim", "channel_base", "channel_max", "critic_norm", "mlp_hidden"
+    )
+    debug_preset: ClassVar[dict[str, Any]] = DEBUG_PRESET
+    toy_preset: ClassVar[dict[str, Any]] = TOY_PRESET
 
-# Fields that shape the networks: a resumed run must keep them.
-ARCHITECTURE_FIELDS = ("model", "resolution", "latent_dim", "channel_base", "channel_max", "critic_norm", "mlp_hidden")
+    def check_recipe(self) -> None:
+        """A recipe's own checks of its own fields; raise ConfigError."""
 
-DEBUG_PRESET: dict[str, Any] = {
-    "data": "synthetic",
-    "model": "dcgan",
-    "resolution": 64,
-    "latent_dim": 64,
-    "channel_base": 1024,
-    "channel_max": 64,
-    "mlp_hidden": 128,
-    "batch_size": 8,
-    "max_steps": 40,
-    "log_every": 5,
-    "sample_every": 20,
-    "ckpt_every": 20,
-    "num_samples": 16,
-    "workers": 0,
-    "out": "runs/debug",
-}
-# The WGAN-GP authors' toy code: 2-D noise, batch 256, Adam betas (0.5, 0.9) and lambda = 0.1;
-# lambda = 10 leaves most of the 8 modes uncovered after 1000 steps.
-TOY_PRESET: dict[str, Any] = {"model": "mlp", "latent_dim": 2, "batch_size": 256, "betas": (0.5, 0.9), "gp_weight": 0.1}
 
 Config = TypeVar("Config", bound=TrainConfig)
 
@@ -123,11 +131,11 @@ def _data_is_points(data: str) -> bool:
 def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
     """Merge defaults, presets, a resumed run's saved config and the given flags; then check it."""
     values = dataclasses.asdict(config_cls())
-    out = Path(given.get("out", values["out"] if not given.get("debug") else DEBUG_PRESET["out"]))
+    out = Path(given.get("out", values["out"] if not given.get("debug") else config_cls.debug_preset["out"]))
     if given.get("resume"):
         saved = _saved_config(out)
-        for name in ARCHITECTURE_FIELDS:
-            if name in given and given[name] != saved.get(name):
+        for name in config_cls.architecture_fields:
+            if name in given and _plain(given[name]) != _plain(saved.get(name)):
                 raise ConfigError(
                     f"--{name.replace('_', '-')} {given[name]} differs from the run in {out} ({saved.get(name)});"
                     " drop the flag to resume, or start a new run in another --out"
@@ -135,11 +143,13 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
         values.update({k: v for k, v in saved.items() if k in values})
     else:
         if given.get("debug"):
-            values.update(DEBUG_PRESET)
+            values.update(config_cls.debug_preset)
         if _data_is_points(given.get("data", values["data"])):
-            values.update({k: v for k, v in TOY_PRESET.items() if k in values})
+            values.update({k: v for k, v in config_cls.toy_preset.items() if k in values})
     values.update(given)
-    values["betas"] = tuple(values["betas"])
+    for f in dataclasses.fields(config_cls):  # JSON and argparse give lists
+        if isinstance(f.default, tuple):
+            values[f.name] = tuple(values[f.name])
     config = config_cls(**values)
     check_config(config)
     return config
@@ -148,6 +158,10 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
 def load_config(config_cls: type[Config], argv: Sequence[str] | None, description: str) -> Config:
     given = vars(build_parser(config_cls, description).parse_args(argv))
     return resolve_config(config_cls, given)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _saved_config(out: Path) -> dict[str, Any]:
@@ -168,17 +182,20 @@ def check_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be 0 or more")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay {config.ema_decay}: must be in [0, 1)")
-    if getattr(config, "gp_weight", 0.0) < 0:
-        raise ConfigError(f"--gp-weight {config.gp_weight}: must be 0 or more")
     try:
         spec = parse_data_spec(config.data)
-        check_model(config.model, config.resolution, config.critic_norm)
+        check_model(config.model, config.resolution, config.critic_norm, getattr(config, "attn_resolutions", ()))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    models = next(f for f in dataclasses.fields(config) if f.name == "model").metadata["choices"]
     if spec.is_points and config.model not in POINT_MODELS:
+        if not set(models) & set(POINT_MODELS):
+            raise ConfigError(f"--data {config.data} is 2-D points, which this trainer's models do not take; use images")
         raise ConfigError(f"--model {config.model}: --data {config.data} is 2-D points; use --model mlp")
     if not spec.is_points and config.model in POINT_MODELS:
-        raise ConfigError(f"--model {config.model} is for toy data; for images use --model dcgan or resnet")
+        image_models = " or ".join(m for m in models if m not in POINT_MODELS)
+        raise ConfigError(f"--model {config.model} is for toy data; for images use --model {image_models}")
+    config.check_recipe()
     out = Path(config.out)
     if config.resume:
         if latest_checkpoint(out) is None:

@@ -3,6 +3,7 @@
 It knows models only as callables and objectives only through `critic_loss` / `generator_loss`.
 """
 import contextlib
+import inspect
 import time
 from pathlib import Path
 from typing import Callable, Protocol
@@ -27,6 +28,8 @@ SAMPLE_CHUNK = 16
 class Objective(Protocol):
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
     def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
+    def state_dict(self) -> dict: ...  # saved with each rank's checkpoint
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.Generator], Objective]
@@ -51,16 +54,11 @@ def fixed_noise(config: TrainConfig) -> torch.Tensor:
 
 
 def build_networks(config: TrainConfig) -> tuple[nn.Module, nn.Module]:
+    """The run's pair from its config (or a saved config.json's values): every builder argument it holds."""
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    return build_models(
-        config.model,
-        resolution=config.resolution,
-        latent_dim=config.latent_dim,
-        channel_base=config.channel_base,
-        channel_max=config.channel_max,
-        critic_norm=config.critic_norm,
-        mlp_hidden=config.mlp_hidden,
-    )
+    arguments = inspect.signature(build_models).parameters
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(config).items() if k in arguments and k != "name"}
+    return build_models(config.model, **given)
 
 
 @torch.no_grad()
@@ -70,6 +68,55 @@ def render_samples(generator: nn.Module, noise: torch.Tensor) -> torch.Tensor:
     return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in noise.split(SAMPLE_CHUNK)])
 
 
+def adversarial_step(
+    accelerator: Accelerator,
+    generator: nn.Module,
+    critic: nn.Module,
+    g_opt: torch.optim.Optimizer,
+    d_opt: torch.optim.Optimizer,
+    objective: Objective,
+    next_real: Callable[[], torch.Tensor],
+    latents: Callable[[], torch.Tensor],
+    critic_steps: int,
+    grad_accum: int,
+    record: Callable[[dict], None],
+) -> int:
+    """`critic_steps` critic updates, then one generator update, each over `grad_accum`
+    micro-batches; returns how many optimizer steps the fp16 GradScaler skipped."""
+
+    def sync_unless_last(model: nn.Module, micro: int):
+        # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
+        return accelerator.no_sync(model) if micro < grad_accum - 1 else contextlib.nullcontext()
+
+    skipped = 0
+    generator.train()
+    critic.requires_grad_(True)
+    for _ in range(critic_steps):
+        for micro in range(grad_accum):
+            real = next_real()
+            with torch.no_grad():
+                fake = generator(latents())
+            with sync_unless_last(critic, micro):
+                loss, stats = objective.critic_loss(critic, real, fake)
+                accelerator.backward(loss / grad_accum)
+            record(stats)
+        d_opt.step()
+        skipped += d_opt.step_was_skipped
+        d_opt.zero_grad(set_to_none=True)
+
+    # Frozen, the critic's weights get no gradients from the generator's loss (and DDP expects none).
+    critic.requires_grad_(False)
+    for micro in range(grad_accum):
+        with sync_unless_last(generator, micro):
+            loss, stats = objective.generator_loss(critic, generator(latents()))
+            accelerator.backward(loss / grad_accum)
+        record(stats)
+    g_opt.step()
+    skipped += g_opt.step_was_skipped
+    g_opt.zero_grad(set_to_none=True)
+    return skipped
+
+
 def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
     out = Path(config.out)
     accelerator = make_accelerator(config)
@@ -77,6 +124,9 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
     spec = parse_data_spec(config.data)
 
     generator, critic = build_networks(config)
+    # From here torch's global generator (injected noise, dropout) differs per rank; Accelerate
+    # saves and restores it per rank with each checkpoint.
+    torch.manual_seed(stream_seed(config.seed, rank, 2))
     ema = GeneratorEMA(generator, config.ema_decay, device=device)
     if config.sync_bn and world > 1 and device.type == "cuda":
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
@@ -115,6 +165,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
             stream.load_state_dict(rank_state["data"])
             window.load_state_dict(rank_state["window"], device)
             skipped = int(rank_state.get("skipped", 0))
+            objective.load_state_dict(rank_state.get("objective", {}))
         accelerator.print(f"resumed from step {start_step}")
     if accelerator.is_main_process:
         save_config(config, out)
@@ -123,9 +174,12 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
     def latents() -> torch.Tensor:
         return torch.randn(config.batch_size, config.latent_dim, device=device, generator=noise_rng)
 
-    def sync_unless_last(model: nn.Module, micro: int):
-        # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
-        return accelerator.no_sync(model) if micro < config.grad_accum - 1 else contextlib.nullcontext()
+    def next_real() -> torch.Tensor:
+        nonlocal data_wait
+        waited = time.perf_counter()
+        batch = next(stream)
+        data_wait += time.perf_counter() - waited
+        return to_model_input(batch, device)
 
     real_per_step = config.batch_size * config.critic_steps * config.grad_accum * world
     progress = tqdm(
@@ -133,33 +187,10 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
     )
     window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
     for step in range(start_step + 1, config.max_steps + 1):
-        generator.train()
-        critic.requires_grad_(True)
-        for _ in range(config.critic_steps):
-            for micro in range(config.grad_accum):
-                waited = time.perf_counter()
-                batch = next(stream)
-                data_wait += time.perf_counter() - waited
-                real = to_model_input(batch, device)
-                with torch.no_grad():
-                    fake = generator(latents())
-                with sync_unless_last(critic, micro):
-                    loss, stats = objective.critic_loss(critic, real, fake)
-                    accelerator.backward(loss / config.grad_accum)
-                window.add(stats)
-            d_opt.step()
-            skipped += d_opt.step_was_skipped
-            d_opt.zero_grad(set_to_none=True)
-
-        critic.requires_grad_(False)
-        for micro in range(config.grad_accum):
-            with sync_unless_last(generator, micro):
-                loss, stats = objective.generator_loss(critic, generator(latents()))
-                accelerator.backward(loss / config.grad_accum)
-            window.add(stats)
-        g_opt.step()
-        skipped += g_opt.step_was_skipped
-        g_opt.zero_grad(set_to_none=True)
+        skipped += adversarial_step(
+            accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents,
+            config.critic_steps, config.grad_accum, window.add,
+        )
         ema.update(accelerator.unwrap_model(generator))
         window_steps += 1
         progress.update()
@@ -198,6 +229,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 "data": stream.state_dict(),
                 "window": window.state_dict(),
                 "skipped": skipped,
+                "objective": objective.state_dict(),
             }
             save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
         if (step % config.sample_every == 0 or last) and accelerator.is_main_process:

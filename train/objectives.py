@@ -3,12 +3,16 @@
 An objective takes the (possibly DDP-wrapped) critic and batches and returns a loss with detached
 statistics to log; the loop decides when, how often and under which precision to call it.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from train.penalty import gradient_penalty, interpolate
+from models.lightweight import crop_quarter
+from train.diffaugment import DiffAugment, Draw
+from train.penalty import gradient_penalty, interpolate, zero_centred_penalty
+from train.reconstruction import ReconLoss, mse
 
 Stats = dict[str, torch.Tensor]
 
@@ -37,3 +41,93 @@ class WGANGP:
     def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         loss = -critic(fake).float().mean()
         return loss, {"g_loss": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _prefixed(draw: Draw, prefix: str) -> Draw:
+    return {k.removeprefix(prefix): v for k, v in draw.items() if k.startswith(prefix)}
+
+
+@dataclass
+class FastGANHinge:
+    """The lightweight GAN's objective (Liu et al. 2021): a hinge with random real labels in
+    [0.8, 1.0], DiffAugment on everything the discriminator sees, and the decoders' reconstruction
+    of real images; optionally a zero-centred penalty on real images every `gp_every` calls.
+
+    Every random number of a call comes from `draw_critic` / `draw_generator` (per-rank `rng`);
+    passing a draw makes a call deterministic, which is how the DDP test splits one global draw.
+    """
+
+    augment: DiffAugment = field(default_factory=DiffAugment)
+    recon_loss: ReconLoss = mse
+    recon_weight: float = 1.0
+    gp_weight: float = 0.0
+    gp_every: int = 4
+    scaler: torch.amp.GradScaler | None = None
+    rng: torch.Generator | None = None
+    critic_calls: int = 0
+
+    def draw_critic(self, batch: int, size: int, device: torch.device) -> Draw:
+        def labels() -> torch.Tensor:
+            return 0.8 + 0.2 * torch.rand(batch, device=device, generator=self.rng)
+
+        real = self.augment.draw(batch, size, device, self.rng)
+        fake = self.augment.draw(batch, size, device, self.rng)
+        return {
+            **{f"real_{k}": v for k, v in real.items()},
+            **{f"fake_{k}": v for k, v in fake.items()},
+            "real_labels": labels(),
+            "fake_labels": labels(),
+            "quarters": torch.randint(0, 4, (batch,), device=device, generator=self.rng),
+        }
+
+    def draw_generator(self, batch: int, size: int, device: torch.device) -> Draw:
+        return self.augment.draw(batch, size, device, self.rng)
+
+    def critic_loss(
+        self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, draw: Draw | None = None
+    ) -> tuple[torch.Tensor, Stats]:
+        n = len(real)
+        if draw is None:
+            draw = self.draw_critic(n, real.shape[-1], real.device)
+        real = self.augment(real, _prefixed(draw, "real_"))
+        fake = self.augment(fake.detach(), _prefixed(draw, "fake_"))
+        # One forward: the discriminator's norms are per sample, so this equals two.
+        logits, (whole, part) = critic(torch.cat([real, fake]), quarters=draw["quarters"])
+        d_real, d_fake = logits.float()[:n], logits.float()[n:]
+        hinge = (
+            F.relu(draw["real_labels"][:, None] - d_real).mean() + F.relu(draw["fake_labels"][:, None] + d_fake).mean()
+        )
+        recon = self.recon_loss(whole, F.interpolate(real, size=whole.shape[-1], mode="area")) + self.recon_loss(
+            part, F.interpolate(crop_quarter(real, draw["quarters"]), size=part.shape[-1], mode="area")
+        )
+        loss = hinge + self.recon_weight * recon
+        stats = {"hinge": hinge, "recon": recon, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
+        self.critic_calls += 1
+        if self.gp_weight > 0 and self.critic_calls % self.gp_every == 0:
+            # Lazy regularisation (Karras et al. 2020): every k-th call, k times the weight. The
+            # penalty shares this backward with the hinge, which already touches every parameter.
+            gp, _ = zero_centred_penalty(critic, real, self.scaler)
+            loss = loss + self.gp_weight * self.gp_every * gp
+            stats["gp"] = gp
+        stats["d_loss"] = loss
+        return loss, {k: v.detach() for k, v in stats.items()}
+
+    def generator_loss(
+        self, critic: nn.Module, fake: torch.Tensor, draw: Draw | None = None
+    ) -> tuple[torch.Tensor, Stats]:
+        if draw is None:
+            draw = self.draw_generator(len(fake), fake.shape[-1], fake.device)
+        loss = -critic(self.augment(fake, draw)).float().mean()
+        return loss, {"g_loss": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {"critic_calls": self.critic_calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.critic_calls = int(state["critic_calls"])

@@ -7,7 +7,7 @@ if __spec__ is None:  # run as a file: import the project's packages, not train/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from train.cli import main  # noqa: E402
-from train.config import TrainConfig, flag  # noqa: E402
+from train.config import ConfigError, TrainConfig, flag  # noqa: E402
 from train.objectives import WGANGP  # noqa: E402
 
 
@@ -15,6 +15,10 @@ from train.objectives import WGANGP  # noqa: E402
 class WGANGPConfig(TrainConfig):
     gp_weight: float = flag(10.0, "gradient penalty weight, lambda (toy data: 0.1, the authors' toy value)")
     out: str = flag("runs/wgangp", "run directory: config, metrics, samples, checkpoints")
+
+    def check_recipe(self) -> None:
+        if self.gp_weight < 0:
+            raise ConfigError(f"--gp-weight {self.gp_weight}: must be 0 or more")
 
 
 def make_objective(config: WGANGPConfig, scaler, rng) -> WGANGP:
