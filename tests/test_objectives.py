@@ -1,14 +1,18 @@
-"""train/objectives.py: the WGAN-GP losses, and their gradients under DDP on 2 gloo processes."""
+"""train/objectives.py: the WGAN-GP and FastGAN losses, and their gradients under DDP on 2 gloo processes."""
 import copy
 
 import pytest
 import torch
 from accelerate import Accelerator
 from torch import nn
+from torch.nn import functional as F
 
 from models import build_models
+from models.lightweight import NoiseInjection, crop_quarter
 from tests.conftest import debug_launch
-from train.objectives import WGANGP
+from train.diffaugment import DiffAugment
+from train.objectives import WGANGP, FastGANHinge
+from train.penalty import zero_centred_penalty
 
 GLOBAL_BATCH = 8
 TOLERANCE = 1e-5
@@ -140,3 +144,135 @@ def test_two_gloo_processes_give_the_full_batch_gradients(name):
 
 def test_accumulated_micro_batches_on_two_processes_give_the_full_batch_gradients():
     debug_launch(f"{__name__}:_ddp_step_matches_full_batch", "mlp", 2)
+
+
+# --- FastGANHinge: the lightweight GAN's objective -------------------------------------------
+
+def _lightweight_pair(attn_resolutions=()) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return build_models(
+        "lightweight", resolution=64, latent_dim=8, channel_base=512, channel_max=16,
+        critic_norm="none", attn_resolutions=attn_resolutions,
+    )
+
+
+def _smooth_images(n: int, seed: int) -> torch.Tensor:
+    """Images a decoder from 8x8 features can learn: upsampled 8x8 noise."""
+    coarse = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return F.interpolate(coarse, size=64, mode="bilinear", align_corners=False)
+
+
+def test_fastgan_critic_loss_is_the_hinge_with_random_labels_plus_reconstruction():
+    _, discriminator = _lightweight_pair()
+    real, fake = _smooth_images(4, 1), _smooth_images(4, 2)
+    objective = FastGANHinge(augment=DiffAugment(policy=()), rng=torch.Generator().manual_seed(0))
+    draw = objective.draw_critic(4, 64, torch.device("cpu"))
+    assert torch.all((draw["real_labels"] >= 0.8) & (draw["real_labels"] <= 1.0))
+    loss, stats = objective.critic_loss(discriminator, real, fake, draw)
+
+    logits, (whole, part) = discriminator(torch.cat([real, fake]), quarters=draw["quarters"])
+    hinge = (
+        F.relu(draw["real_labels"][:, None] - logits[:4]).mean() + F.relu(draw["fake_labels"][:, None] + logits[4:]).mean()
+    )
+    recon = F.mse_loss(whole, real) + F.mse_loss(part, crop_quarter(real, draw["quarters"]))
+    torch.testing.assert_close(stats["hinge"], hinge)
+    torch.testing.assert_close(stats["recon"], recon)
+    torch.testing.assert_close(loss, hinge + recon)
+    assert "gp" not in stats  # off by default, as in the paper
+
+
+def test_fastgan_generator_loss_is_minus_the_mean_logit_of_augmented_fakes():
+    _, discriminator = _lightweight_pair()
+    fake = _smooth_images(4, 3)
+    objective = FastGANHinge(rng=torch.Generator().manual_seed(0))
+    draw = objective.draw_generator(4, 64, torch.device("cpu"))
+    loss, _ = objective.generator_loss(discriminator, fake, draw)
+    torch.testing.assert_close(loss, -discriminator(objective.augment(fake, draw)).mean())
+
+
+def test_fastgan_penalty_is_added_every_k_calls_and_its_count_survives_a_resume():
+    _, discriminator = _lightweight_pair()
+    real, fake = _smooth_images(4, 1), _smooth_images(4, 2)
+    objective = FastGANHinge(augment=DiffAugment(policy=()), gp_weight=2.0, gp_every=3, rng=torch.Generator().manual_seed(0))
+    with_penalty = []
+    for _ in range(6):
+        draw = objective.draw_critic(4, 64, torch.device("cpu"))
+        loss, stats = objective.critic_loss(discriminator, real, fake, draw)
+        with_penalty.append("gp" in stats)
+        if "gp" in stats:
+            expected, _ = zero_centred_penalty(discriminator, real)
+            torch.testing.assert_close(stats["gp"], expected)
+            torch.testing.assert_close(loss, stats["hinge"] + stats["recon"] + 2.0 * 3 * expected)
+    assert with_penalty == [False, False, True, False, False, True]
+    resumed = FastGANHinge(gp_every=3)
+    resumed.load_state_dict(objective.state_dict())
+    assert resumed.critic_calls == 6
+
+
+def test_reconstruction_loss_falls_on_a_fixed_real_batch():
+    _, discriminator = _lightweight_pair()
+    real, fake = _smooth_images(4, 1), _smooth_images(4, 2)
+    objective = FastGANHinge(augment=DiffAugment(policy=()), rng=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    recon = []
+    for _ in range(40):
+        loss, stats = objective.critic_loss(discriminator, real, fake)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        recon.append(stats["recon"].item())
+    assert sum(recon[-5:]) / 5 < 0.75 * sum(recon[:5]) / 5, recon
+
+
+def _fix_injected_noise(generator: nn.Module) -> None:
+    # Per-rank noise cannot equal the full batch's noise; a fixed pattern keeps the weights in the graph.
+    for module in generator.modules():
+        if isinstance(module, NoiseInjection):
+            module.forward = lambda x, m=module: x + m.weight * torch.linspace(-1, 1, x.shape[-1]).view(1, 1, 1, -1)
+
+
+def _lightweight_ddp_step_matches_full_batch() -> None:
+    accelerator = Accelerator(cpu=True)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    generator, critic = _lightweight_pair(attn_resolutions=(8,))
+    generator.eval()  # BatchNorm with fixed statistics, as in the WGAN-GP comparison
+    _fix_injected_noise(generator)
+    ref_generator, ref_critic = copy.deepcopy(generator), copy.deepcopy(critic)
+    _fix_injected_noise(ref_generator)
+    objective = FastGANHinge(gp_weight=1.0, gp_every=1, rng=torch.Generator().manual_seed(7))
+    cpu = torch.device("cpu")
+    torch.manual_seed(1)
+    batch = {"real": _smooth_images(GLOBAL_BATCH, 1), "z_critic": torch.randn(GLOBAL_BATCH, 8), "z_generator": torch.randn(GLOBAL_BATCH, 8)}
+    critic_draw = objective.draw_critic(GLOBAL_BATCH, 64, cpu)
+    generator_draw = objective.draw_generator(GLOBAL_BATCH, 64, cpu)
+    with torch.no_grad():
+        batch["fake"] = ref_generator(batch["z_critic"])
+
+    loss, stats = objective.critic_loss(ref_critic, batch["real"], batch["fake"], critic_draw)
+    assert "gp" in stats
+    loss.backward()
+    ref_critic.requires_grad_(False)
+    objective.generator_loss(ref_critic, ref_generator(batch["z_generator"]), generator_draw)[0].backward()
+
+    generator, critic = accelerator.prepare(generator, critic)
+    half = lambda tensors: {k: v.chunk(world)[rank] for k, v in tensors.items()}  # noqa: E731
+    local = half(batch)
+    loss, _ = objective.critic_loss(critic, local["real"], local["fake"], half(critic_draw))
+    accelerator.backward(loss)
+    critic.requires_grad_(False)
+    loss, _ = objective.generator_loss(critic, generator(local["z_generator"]), half(generator_draw))
+    accelerator.backward(loss)
+
+    critic_diff = _max_difference(accelerator.unwrap_model(critic), ref_critic)
+    generator_diff = _max_difference(accelerator.unwrap_model(generator), ref_generator)
+    assert critic_diff <= TOLERANCE, f"rank {rank}: critic gradients differ by {critic_diff:.2e}"
+    assert generator_diff <= TOLERANCE, f"rank {rank}: generator gradients differ by {generator_diff:.2e}"
+    del generator, critic
+    accelerator.free_memory()
+    accelerator.end_training()
+
+
+def test_fastgan_step_on_two_gloo_processes_gives_the_full_batch_gradients():
+    """Augmentation, labels, quarters and the penalty drawn once for the global batch, each rank
+    taking its half: DDP's averaged gradients must equal the 1-process ones."""
+    debug_launch(f"{__name__}:_lightweight_ddp_step_matches_full_batch")

@@ -60,7 +60,7 @@ class TrainConfig:
     hflip: bool = flag(True, "random horizontal flips of real images")
     shuffle_buffer: int = flag(1000, "rows in the streaming shuffle buffer")
     workers: int = flag(2, "decoding worker processes per rank (capped at the rank's shards)")
-    model: str = flag("resnet", "generator/critic pair", choices=("resnet", "dcgan", "mlp"))
+    model: str = flag("resnet", "generator/critic pair", choices=("dcgan", "resnet", "mlp"))
     latent_dim: int = flag(128, "size of the generator's input noise")
     channel_base: int = flag(4096, "conv width rule: channels = channel_base / resolution, within [16, channel_max] (4096: the WGAN-GP paper's widths at 64 px)")
     channel_max: int = flag(512, "the cap on conv channels")
@@ -188,6 +188,8 @@ def check_config(config: TrainConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     models = next(f for f in dataclasses.fields(config) if f.name == "model").metadata["choices"]
+    if config.model not in models:
+        raise ConfigError(f"--model {config.model}: this trainer takes {', '.join(models)}")
     if spec.is_points and config.model not in POINT_MODELS:
         if not set(models) & set(POINT_MODELS):
             raise ConfigError(f"--data {config.data} is 2-D points, which this trainer's models do not take; use images")

@@ -43,6 +43,7 @@ class LightweightGANConfig(TrainConfig):
         "attn_resolutions": (16,),
         "out": "runs/debug-lightweight",
     }
+    toy_preset: ClassVar[dict[str, Any]] = {}  # images only
 
     def check_recipe(self) -> None:
         try:
