@@ -20,6 +20,19 @@ def test_debug_run_trains_with_finite_losses_under_mixed_precision(run, tmp_path
         assert records[-1]["skipped_steps"] < 20  # the scaler settles instead of skipping every step
 
 
+@pytest.mark.parametrize("resolution", [64, 256, 1024])
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_lightweight_gan_trains_with_finite_losses_under_mixed_precision(run, tmp_path, precision, resolution):
+    out = tmp_path / f"{precision}-{resolution}"
+    result = run(
+        "train/lightweight_gan.py", "--debug", "--max-steps", "10", "--resolution", str(resolution),
+        "--batch-size", "4", "--gp-weight", "1", "--gp-every", "2", "--mixed-precision", precision, "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = read_metrics(out / "metrics.jsonl")
+    assert all(np.isfinite(r[k]) for r in records for k in ("d_loss", "g_loss", "hinge", "recon", "gp"))
+
+
 def test_bf16_is_kept_only_where_the_gpu_has_it_natively():
     native = torch.cuda.is_bf16_supported(including_emulation=False)
     if native:

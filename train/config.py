@@ -15,6 +15,7 @@ from models import POINT_MODELS, check_model
 from train.checkpoint import latest_checkpoint
 from train.data import DataSpecError, parse_data_spec
 from train.data.specs import DEFAULT_HUB_DATASET
+from train.tracking import WANDB_MODES
 
 PRECISIONS = ("no", "fp16", "bf16")
 
@@ -38,6 +39,7 @@ DEBUG_PRESET: dict[str, Any] = {
     "ckpt_every": 20,
     "num_samples": 16,
     "workers": 0,
+    "wandb_mode": "disabled",
     "out": "runs/debug",
 }
 # The WGAN-GP authors' toy code: 2-D noise, batch 256, Adam betas (0.5, 0.9) and lambda = 0.1;
@@ -86,6 +88,13 @@ class TrainConfig:
     ckpt_every: int = flag(2000, "generator steps between checkpoints")
     keep_checkpoints: int = flag(3, "checkpoints kept (oldest deleted once a new one is whole)")
     num_samples: int = flag(64, "fixed-noise samples in each grid")
+    wandb_project: str = flag("facegan", "W&B project")
+    wandb_entity: str | None = flag(None, "W&B entity, a team or user (default: your default entity)")
+    wandb_name: str | None = flag(None, "W&B run name (default: the --out folder's name)")
+    wandb_tags: tuple[str, ...] = flag((), "W&B tags", nargs="*", type=str)
+    wandb_mode: str | None = flag(
+        None, "online, offline or disabled (default: $WANDB_MODE, else online with an API key, offline without)", choices=WANDB_MODES
+    )
     debug: bool = flag(False, "tiny model on synthetic data (MLP on toy data), a few dozen steps, no network")
 
     # Fields that shape the networks: a resumed run must keep them.

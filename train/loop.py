@@ -3,6 +3,7 @@
 It knows models only as callables and objectives only through `critic_loss` / `generator_loss`.
 """
 import contextlib
+import dataclasses
 import inspect
 import time
 from pathlib import Path
@@ -18,9 +19,10 @@ from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig, save_config
 from train.data import check_skipped, open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
 from train.ema import GeneratorEMA
-from train.metrics import MetricsFile, StatWindow
+from train.metrics import StatWindow
 from train.precision import resolve_mixed_precision
-from train.samples import save_samples
+from train.reporting import Reporter
+from train.tracking import WandbRun, new_run_id, resolve_wandb_mode
 
 SAMPLE_CHUNK = 16
 
@@ -35,7 +37,7 @@ class Objective(Protocol):
 ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.Generator], Objective]
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
+def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accelerator:
     # Without CUDA, Accelerate must be told to use the CPU, or torchrun's ranks never form a group.
     use_cpu = config.cpu or not torch.cuda.is_available()
     if not use_cpu:
@@ -45,6 +47,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         mixed_precision=resolve_mixed_precision(config.mixed_precision, use_cpu),
         # Default DDP flags on purpose: static_graph breaks the penalty's double backward.
         kwargs_handlers=[DistributedDataParallelKwargs(static_graph=False)],
+        log_with=log_with,
     )
 
 
@@ -119,7 +122,9 @@ def adversarial_step(
 
 def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
     out = Path(config.out)
-    accelerator = make_accelerator(config)
+    wandb_mode, wandb_hint = resolve_wandb_mode(config.wandb_mode)
+    accelerator = make_accelerator(config, log_with=WandbRun.log_with(wandb_mode))
+    reporter = Reporter(accelerator, out, wandb_enabled=wandb_mode != "disabled")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     spec = parse_data_spec(config.data)
 
@@ -155,7 +160,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
     eval_noise = fixed_noise(config)
     modes, std = toy_modes(spec.name) if spec.is_points else (None, 0.0)
 
-    start_step, skipped = 0, 0
+    start_step, skipped, run_id = 0, 0, new_run_id()
     if config.resume:
         rank_state, ema_state = load_checkpoint(accelerator, latest_checkpoint(out))
         ema.load_state_dict(ema_state)
@@ -166,20 +171,37 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
             window.load_state_dict(rank_state["window"], device)
             skipped = int(rank_state.get("skipped", 0))
             objective.load_state_dict(rank_state.get("objective", {}))
+            run_id = rank_state.get("wandb_run_id", run_id)
         accelerator.print(f"resumed from step {start_step}")
     if accelerator.is_main_process:
         save_config(config, out)
-        metrics = MetricsFile(out / "metrics.jsonl", resume_step=start_step if config.resume else None)
+    reporter.start(
+        resume_step=start_step if config.resume else None,
+        run_id=run_id,
+        wandb_options=dict(
+            project=config.wandb_project,
+            config=dataclasses.asdict(config),
+            mode=wandb_mode,
+            entity=config.wandb_entity,
+            name=config.wandb_name,
+            tags=config.wandb_tags,
+        ),
+    )
+    if wandb_hint:
+        accelerator.print(wandb_hint.format(dir=out))
 
     def latents() -> torch.Tensor:
         return torch.randn(config.batch_size, config.latent_dim, device=device, generator=noise_rng)
 
+    last_real = None
+
     def next_real() -> torch.Tensor:
-        nonlocal data_wait
+        nonlocal data_wait, last_real
         waited = time.perf_counter()
         batch = next(stream)
         data_wait += time.perf_counter() - waited
-        return to_model_input(batch, device)
+        last_real = to_model_input(batch, device)
+        return last_real
 
     real_per_step = config.batch_size * config.critic_steps * config.grad_accum * world
     progress = tqdm(
@@ -214,8 +236,11 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 "world_size": world,
                 **counters,
             }
+            if device.type == "cuda":
+                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30  # peak in this window
+                torch.cuda.reset_peak_memory_stats(device)
+            reporter.log(record)
             if accelerator.is_main_process:
-                metrics.write(record)
                 progress.set_postfix(img_s=f"{record['img_per_s']:.0f}", d_loss=f"{means['d_loss']:.3f}", refresh=False)
             window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
             if step % config.log_every == 0:
@@ -230,12 +255,14 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 "window": window.state_dict(),
                 "skipped": skipped,
                 "objective": objective.state_dict(),
+                "wandb_run_id": run_id,
             }
             save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
         if (step % config.sample_every == 0 or last) and accelerator.is_main_process:
             samples = render_samples(ema.generator, eval_noise)
-            save_samples(samples, out / "samples" / f"step_{step:06d}.png", modes, std)
+            reporter.samples(step, samples, last_real, modes, std)
     progress.close()
+    reporter.finish(config.max_steps)
 
     # Release the DDP-wrapped models before the process group goes: otherwise gloo can abort at exit.
     del generator, critic, g_opt, d_opt

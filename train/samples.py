@@ -15,9 +15,9 @@ def _atomic_save(image: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def image_grid(images: torch.Tensor, padding: int = 2) -> Image.Image:
-    """(N, 3, H, W) in [-1, 1] -> a square-ish grid on a black background."""
-    columns = math.ceil(math.sqrt(len(images)))
+def image_grid(images: torch.Tensor, padding: int = 2, columns: int | None = None) -> Image.Image:
+    """(N, 3, H, W) in [-1, 1] -> a grid (square-ish unless `columns` is given) on a black background."""
+    columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     images = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
     images = torch.nn.functional.pad(images, (padding, 0, padding, 0))
@@ -41,6 +41,8 @@ def point_plot(points: torch.Tensor, modes: torch.Tensor, std: float, size: int 
     return image
 
 
-def save_samples(samples: torch.Tensor, path: Path, modes: torch.Tensor | None = None, std: float = 0.0) -> None:
+def save_samples(samples: torch.Tensor, path: Path, modes: torch.Tensor | None = None, std: float = 0.0) -> Image.Image:
+    """Write the picture of the samples (a grid, or a scatter plot for points) and return it."""
     image = point_plot(samples, modes, std) if modes is not None else image_grid(samples)
     _atomic_save(image, Path(path))
+    return image
