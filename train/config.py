@@ -15,6 +15,7 @@ from models import POINT_MODELS, check_model
 from train.checkpoint import latest_checkpoint
 from train.data import DataSpecError, parse_data_spec
 from train.data.specs import DEFAULT_HUB_DATASET
+from train.monitor import CollapseThresholds
 from train.tracking import WANDB_MODES
 
 PRECISIONS = ("no", "fp16", "bf16")
@@ -95,12 +96,19 @@ class TrainConfig:
     wandb_mode: str | None = flag(
         None, "online, offline or disabled (default: $WANDB_MODE, else online with an API key, offline without)", choices=WANDB_MODES
     )
+    collapse_loss_floor: float = flag(1e-3, "collapse alarm: critic loss within this of 0 ... (0: off)")
+    collapse_patience: int = flag(5, "... for this many log lines in a row")
+    collapse_flat_window: int = flag(20, "collapse alarm: generator loss over this many log lines ...")
+    collapse_flat_tolerance: float = flag(1e-3, "... moving less than this, max - min (0: off)")
+    collapse_diversity_drop: float = flag(0.5, "collapse alarm: fixed-noise sample diversity below this fraction of its maximum (0: off)")
+    stop_on_collapse: bool = flag(False, "stop the run with a checkpoint (exit code 3) when a collapse or divergence alarm fires")
     debug: bool = flag(False, "tiny model on synthetic data (MLP on toy data), a few dozen steps, no network")
 
     # Fields that shape the networks: a resumed run must keep them.
     architecture_fields: ClassVar[tuple[str, ...]] = (
         "model", "resolution", "latent_dim", "channel_base", "channel_max", "critic_norm", "mlp_hidden"
     )
+    collapse_critic_key: ClassVar[str] = "d_loss"  # the statistic that sits near 0 when the critic wins outright
     debug_preset: ClassVar[dict[str, Any]] = DEBUG_PRESET
     toy_preset: ClassVar[dict[str, Any]] = TOY_PRESET
 
@@ -206,6 +214,10 @@ def check_config(config: TrainConfig) -> None:
     if not spec.is_points and config.model in POINT_MODELS:
         image_models = " or ".join(m for m in models if m not in POINT_MODELS)
         raise ConfigError(f"--model {config.model} is for toy data; for images use --model {image_models}")
+    try:
+        collapse_thresholds(config)
+    except ValueError as error:
+        raise ConfigError(f"--collapse-{str(error).replace('_', '-')}") from None
     config.check_recipe()
     out = Path(config.out)
     if config.resume:
@@ -213,6 +225,16 @@ def check_config(config: TrainConfig) -> None:
             raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
     elif (out / "config.json").exists() or latest_checkpoint(out) is not None:
         raise ConfigError(f"--out {out} already holds a run; add --resume to continue it, or choose another --out")
+
+
+def collapse_thresholds(config: TrainConfig) -> CollapseThresholds:
+    return CollapseThresholds(
+        loss_floor=config.collapse_loss_floor,
+        patience=config.collapse_patience,
+        flat_window=config.collapse_flat_window,
+        flat_tolerance=config.collapse_flat_tolerance,
+        diversity_drop=config.collapse_diversity_drop,
+    )
 
 
 def save_config(config: TrainConfig, out: Path) -> None:

@@ -1,12 +1,22 @@
 """Write samples from a run's EMA generator.
 
-    python train/generate.py --run DIR --n N --output FILE
+    python train/generate.py --run DIR --output FILE [--n N]                    # a grid
+    python train/generate.py --run DIR --output FILE.png --interpolate K [--n N]  # interpolation strip
+    python train/generate.py --run DIR --output FILE.gif --gif [--n N] [--frames F] [--fps R] [--keyframes M]
 
 Image runs write a PNG grid; toy runs write a .npy array of shape (N, 2) in data coordinates
 (or, with a .png output, a scatter plot over the true modes).
+
+--interpolate K: a PNG of N rows (default 8), each the generator along the great circle between
+two random latents in K steps; the left column is the grid's samples for the same --seed.
+--gif: an animated GIF of the grid of N samples (default 16) whose latents walk a closed loop
+through M random keyframe latents (default 4) in F frames (default 48) at R frames per second
+(default 12); the first frame is the grid's samples for the same --seed. Toy runs animate the
+scatter plot instead; they have no interpolation strip.
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,12 +26,18 @@ if __spec__ is None:  # run as a file: import the project's packages, not train/
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from einops import rearrange  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from train.checkpoint import latest_checkpoint, load_ema_weights  # noqa: E402
 from train.data import parse_data_spec, toy_modes  # noqa: E402
 from train.ema import ema_generator_weights  # noqa: E402
 from train.loop import build_networks, render_samples  # noqa: E402
-from train.samples import save_samples  # noqa: E402
+from train.samples import image_grid, point_plot, save_samples  # noqa: E402
+
+DEFAULT_N = {"grid": 64, "interpolate": 8, "gif": 16}
+DEFAULT_FRAMES, DEFAULT_FPS, DEFAULT_KEYFRAMES = 48, 12.0, 4
+MAX_FPS = 50  # GIF delays are whole centiseconds, and viewers slow anything under 2 cs down to 10 cs
 
 
 def read_run_config(run: Path) -> SimpleNamespace:
@@ -40,17 +56,80 @@ def load_ema_generator(run: Path, config: SimpleNamespace, checkpoint: Path | No
     return generator
 
 
+def latent_draws(count: int, n: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """(count, n, latent_dim) standard normal latents; draw 0 is the grid's latents for `seed`."""
+    rng = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randn(n, latent_dim, generator=rng) for _ in range(count)])
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of (..., D) latents at fractions t (T,): (T, ..., D); exact at t = 0 and 1.
+
+    A d-dimensional standard normal vector has norm close to sqrt(d), so the training latents lie
+    near a sphere; the straight line between two of them dips inside it (to norm ~sqrt(d/2) at the
+    midpoint), where the generator never saw an input. The great circle stays on the shell
+    (White 2016, "Sampling Generative Networks")."""
+    cos_angle = torch.nn.functional.cosine_similarity(start.double(), end.double(), dim=-1).clamp(-1, 1)
+    angle = torch.arccos(cos_angle)[None, ..., None]
+    t = t.double().reshape(-1, *[1] * start.dim())
+    sin_angle = torch.sin(angle)
+    # (Anti)parallel latents make the sine ratios 0/0; the chord stands in (parallel: the same path
+    # to rounding; opposite: no single great circle). Random latents of any real size are neither.
+    parallel = sin_angle < 1e-6
+    safe = torch.where(parallel, torch.ones_like(sin_angle), sin_angle)
+    weight_start = torch.where(parallel, 1 - t, torch.sin((1 - t) * angle) / safe)
+    weight_end = torch.where(parallel, t, torch.sin(t * angle) / safe)
+    return (weight_start * start.double() + weight_end * end.double()).to(start.dtype)
+
+
+def interpolation_latents(n: int, steps: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """(n * steps, latent_dim), row by row: row i goes from the grid's latent i to a second draw's."""
+    start, end = latent_draws(2, n, latent_dim, seed)
+    path = slerp(start, end, torch.linspace(0, 1, steps))  # (steps, n, D)
+    return rearrange(path, "t n d -> (n t) d")
+
+
+def loop_latents(n: int, frames: int, keyframes: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """(frames, n, latent_dim): a closed walk through `keyframes` draws, evenly spaced in frames, so
+    frame k * frames / keyframes (when whole) is keyframe k and the last frame leads back to the first."""
+    keys = latent_draws(keyframes, n, latent_dim, seed)
+    position = torch.arange(frames, dtype=torch.float64) * keyframes / frames
+    segment, fraction = position.floor().long(), position - position.floor()
+    return torch.stack(
+        [slerp(keys[s], keys[(s + 1) % keyframes], f.reshape(1))[0] for s, f in zip(segment.tolist(), fraction)]
+    )
+
+
+def _check_output(output: Path, allowed: tuple[str, ...], why: str) -> None:
+    if output.suffix not in allowed:
+        hint = "; or add --gif for an animation" if output.suffix == ".gif" and why == "this run" else ""
+        raise SystemExit(f"error: --output {output}: {why} writes {' or '.join(allowed)} files; change the file extension{hint}")
+
+
+def _check_at_least(name: str, value: float, minimum: float) -> None:
+    if value < minimum:
+        raise SystemExit(f"error: --{name} {value}: must be at least {minimum}")
+
+
+def save_picture(frames: list[Image.Image], path: Path, fps: float = DEFAULT_FPS) -> None:
+    """A .gif: the frames as a loop; otherwise a PNG of the first. Written beside `path`, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix != ".gif":
+        frames[0].save(tmp, format="PNG")
+    else:
+        # Pillow merges identical neighbouring frames into one longer frame; a loop's frames all differ.
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    os.replace(tmp, path)
+
+
 def generate(run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu") -> None:
     config = read_run_config(run)
     spec = parse_data_spec(config.data) if config.data.startswith("toy:") else None
-    if output.suffix not in (".png", ".npy") or (output.suffix == ".npy" and spec is None):
-        allowed = ".npy or .png" if spec else ".png"
-        raise SystemExit(f"error: --output {output}: this run writes {allowed} files; change the file extension")
-    if n < 1:
-        raise SystemExit(f"error: --n {n}: must be at least 1")
+    _check_output(output, (".npy", ".png") if spec else (".png",), "this run")
+    _check_at_least("n", n, 1)
     generator = load_ema_generator(run, config, checkpoint).to(device)
-    noise = torch.randn(n, config.latent_dim, generator=torch.Generator().manual_seed(seed))
-    samples = render_samples(generator, noise)
+    samples = render_samples(generator, latent_draws(1, n, config.latent_dim, seed)[0])
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
         np.save(output, samples.numpy())
@@ -59,17 +138,92 @@ def generate(run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | 
         save_samples(samples, output, modes, std)
 
 
+def interpolate(
+    run: Path, n: int, steps: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu"
+) -> None:
+    config = read_run_config(run)
+    if config.data.startswith("toy:"):
+        raise SystemExit(
+            f"error: --interpolate: --run {run} is a toy run (2-D points), which has no images to put in a strip;"
+            " use --gif for an animated scatter plot"
+        )
+    _check_output(output, (".png",), "--interpolate")
+    _check_at_least("n", n, 1)
+    _check_at_least("interpolate", steps, 2)
+    generator = load_ema_generator(run, config, checkpoint).to(device)
+    images = render_samples(generator, interpolation_latents(n, steps, config.latent_dim, seed))
+    save_picture([image_grid(images, columns=steps)], output)
+
+
+def animate(
+    run: Path,
+    n: int,
+    output: Path,
+    frames: int = DEFAULT_FRAMES,
+    fps: float = DEFAULT_FPS,
+    keyframes: int = DEFAULT_KEYFRAMES,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    device: str = "cpu",
+) -> None:
+    config = read_run_config(run)
+    spec = parse_data_spec(config.data) if config.data.startswith("toy:") else None
+    _check_output(output, (".gif",), "--gif")
+    _check_at_least("n", n, 1)
+    _check_at_least("keyframes", keyframes, 2)
+    _check_at_least("frames", frames, keyframes)
+    if not 0 < fps <= MAX_FPS:
+        raise SystemExit(f"error: --fps {fps}: must be above 0 and at most {MAX_FPS}")
+    generator = load_ema_generator(run, config, checkpoint).to(device)
+    modes, std = toy_modes(spec.name) if spec else (None, 0.0)
+    pictures = []
+    # One frame at a time: 48 frames of 16 samples at 1024 px would be 10 GB of floats.
+    for latents in loop_latents(n, frames, keyframes, config.latent_dim, seed):
+        samples = render_samples(generator, latents)
+        pictures.append(point_plot(samples, modes, std) if spec else image_grid(samples))
+    save_picture(pictures, output, fps)
+
+
+def _given_or(value, default):
+    return default if value is None else value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="the training run's --out folder")
-    parser.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    parser.add_argument("--output", type=Path, required=True, help="a .png grid, or .npy points for toy runs")
+    parser.add_argument("--n", type=int, default=None, help="samples: 64 in a grid, 8 strip rows, 16 per GIF frame")
+    parser.add_argument("--output", type=Path, required=True, help="a .png grid or strip, a .gif, or .npy points for toy runs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents (default: 0)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint folder (default: the latest)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--interpolate", type=int, metavar="K", help="write a .png strip: each row interpolates two latents in K steps")
+    mode.add_argument("--gif", action="store_true", help="write a .gif of the grid walking a loop through latent space")
+    animation = parser.add_argument_group("--gif options")
+    animation.add_argument("--frames", type=int, default=None, help=f"frames in the loop (default: {DEFAULT_FRAMES})")
+    animation.add_argument("--fps", type=float, default=None, help=f"frames per second (default: {DEFAULT_FPS:g})")
+    animation.add_argument(
+        "--keyframes", type=int, default=None, help=f"random latents the loop passes through (default: {DEFAULT_KEYFRAMES})"
+    )
     args = parser.parse_args(argv)
-    generate(args.run, args.n, args.output, args.seed, args.checkpoint, args.device)
-    print(f"wrote {args.n} samples to {args.output}")
+
+    given = [f"--{name}" for name in ("frames", "fps", "keyframes") if getattr(args, name) is not None]
+    if given and not args.gif:
+        parser.error(f"{', '.join(given)} only apply with --gif")
+    common = {"seed": args.seed, "checkpoint": args.checkpoint, "device": args.device}
+    if args.interpolate is not None:
+        n = _given_or(args.n, DEFAULT_N["interpolate"])
+        interpolate(args.run, n, args.interpolate, args.output, **common)
+        print(f"wrote {n} interpolations of {args.interpolate} steps to {args.output}")
+    elif args.gif:
+        n, frames = _given_or(args.n, DEFAULT_N["gif"]), _given_or(args.frames, DEFAULT_FRAMES)
+        fps, keyframes = _given_or(args.fps, DEFAULT_FPS), _given_or(args.keyframes, DEFAULT_KEYFRAMES)
+        animate(args.run, n, args.output, frames, fps, keyframes, **common)
+        print(f"wrote a loop of {frames} frames of {n} samples to {args.output}")
+    else:
+        n = _given_or(args.n, DEFAULT_N["grid"])
+        generate(args.run, n, args.output, **common)
+        print(f"wrote {n} samples to {args.output}")
     return 0
 
 

@@ -35,6 +35,8 @@ class LightweightGANConfig(TrainConfig):
     gp_every: int = flag(4, "discriminator steps between penalty evaluations (lazy regularisation)")
     out: str = flag("runs/lightweight", "run directory: config, metrics, samples, checkpoints")
 
+    # The hinge, not d_loss: d_loss adds the reconstruction loss, which stays above 0 whoever wins.
+    collapse_critic_key: ClassVar[str] = "hinge"
     architecture_fields: ClassVar[tuple[str, ...]] = TrainConfig.architecture_fields + ("attn_resolutions",)
     debug_preset: ClassVar[dict[str, Any]] = {
         **DEBUG_PRESET,

@@ -11,15 +11,17 @@ from typing import Callable, Protocol
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import broadcast
 from torch import nn
 from tqdm.auto import tqdm
 
 from models import build_models
 from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from train.config import TrainConfig, save_config
+from train.config import TrainConfig, collapse_thresholds, save_config
 from train.data import check_skipped, open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
 from train.ema import GeneratorEMA
 from train.metrics import StatWindow
+from train.monitor import CollapseMonitor
 from train.precision import resolve_mixed_precision
 from train.reporting import Reporter
 from train.tracking import WandbRun, new_run_id, resolve_wandb_mode
@@ -120,7 +122,8 @@ def adversarial_step(
     return skipped
 
 
-def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
+def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
+    """Train to --max-steps; returns "finished", or "collapsed" when --stop-on-collapse stopped it."""
     out = Path(config.out)
     wandb_mode, wandb_hint = resolve_wandb_mode(config.wandb_mode)
     accelerator = make_accelerator(config, log_with=WandbRun.log_with(wandb_mode))
@@ -160,7 +163,9 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
     eval_noise = fixed_noise(config)
     modes, std = toy_modes(spec.name) if spec.is_points else (None, 0.0)
 
+    monitor = CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key)
     start_step, skipped, run_id = 0, 0, new_run_id()
+    collapsed, status = False, "finished"
     if config.resume:
         rank_state, ema_state = load_checkpoint(accelerator, latest_checkpoint(out))
         ema.load_state_dict(ema_state)
@@ -172,6 +177,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
             skipped = int(rank_state.get("skipped", 0))
             objective.load_state_dict(rank_state.get("objective", {}))
             run_id = rank_state.get("wandb_run_id", run_id)
+            monitor.load_state_dict(rank_state.get("monitor", monitor.state_dict()))
         accelerator.print(f"resumed from step {start_step}")
     if accelerator.is_main_process:
         save_config(config, out)
@@ -240,6 +246,9 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30  # peak in this window
                 torch.cuda.reset_peak_memory_stats(device)
             reporter.log(record)
+            warnings = monitor.observe_losses(record)  # the same means, so the same verdict, on every rank
+            reporter.alert(step, warnings)
+            collapsed |= bool(warnings)
             if accelerator.is_main_process:
                 progress.set_postfix(img_s=f"{record['img_per_s']:.0f}", d_loss=f"{means['d_loss']:.3f}", refresh=False)
             window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
@@ -247,7 +256,19 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 # A final, off-cadence line leaves the window open: a resumed run then logs the
                 # same means at the next regular step as an uninterrupted one.
                 window.reset()
-        if step % config.ckpt_every == 0 or last:
+        if step % config.sample_every == 0 or last:
+            # Before the checkpoint, so that the diversity seen here is part of the saved monitor.
+            sample_alarm = False
+            if accelerator.is_main_process:
+                samples = render_samples(ema.generator, eval_noise)
+                reporter.samples(step, samples, last_real, modes, std)
+                warnings = monitor.observe_samples(step, samples)
+                reporter.alert(step, warnings)
+                sample_alarm = bool(warnings)
+            if config.stop_on_collapse:  # the samples live on the main process: its verdict for all
+                collapsed |= bool(broadcast(torch.tensor([int(sample_alarm)], device=device)).item())
+        stopping = config.stop_on_collapse and collapsed
+        if step % config.ckpt_every == 0 or last or stopping:
             rank_state = {
                 "step": step,
                 "noise_rng": noise_rng.get_state(),
@@ -255,16 +276,19 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> None:
                 "window": window.state_dict(),
                 "skipped": skipped,
                 "objective": objective.state_dict(),
+                "monitor": monitor.state_dict(),
                 "wandb_run_id": run_id,
             }
             save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
-        if (step % config.sample_every == 0 or last) and accelerator.is_main_process:
-            samples = render_samples(ema.generator, eval_noise)
-            reporter.samples(step, samples, last_real, modes, std)
+        if stopping:
+            accelerator.print(f"stopped at step {step} on a collapse alarm (--stop-on-collapse); checkpoint saved")
+            status = "collapsed"
+            break
     progress.close()
-    reporter.finish(config.max_steps)
+    reporter.finish(step)
 
     # Release the DDP-wrapped models before the process group goes: otherwise gloo can abort at exit.
     del generator, critic, g_opt, d_opt
     accelerator.free_memory()
     accelerator.end_training()
+    return status

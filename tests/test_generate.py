@@ -1,0 +1,176 @@
+"""train/generate.py: interpolation strips and latent-walk GIFs from a run's EMA generator.
+
+(The plain grid and .npy outputs are covered with the trainer, in tests/test_wgangp.py.)
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageSequence
+
+from train.generate import latent_draws, load_ema_generator, loop_latents, main, read_run_config, slerp
+from train.loop import render_samples
+
+SIZE, PADDING = 64, 2  # the debug preset's resolution; image_grid's padding
+
+
+def completed(result):
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    from tests.conftest import run_script
+
+    out = tmp_path_factory.mktemp("generate") / "run"
+    args = ["--debug", "--max-steps", "2", "--ckpt-every", "2", "--sample-every", "2", "--out", str(out)]
+    completed(run_script("train/wgangp.py", *args))
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    from tests.conftest import run_script
+
+    out = tmp_path_factory.mktemp("generate") / "toy"
+    args = ["--debug", "--data", "toy:8gaussians", "--max-steps", "2", "--ckpt-every", "2", "--sample-every", "2"]
+    completed(run_script("train/wgangp.py", *args, "--out", str(out)))
+    return out
+
+
+def generator_pixels(run, latents: torch.Tensor) -> np.ndarray:
+    """What the run's EMA generator draws for `latents`, as image_grid turns it into pixels: (N, H, W, 3)."""
+    generator = load_ema_generator(run, read_run_config(run))
+    images = render_samples(generator, latents).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).numpy().astype(np.int16)
+
+
+def cell(picture: Image.Image, row: int, column: int) -> np.ndarray:
+    left, top = PADDING + column * (SIZE + PADDING), PADDING + row * (SIZE + PADDING)
+    return np.asarray(picture.convert("RGB").crop((left, top, left + SIZE, top + SIZE))).astype(np.int16)
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def gif_frames(path) -> list[Image.Image]:
+    with Image.open(path) as gif:
+        return [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+
+
+def test_slerp_is_exact_at_the_ends_and_keeps_gaussian_latents_on_their_shell():
+    start, end = latent_draws(2, 1000, 128, seed=0)
+    path = slerp(start, end, torch.linspace(0, 1, 5))
+    assert torch.equal(path[0], start) and torch.equal(path[-1], end)
+    # The chord's midpoint dips to about 1/sqrt(2) of the radius; the arc's stays near sqrt(d).
+    radius = math.sqrt(128)
+    assert path[2].norm(dim=-1).mean() == pytest.approx(radius, rel=0.02)
+    assert ((start + end) / 2).norm(dim=-1).mean() == pytest.approx(radius / math.sqrt(2), rel=0.02)
+    parallel = slerp(start[:1], 2 * start[:1], torch.tensor([0.5]))  # angle 0: no 0/0
+    torch.testing.assert_close(parallel[0], 1.5 * start[:1])
+
+
+def test_latent_loop_passes_through_every_keyframe_and_closes():
+    keys = latent_draws(4, 3, 16, seed=7)
+    walk = loop_latents(3, frames=12, keyframes=4, latent_dim=16, seed=7)
+    assert walk.shape == (12, 3, 16)
+    for k in range(4):
+        torch.testing.assert_close(walk[3 * k], keys[k])
+    for f in range(12):  # each step a fraction of its segment's chord, the last one leading back to keyframe 0
+        segment = (keys[f // 3] - keys[(f // 3 + 1) % 4]).norm(dim=-1)
+        assert ((walk[f] - walk[(f + 1) % 12]).norm(dim=-1) < 0.5 * segment).all()
+    assert torch.equal(latent_draws(1, 3, 16, seed=7)[0], keys[0])  # the grid's latents for that seed
+
+
+def test_interpolation_strip_rows_run_from_the_grid_latents_to_a_second_draw(run, debug_run, tmp_path):
+    strip = tmp_path / "strip.png"
+    completed(run("train/generate.py", "--run", str(debug_run), "--n", "3", "--interpolate", "5", "--seed", "4", "--output", str(strip)))
+    picture = Image.open(strip)
+    assert picture.size == (5 * (SIZE + PADDING) + PADDING, 3 * (SIZE + PADDING) + PADDING)
+
+    start, end = latent_draws(2, 3, read_run_config(debug_run).latent_dim, seed=4)
+    expected_start, expected_end = generator_pixels(debug_run, start), generator_pixels(debug_run, end)
+    for row in range(3):
+        # at most 1 level off: a conv's rounding may depend on the batch size; other latents are further
+        assert np.abs(cell(picture, row, 0) - expected_start[row]).max() <= 1
+        assert np.abs(cell(picture, row, 4) - expected_end[row]).max() <= 1
+        assert np.abs(cell(picture, row, 0) - expected_end[row]).max() > 1
+        assert np.abs(cell(picture, row, 0) - expected_start[(row + 1) % 3]).max() > 1
+        steps = [mean_difference(cell(picture, row, c), cell(picture, row, c + 1)) for c in range(4)]
+        assert 0 < max(steps) < mean_difference(cell(picture, row, 0), cell(picture, row, 4))
+
+    # same seed, same bytes (here from a second process); another seed, another strip
+    main(["--run", str(debug_run), "--n", "3", "--interpolate", "5", "--seed", "4", "--output", str(tmp_path / "again.png")])
+    assert (tmp_path / "again.png").read_bytes() == strip.read_bytes()
+    main(["--run", str(debug_run), "--n", "3", "--interpolate", "5", "--seed", "5", "--output", str(tmp_path / "other.png")])
+    assert (tmp_path / "other.png").read_bytes() != strip.read_bytes()
+
+
+def test_gif_walks_the_grid_through_the_keyframes_in_small_steps(run, debug_run, tmp_path):
+    gif = tmp_path / "walk.gif"
+    args = ["--n", "4", "--gif", "--frames", "8", "--keyframes", "2", "--fps", "10", "--seed", "3"]
+    completed(run("train/generate.py", "--run", str(debug_run), *args, "--output", str(gif)))
+    with Image.open(gif) as opened:
+        assert opened.n_frames == 8 and opened.info["loop"] == 0 and opened.info["duration"] == 100
+    frames = gif_frames(gif)
+    assert frames[0].size == (2 * (SIZE + PADDING) + PADDING,) * 2  # 4 samples: a 2 x 2 grid
+
+    keys = latent_draws(2, 4, read_run_config(debug_run).latent_dim, seed=3)
+    drawn = [generator_pixels(debug_run, key) for key in keys]
+    for frame, k in ((frames[0], 0), (frames[4], 1)):  # 8 frames, 2 keyframes: one every 4
+        for i in range(4):
+            # A GIF frame holds 256 colours, so only nearly equal: measured 4x closer to its own
+            # latent's image than to any other sample's (this run and one trained 40 steps).
+            error = mean_difference(cell(frame, i // 2, i % 2), drawn[k][i])
+            others = [drawn[j][m] for j in (0, 1) for m in range(4) if (j, m) != (k, i)]
+            assert error < 0.5 * min(mean_difference(cell(frame, i // 2, i % 2), other) for other in others)
+    pixels = [np.asarray(frame).astype(np.int16) for frame in frames]
+    steps = [mean_difference(pixels[f], pixels[(f + 1) % 8]) for f in range(8)]  # the last frame leads back to the first
+    assert 0 < min(steps) and max(steps) < mean_difference(pixels[0], pixels[4])
+
+    main(["--run", str(debug_run), *args, "--output", str(tmp_path / "again.gif")])
+    assert (tmp_path / "again.gif").read_bytes() == gif.read_bytes()
+
+
+def test_toy_runs_animate_the_scatter_plot_but_have_no_strip(toy_run, tmp_path, capsys):
+    main(["--run", str(toy_run), "--gif", "--n", "50", "--frames", "6", "--keyframes", "3", "--output", str(tmp_path / "toy.gif")])
+    frames = gif_frames(tmp_path / "toy.gif")
+    assert len(frames) == 6 and frames[0].size == (512, 512)
+    with pytest.raises(SystemExit, match="--interpolate: .* is a toy run .*use --gif"):
+        main(["--run", str(toy_run), "--interpolate", "4", "--output", str(tmp_path / "strip.png")])
+    assert not (tmp_path / "strip.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--interpolate", "4", "--output", "x.gif"], "--output x.gif: --interpolate writes .png files; change the file extension"),
+        (["--gif", "--output", "x.png"], "--output x.png: --gif writes .gif files; change the file extension"),
+        (["--output", "x.gif"], "this run writes .png files; change the file extension; or add --gif"),
+        (["--interpolate", "1", "--output", "x.png"], "--interpolate 1: must be at least 2"),
+        (["--gif", "--frames", "3", "--keyframes", "4", "--output", "x.gif"], "--frames 3: must be at least 4"),
+        (["--gif", "--fps", "0", "--output", "x.gif"], "--fps 0.0: must be above 0"),
+    ],
+)
+def test_bad_outputs_and_counts_are_refused_naming_the_flag(debug_run, tmp_path, args, message):
+    args = [a if a not in ("x.gif", "x.png") else str(tmp_path / a) for a in args]
+    with pytest.raises(SystemExit) as refused:
+        main(["--run", str(debug_run), *args])
+    assert message.replace("x.", str(tmp_path / "x.")) in str(refused.value)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "8", "--output", "x.png"], "--frames only apply with --gif"),
+        (["--gif", "--interpolate", "3", "--output", "x.gif"], "not allowed with argument"),
+    ],
+)
+def test_animation_flags_need_gif_and_the_modes_exclude_each_other(debug_run, capsys, args, message):
+    with pytest.raises(SystemExit) as refused:
+        main(["--run", str(debug_run), *args])
+    assert refused.value.code == 2 and message in capsys.readouterr().err
