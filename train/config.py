@@ -15,6 +15,7 @@ from models import POINT_MODELS, check_model
 from train.checkpoint import latest_checkpoint
 from train.data import DataSpecError, parse_data_spec
 from train.data.specs import DEFAULT_HUB_DATASET
+from train.fid import INCEPTION_WEIGHTS, default_cache_dir
 from train.monitor import CollapseThresholds
 from train.tracking import WANDB_MODES
 
@@ -41,11 +42,14 @@ DEBUG_PRESET: dict[str, Any] = {
     "num_samples": 16,
     "workers": 0,
     "wandb_mode": "disabled",
+    "fid_every": 0,
     "out": "runs/debug",
 }
 # The WGAN-GP authors' toy code: 2-D noise, batch 256, Adam betas (0.5, 0.9) and lambda = 0.1;
 # lambda = 10 leaves most of the 8 modes uncovered after 1000 steps.
-TOY_PRESET: dict[str, Any] = {"model": "mlp", "latent_dim": 2, "batch_size": 256, "betas": (0.5, 0.9), "gp_weight": 0.1}
+TOY_PRESET: dict[str, Any] = {
+    "model": "mlp", "latent_dim": 2, "batch_size": 256, "betas": (0.5, 0.9), "gp_weight": 0.1, "fid_every": 0,
+}
 
 
 @dataclass
@@ -96,6 +100,10 @@ class TrainConfig:
     wandb_mode: str | None = flag(
         None, "online, offline or disabled (default: $WANDB_MODE, else online with an API key, offline without)", choices=WANDB_MODES
     )
+    fid_every: int = flag(5000, "generator steps between FID/KID evaluations of the EMA generator; 0: off")
+    fid_samples: int = flag(10000, "generated (and real) images per FID/KID evaluation, over all ranks")
+    fid_weights: str | None = flag(None, f"torch-fidelity's Inception weights file ({INCEPTION_WEIGHTS}), for machines without internet")
+    fid_cache: str = flag(str(default_cache_dir()), "where the real images' Inception features are cached")
     collapse_loss_floor: float = flag(1e-3, "collapse alarm: critic loss within this of 0 ... (0: off)")
     collapse_patience: int = flag(5, "... for this many log lines in a row")
     collapse_flat_window: int = flag(20, "collapse alarm: generator loss over this many log lines ...")
@@ -191,10 +199,10 @@ def _saved_config(out: Path) -> dict[str, Any]:
 def check_config(config: TrainConfig) -> None:
     """Every check that needs no compute, so a bad start fails before touching --out."""
     for name in ("batch_size", "grad_accum", "critic_steps", "max_steps", "log_every", "sample_every",
-                 "ckpt_every", "keep_checkpoints", "num_samples", "latent_dim"):
+                 "ckpt_every", "keep_checkpoints", "num_samples", "latent_dim", "fid_samples"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be at least 1")
-    for name in ("workers", "celeba_crop", "shuffle_buffer"):
+    for name in ("workers", "celeba_crop", "shuffle_buffer", "fid_every"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be 0 or more")
     if not 0.0 <= config.ema_decay < 1.0:
@@ -211,6 +219,8 @@ def check_config(config: TrainConfig) -> None:
         if not set(models) & set(POINT_MODELS):
             raise ConfigError(f"--data {config.data} is 2-D points, which this trainer's models do not take; use images")
         raise ConfigError(f"--model {config.model}: --data {config.data} is 2-D points; use --model mlp")
+    if spec.is_points and config.fid_every:
+        raise ConfigError(f"--fid-every {config.fid_every}: FID compares images, --data {config.data} is points; use --fid-every 0")
     if not spec.is_points and config.model in POINT_MODELS:
         image_models = " or ".join(m for m in models if m not in POINT_MODELS)
         raise ConfigError(f"--model {config.model} is for toy data; for images use --model {image_models}")

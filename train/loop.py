@@ -5,6 +5,7 @@ It knows models only as callables and objectives only through `critic_loss` / `g
 import contextlib
 import dataclasses
 import inspect
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Protocol
@@ -20,6 +21,7 @@ from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import TrainConfig, collapse_thresholds, save_config
 from train.data import check_skipped, open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
 from train.ema import GeneratorEMA
+from train.fid import FIDEvaluator, FIDUnavailable
 from train.metrics import StatWindow
 from train.monitor import CollapseMonitor
 from train.precision import resolve_mixed_precision
@@ -163,6 +165,26 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
     eval_noise = fixed_noise(config)
     modes, std = toy_modes(spec.name) if spec.is_points else (None, 0.0)
 
+    fid = None
+    if config.fid_every:
+        try:
+            fid = FIDEvaluator(
+                accelerator,
+                data=config.data,
+                split=config.split,
+                image_column=config.image_column,
+                resolution=config.resolution,
+                celeba_crop=config.celeba_crop,
+                num_samples=config.fid_samples,
+                batch_size=config.batch_size,
+                cache_dir=Path(config.fid_cache).expanduser(),
+                seed=config.seed,
+                weights_path=config.fid_weights,
+                shuffle_buffer=config.shuffle_buffer,
+            )
+        except FIDUnavailable as error:  # a long run is worth more than its FID curve
+            if accelerator.is_main_process:
+                print(f"error: {error}; training continues with FID disabled", file=sys.stderr)
     monitor = CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key)
     start_step, skipped, run_id = 0, 0, new_run_id()
     collapsed, status = False, "finished"
@@ -267,6 +289,9 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
                 sample_alarm = bool(warnings)
             if config.stop_on_collapse:  # the samples live on the main process: its verdict for all
                 collapsed |= bool(broadcast(torch.tensor([int(sample_alarm)], device=device)).item())
+        if fid is not None and (step % config.fid_every == 0 or last):
+            scores = fid.evaluate(ema.generator, config.latent_dim)  # collective: every rank
+            reporter.log({"step": step, **scores, "fid_samples": config.fid_samples})
         stopping = config.stop_on_collapse and collapsed
         if step % config.ckpt_every == 0 or last or stopping:
             rank_state = {

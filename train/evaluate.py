@@ -1,0 +1,103 @@
+"""FID and KID of a finished run's EMA generator, against real images of its data source.
+
+    python train/evaluate.py --run DIR [--checkpoint CKPT] [--fid-samples N] [--fid-weights PATH]
+    accelerate launch train/evaluate.py --run DIR ...      # feature extraction shared by every process
+
+Prints one JSON line {"step", "fid", "kid_mean", "kid_std", "samples"} (and writes it to --output).
+The real statistics are cached in --fid-cache and shared with training runs on the same data.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+
+from train.checkpoint import latest_checkpoint  # noqa: E402
+from train.data import DataError, DataSpecError  # noqa: E402
+from train.fid import FIDEvaluator, FIDNotApplicable, FIDUnavailable, default_cache_dir  # noqa: E402
+from train.generate import load_ema_generator, read_run_config  # noqa: E402
+from train.multi_cpu import relaunch_on_cpu_processes  # noqa: E402
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    match = re.fullmatch(r"step_(\d+)", checkpoint.name)
+    return int(match.group(1)) if match else None
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    config = read_run_config(args.run)
+    checkpoint = args.checkpoint or latest_checkpoint(args.run)
+    generator = load_ema_generator(args.run, config, checkpoint)
+    # Evaluation needs neither mixed precision nor DDP: only the process group, on the CPU without CUDA.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    evaluator = FIDEvaluator(
+        accelerator,
+        data=args.data or config.data,
+        split=args.split or config.split,
+        image_column=args.image_column or config.image_column,
+        resolution=config.resolution,
+        celeba_crop=config.celeba_crop,
+        num_samples=args.fid_samples,
+        batch_size=args.batch_size or config.batch_size,
+        cache_dir=args.fid_cache,
+        seed=config.seed,
+        weights_path=args.fid_weights,
+        shuffle_buffer=config.shuffle_buffer,
+    )
+    scores = evaluator.evaluate(generator.to(accelerator.device), config.latent_dim)
+    accelerator.end_training()
+    return {"step": checkpoint_step(checkpoint), **scores, "samples": args.fid_samples}
+
+
+def main(argv: list[str] | None = None) -> int:
+    relaunch_on_cpu_processes()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="the training run's --out folder")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint folder (default: the latest)")
+    parser.add_argument(
+        "--fid-samples", type=int, default=50_000, help="generated and real images compared (default: 50000, as published FIDs)"
+    )
+    parser.add_argument(
+        "--fid-weights", default=None,
+        help="torch-fidelity's Inception weights file (default: torch.hub's cache; never downloaded)",
+    )
+    parser.add_argument(
+        "--fid-cache", type=Path, default=default_cache_dir(), help=f"real statistics cache (default: {default_cache_dir()})"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None,
+        help="images per process per forward (default: the run's; the generated set depends on it)",
+    )
+    parser.add_argument("--data", default=None, help="real images from another source than the run's --data, e.g. a local parquet copy")
+    parser.add_argument("--split", default=None, help="dataset split (default: the run's)")
+    parser.add_argument("--image-column", default=None, help="image column (default: the run's)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON line to this file")
+    args = parser.parse_args(argv)
+    if args.fid_samples < 4:
+        parser.error(f"--fid-samples {args.fid_samples}: must be at least 4")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
+    try:
+        result = evaluate(args)
+    except (FIDUnavailable, FIDNotApplicable, DataSpecError, DataError) as error:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK", "0") == "0":
+        line = json.dumps(result)
+        print(line)
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
