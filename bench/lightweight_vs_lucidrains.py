@@ -1,27 +1,27 @@
 """Training steps of this project's lightweight GAN against lucidrains' lightweight-gan, same settings.
 
     python bench/lightweight_vs_lucidrains.py                      # CPU: ours alone, 128 and 256 px
-    pip install lightweight-gan==1.2.1                             # GPU: the side-by-side comparison
+    pip install lightweight-gan==1.2.1                             # on a GPU: the side-by-side comparison
     python bench/lightweight_vs_lucidrains.py [--resolutions 256 1024] [--precisions fp16 bf16]
     python bench/lightweight_vs_lucidrains.py --max-batch --resolutions 1024 --precisions fp16
 
-One step is one discriminator update (DiffAugment on real and fake, the decoders' reconstruction
-loss on real images) then one generator update, on a synthetic real batch already on the device:
-data loading is not measured. Ours is `train.loop.adversarial_step` under the trainer's
-Accelerator; theirs is the body of their `Trainer.train` with their modules and losses. The two
-alternate (`--steps` of ours, then of theirs, `--rounds` times) after `--warmup` untimed steps
-each; img/s is real images through the discriminator per second, median over rounds. `--max-batch`
-finds, on a GPU, the largest batch each trains at (doubling, then bisecting).
+A step is one discriminator update (DiffAugment on real and fake, the decoders' reconstruction
+loss on real images), then one generator update, on a synthetic real batch already on the device:
+no data loading. Ours is `train.loop.adversarial_step` under the trainer's Accelerator; theirs is
+the body of their `Trainer.train`, with their modules and losses. After `--warmup` untimed steps
+each, the two alternate (`--steps` each, `--rounds` times); img/s is real images through the
+discriminator per second, median over rounds. `--max-batch` finds on a GPU the largest batch each
+trains at (doubling, then bisecting).
 
-Same for both: resolution, batch, latent size and widths (channels = 4096 / size, at most 512),
-attention sizes, DiffAugment transformations, 5x5 logits, hinge loss, no gradient penalty, no EMA.
-Left as each has it: their DiffAugment applies to the whole batch with `aug_prob` and adds a
-random flip, ours draws per image and transformation; their `Trainer.train` adds a gradient
-penalty every 4th step (gp_weight 10) that is left out here, as ours is off by default; their
-Trainer has fp16 autocast + GradScaler (`amp`), not bf16, so bf16 is their step under bf16 autocast.
+The same for both: resolution, batch, latent size, widths (4096 / size, at most 512), attention
+sizes, DiffAugment transformations, 5x5 logits, hinge loss; no gradient penalty, no EMA. As each
+has it: their DiffAugment takes the whole batch with probability `aug_prob` and adds a random
+flip, ours draws per image and transformation; their Trainer adds a gradient penalty every 4th
+step (left out here; ours is off by default), leaves cuDNN autotuning off (ours turns it on), and
+has fp16 autocast + GradScaler (`amp`) but no bf16: bf16 is their step under bf16 autocast.
 
-lightweight-gan is a benchmark-only dependency (not in requirements.txt). It asserts CUDA at
-import, so without a GPU this script measures our trainer alone.
+lightweight-gan is a benchmark-only dependency, not in requirements.txt. It asserts CUDA at
+import: without a GPU this script measures our trainer alone.
 """
 import argparse
 import contextlib
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -223,12 +224,14 @@ def fits(build: Callable[[], tuple[Step, int]]) -> bool:
     step = None
     try:
         step, _ = build()
-        for _ in range(2):  # the second step holds the optimizer states too
+        for _ in range(3):  # later steps hold Adam's states too (unless fp16 overflow skips them all)
             step()
         synchronize()
         return True
     except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
-        if not isinstance(error, torch.cuda.OutOfMemoryError) and "out of memory" not in str(error):
+        if not isinstance(error, torch.cuda.OutOfMemoryError) and not any(
+            sign in str(error) for sign in ("out of memory", "ALLOC_FAILED")  # cuDNN / cuBLAS workspaces
+        ):
             raise
         return False
     finally:
@@ -248,6 +251,31 @@ def largest_batch(fits_at: Callable[[int], bool], start: int, cap: int = 4096) -
     return low
 
 
+def significant(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2g}"
+
+
+def row(resolution: int, precision: str, args: argparse.Namespace, tmp: str, with_theirs: bool) -> list[str]:
+    def config_at(batch: int) -> LightweightGANConfig:
+        return resolve_config(LightweightGANConfig, {
+            "data": "synthetic", "resolution": resolution, "batch_size": batch, "mixed_precision": precision,
+            "attn_resolutions": tuple(args.attn_resolutions), "diffaug_policy": args.diffaug_policy,
+            "diffaug_probability": args.diffaug_probability, "out": tmp,  # an empty folder: no run to clash with
+        })
+
+    sides = {"ours": lambda batch: ours(config_at(batch))}
+    if with_theirs:
+        sides["lucidrains"] = lambda batch: lucidrains(config_at(batch), precision, os.path.join(tmp, "lucidrains"))
+    if args.max_batch:
+        cells = [str(largest_batch(lambda b: fits(lambda: build(b)), args.batch_size)) for build in sides.values()]
+        return cells + ["—"] * (2 - len(cells))
+    results = compare({name: partial(build, args.batch_size) for name, build in sides.items()}, args)
+    cells = [str(args.batch_size)] + [significant(x) for rate_mib in results.values() for x in rate_mib]
+    if not with_theirs:
+        return cells + ["—", "—", "—"]
+    return cells + [f"{results['ours'][0] / results['lucidrains'][0]:.2f}×"]
+
+
 def main() -> None:
     defaults = LightweightGANConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -264,6 +292,8 @@ def main() -> None:
     parser.add_argument("--max-batch", action="store_true", help="largest batch each trains at (GPU only)")
     args = parser.parse_args()
 
+    if args.max_batch and not CUDA:
+        sys.exit("--max-batch needs a CUDA GPU: on the CPU a batch does not run out of memory, it slows down")
     theirs = None
     if not CUDA:
         print(f"lucidrains' lightweight-gan needs a CUDA GPU (it asserts one at import): measuring ours alone;"
@@ -274,8 +304,6 @@ def main() -> None:
             theirs = importlib.metadata.version("lightweight-gan")
         except ImportError:
             print(f"lightweight-gan is not installed: measuring ours alone; pip install {LUCIDRAINS} for the comparison")
-    if args.max_batch and not CUDA:
-        sys.exit("--max-batch needs a CUDA GPU: on the CPU a batch does not run out of memory, it slows down")
 
     device = torch.cuda.get_device_name() if CUDA else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
     print(f"{device}; torch {torch.__version__}, accelerate {accelerate.__version__}"
@@ -293,38 +321,13 @@ def main() -> None:
         for precision in args.precisions:
             precision = resolve_mixed_precision(precision, use_cpu=not CUDA)
             for resolution in args.resolutions:
-                def config_at(batch: int) -> LightweightGANConfig:
-                    return resolve_config(LightweightGANConfig, {
-                        "data": "synthetic", "resolution": resolution, "batch_size": batch, "mixed_precision": precision,
-                        "attn_resolutions": tuple(args.attn_resolutions), "diffaug_policy": args.diffaug_policy,
-                        "diffaug_probability": args.diffaug_probability, "out": tmp,
-                    })
-
-                if args.max_batch:
-                    cells = [largest_batch(lambda b: fits(lambda: ours(config_at(b))), args.batch_size)]
-                    if theirs:
-                        cells.append(largest_batch(lambda b: fits(lambda: lucidrains(config_at(b), precision, tmp)), args.batch_size))
-                    cells = [str(c) for c in cells] + ["—"] * (2 - len(cells))
-                else:
-                    config = config_at(args.batch_size)
-                    sides = {"ours": lambda: ours(config)}
-                    if theirs:
-                        sides["lucidrains"] = lambda: lucidrains(config, precision, tmp)
-                    results = compare(sides, args)
-                    cells = [str(args.batch_size), *(f"{x:.1f}" if x < 100 else f"{x:.0f}" for x in results["ours"])]
-                    if theirs:
-                        cells += [f"{x:.1f}" if x < 100 else f"{x:.0f}" for x in results["lucidrains"]]
-                        cells.append(f"{results['ours'][0] / results['lucidrains'][0]:.2f}×")
-                    else:
-                        cells += ["—", "—", "—"]
+                cells = row(resolution, precision, args, tmp, with_theirs=theirs is not None)
                 print("| " + " | ".join([str(resolution), precision, *cells]) + " |", flush=True)
     if not args.max_batch:
-        print("\n¹ " + ("torch.cuda.max_memory_allocated over the timed steps, less the other side's tensors: the"
-                        " side's weights, optimizer state and real batch plus its step's peak above them." if CUDA else
-                        "growth of the process's resident set (psutil, sampled every 5 ms) from before the networks"
-                        " were built to its peak over the timed steps; memory freed by earlier rows and reused reads"
-                        " as no growth, so it is a lower bound."))
-
+        print("\n¹ " + ("torch.cuda.max_memory_allocated over the timed steps less the other side's tensors: this"
+                        " side's weights, optimizer state and real batch, plus its steps' peak above them." if CUDA else
+                        "rise of the process's resident set (psutil, sampled every 5 ms) from before the networks"
+                        " were built to its peak over the timed steps: a lower bound where freed memory is reused."))
 
 if __name__ == "__main__":
     main()

@@ -64,7 +64,7 @@ def test_critic_norm_is_selectable(norm, kind):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"name": "stylegan9", "resolution": 64}, "unknown model 'stylegan9'; choose one of dcgan, resnet, mlp"),
+        ({"name": "stylegan9", "resolution": 64}, "unknown model 'stylegan9'; choose one of dcgan, resnet, lightweight, mlp"),
         ({"name": "dcgan", "resolution": 96}, "resolution 96 is not supported by 'dcgan'; choose one of 64, 128, 256, 512, 1024"),
         ({"name": "resnet", "resolution": 2048}, "choose one of 64, 128, 256, 512, 1024"),
         ({"name": "dcgan", "resolution": 64, "critic_norm": "batch"}, "unknown critic norm 'batch'; choose one of layer, instance, none"),
