@@ -47,6 +47,19 @@ def crop_quarter(images: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:
     return parts[torch.arange(len(quarters), device=images.device), quarters]
 
 
+def through_blocks(net: nn.Module, x: torch.Tensor, features: dict[int, torch.Tensor]) -> torch.Tensor:
+    """`net`'s blocks in order, each followed by its attention and excitation where it has them;
+    every block's output is kept in `features` by size, for the excitations and decoders."""
+    for size, block in zip(net.sizes, net.blocks):
+        x = block(x)
+        if str(size) in net.attention:
+            x = net.attention[str(size)](x)
+        if size in net.excitation_source:
+            x = net.excitations[str(size)](x, features[net.excitation_source[size]])
+        features[size] = x
+    return x
+
+
 class NoiseInjection(nn.Module):
     """Per-pixel Gaussian noise times a learned weight that starts at zero (FastGAN, after StyleGAN)."""
 
@@ -138,13 +151,7 @@ class LightweightGenerator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.init(rearrange(z, "b c -> b c 1 1"))
         features = {4: x}
-        for size, block in zip(self.sizes, self.blocks):
-            x = block(x)
-            if str(size) in self.attention:
-                x = self.attention[str(size)](x)
-            if size in self.excitation_source:
-                x = self.excitations[str(size)](x, features[self.excitation_source[size]])
-            features[size] = x
+        x = through_blocks(self, x, features)
         return self.to_rgb(x)
 
 
@@ -223,13 +230,7 @@ class LightweightDiscriminator(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         x = self.from_rgb(images)
         features = {images.shape[-1] // 2: x}
-        for size, block in zip(self.sizes, self.blocks):
-            x = block(x)
-            if str(size) in self.attention:
-                x = self.attention[str(size)](x)
-            if size in self.excitation_source:
-                x = self.excitations[str(size)](x, features[self.excitation_source[size]])
-            features[size] = x
+        x = through_blocks(self, x, features)
         logits = self.to_logits(x).flatten(1)
         if quarters is None:
             return logits
