@@ -21,6 +21,12 @@ def run_script(script: str, *args: str, timeout: float = 300, env: dict | None =
     )
 
 
+def completed(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The result of a script that must have succeeded; its stderr's tail otherwise."""
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
 @pytest.fixture
 def run():
     return run_script

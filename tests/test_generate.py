@@ -9,15 +9,11 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
+from tests.conftest import completed
 from train.generate import latent_draws, load_ema_generator, loop_latents, main, read_run_config, slerp
 from train.loop import render_samples
 
 SIZE, PADDING = 64, 2  # the debug preset's resolution; image_grid's padding
-
-
-def completed(result):
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 @pytest.fixture(scope="module")

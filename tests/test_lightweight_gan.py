@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.conftest import completed
 from train.config import ConfigError, load_config
 from train.lightweight_gan import LightweightGANConfig
 from train.metrics import read_metrics
@@ -16,10 +17,6 @@ from train.metrics import read_metrics
 LOSS_KEYS = ("d_loss", "g_loss", "hinge", "recon", "d_real", "d_fake")
 SCRIPT = "train/lightweight_gan.py"
 
-
-def completed(result):
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 @pytest.fixture(scope="module")

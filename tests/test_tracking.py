@@ -3,16 +3,13 @@ import json
 
 import pytest
 
+from tests.conftest import completed
 from tests.wandb_records import offline_runs, read_run
 from train.metrics import read_metrics
 from train.tracking import REDACTED, redact_secrets, resolve_wandb_mode
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key; never valid
 
-
-def completed(result):
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 def test_mode_defaults_to_offline_with_a_hint_without_a_key(monkeypatch, tmp_path):

@@ -10,15 +10,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.conftest import completed
 from train.data import toy_modes
 from train.metrics import read_metrics
 
 LOSS_KEYS = ("d_loss", "g_loss", "gp", "wdist")
 
-
-def completed(result):
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 @pytest.fixture(scope="module")
