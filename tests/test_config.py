@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from train.config import ConfigError, load_config, save_config
+from train.config import ConfigError, load_config, resuming, save_config
 from train.precision import resolve_mixed_precision
 from train.wgangp import WGANGPConfig
 
@@ -35,9 +35,22 @@ def test_resume_takes_the_saved_config_and_new_flags(tmp_path):
     save_config(saved, out)
     (out / "checkpoints" / "step_000020").mkdir(parents=True)
     c = config("--resume", "--out", str(out), "--max-steps", "80")
-    assert (c.batch_size, c.model, c.max_steps, c.resume) == (3, "dcgan", 80, True)
+    assert (c.batch_size, c.model, c.max_steps, c.resume) == (3, "dcgan", 80, "yes")
     with pytest.raises(ConfigError, match=r"--resolution 128 differs from the run in .* \(64\); drop the flag to resume"):
         config("--resume", "--out", str(out), "--resolution", "128")
+
+
+def test_resume_auto_continues_a_run_with_a_checkpoint_and_starts_over_one_without(tmp_path):
+    out = tmp_path / "r"
+    save_config(config("--debug", "--batch-size", "3", "--time-limit", "1h", "--out", str(out)), out)
+    fresh = config("--debug", "--resume", "auto", "--out", str(out))  # an interrupted start: nothing to lose
+    assert (fresh.batch_size, resuming(fresh)) == (8, False)
+    (out / "checkpoints" / "step_000020").mkdir(parents=True)
+    again = config("--resume", "auto", "--out", str(out))
+    assert (again.batch_size, resuming(again)) == (3, True)
+    assert again.time_limit is None  # how the last session ran is not the run's: not taken over
+    with pytest.raises(ConfigError, match="already holds a run; add --resume"):
+        config("--debug", "--out", str(out))
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,7 @@ def test_stop_on_collapse_stops_with_a_checkpoint_exit_code_3_and_an_alert(run, 
     result = run("train/wgangp.py", "--debug", *alarm, "--wandb-mode", "offline", "--out", str(out))
     assert result.returncode == 3, result.stderr[-3000:]
     assert "warning: collapse: d_loss ~ 0" in result.stdout
-    assert "stopped at step 5 on a collapse alarm" in result.stdout
+    assert "stopped at step 5: collapse alarm" in result.stdout
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000005"]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [5]
     (wandb_run,) = offline_runs(out)

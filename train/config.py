@@ -17,9 +17,13 @@ from train.data import DataSpecError, parse_data_spec
 from train.data.specs import DEFAULT_HUB_DATASET
 from train.fid import INCEPTION_WEIGHTS, default_cache_dir
 from train.monitor import CollapseThresholds
+from train.stop import parse_duration
 from train.tracking import WANDB_MODES
 
 PRECISIONS = ("no", "fp16", "bf16")
+RESUME_MODES = ("no", "yes", "auto")
+# How this invocation runs, not what the run is: never taken from a resumed run's config.json.
+SESSION_FIELDS = ("resume", "time_limit")
 
 
 def flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -82,7 +86,14 @@ class TrainConfig:
     max_steps: int = flag(100_000, "generator steps to train for")
     seed: int = flag(0, "base seed; each rank draws latents from its own stream derived from it")
     out: str = flag("runs/train", "run directory: config, metrics, samples, checkpoints")
-    resume: bool = flag(False, "continue from the latest checkpoint in --out")
+    resume: str = flag(
+        "no",
+        "continue from the latest checkpoint in --out; 'auto': when there is one, else start (a launcher's rerun)",
+        nargs="?", const="yes", choices=RESUME_MODES,
+    )
+    time_limit: str | None = flag(
+        None, "wall-clock budget, e.g. 11h30m, 45m or 5400 (seconds): then stop with a checkpoint, exit code 75"
+    )
     mixed_precision: str | None = flag(
         None, "no, fp16 or bf16 (default: the accelerate config's); bf16 falls back to fp16 on GPUs without native bf16", choices=PRECISIONS
     )
@@ -157,7 +168,7 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
     """Merge defaults, presets, a resumed run's saved config and the given flags; then check it."""
     values = dataclasses.asdict(config_cls())
     out = Path(given.get("out", values["out"] if not given.get("debug") else config_cls.debug_preset["out"]))
-    if given.get("resume"):
+    if _continues(given.get("resume", "no"), out):
         saved = _saved_config(out)
         for name in config_cls.architecture_fields:
             if name in given and _plain(given[name]) != _plain(saved.get(name)):
@@ -165,7 +176,7 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
                     f"--{name.replace('_', '-')} {given[name]} differs from the run in {out} ({saved.get(name)});"
                     " drop the flag to resume, or start a new run in another --out"
                 )
-        values.update({k: v for k, v in saved.items() if k in values})
+        values.update({k: v for k, v in saved.items() if k in values and k not in SESSION_FIELDS})
     else:
         if given.get("debug"):
             values.update(config_cls.debug_preset)
@@ -229,12 +240,30 @@ def check_config(config: TrainConfig) -> None:
     except ValueError as error:
         raise ConfigError(f"--collapse-{str(error).replace('_', '-')}") from None
     config.check_recipe()
+    if config.time_limit is not None:
+        try:
+            time_limit_seconds(config)
+        except ValueError:
+            raise ConfigError(f"--time-limit {config.time_limit}: give a duration such as 11h30m, 45m, 90s or 5400") from None
     out = Path(config.out)
-    if config.resume:
-        if latest_checkpoint(out) is None:
-            raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-    elif (out / "config.json").exists() or latest_checkpoint(out) is not None:
+    if config.resume == "yes" and latest_checkpoint(out) is None:
+        raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+    # --resume auto without a checkpoint starts again over whatever an interrupted start left.
+    if config.resume == "no" and ((out / "config.json").exists() or latest_checkpoint(out) is not None):
         raise ConfigError(f"--out {out} already holds a run; add --resume to continue it, or choose another --out")
+
+
+def resuming(config: TrainConfig) -> bool:
+    """Whether this run continues from a checkpoint: --resume, or --resume auto with one in --out."""
+    return _continues(config.resume, Path(config.out))
+
+
+def _continues(resume: str, out: Path) -> bool:
+    return resume == "yes" or (resume == "auto" and latest_checkpoint(out) is not None)
+
+
+def time_limit_seconds(config: TrainConfig) -> int | None:
+    return None if config.time_limit is None else parse_duration(config.time_limit)
 
 
 def collapse_thresholds(config: TrainConfig) -> CollapseThresholds:

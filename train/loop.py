@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from models import build_models
 from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from train.config import TrainConfig, collapse_thresholds, save_config
+from train.config import TrainConfig, collapse_thresholds, resuming, save_config, time_limit_seconds
 from train.data import check_skipped, open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
 from train.ema import GeneratorEMA
 from train.fid import FIDEvaluator, FIDUnavailable
@@ -26,9 +26,17 @@ from train.metrics import StatWindow
 from train.monitor import CollapseMonitor
 from train.precision import resolve_mixed_precision
 from train.reporting import Reporter
+from train.stop import GracefulStop
 from train.tracking import WandbRun, new_run_id, resolve_wandb_mode
 
 SAMPLE_CHUNK = 16
+
+
+@dataclasses.dataclass
+class RunEnd:
+    status: str  # "finished"; "collapsed" (--stop-on-collapse); "stopped" (a signal or --time-limit: resumable)
+    step: int
+    reason: str | None = None
 
 
 class Objective(Protocol):
@@ -124,11 +132,25 @@ def adversarial_step(
     return skipped
 
 
-def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
-    """Train to --max-steps; returns "finished", or "collapsed" when --stop-on-collapse stopped it."""
-    out = Path(config.out)
+def train(config: TrainConfig, make_objective: ObjectiveFactory) -> RunEnd:
+    """Train to --max-steps, or until a collapse alarm (--stop-on-collapse), a stop signal or
+    --time-limit ends the run early with a checkpoint."""
     wandb_mode, wandb_hint = resolve_wandb_mode(config.wandb_mode)
     accelerator = make_accelerator(config, log_with=WandbRun.log_with(wandb_mode))
+    # From the first moment: a signal during start-up stops the run after its first step.
+    with GracefulStop(accelerator, time_limit_seconds(config)) as stop:
+        return _train(config, make_objective, accelerator, stop, wandb_mode, wandb_hint)
+
+
+def _train(
+    config: TrainConfig,
+    make_objective: ObjectiveFactory,
+    accelerator: Accelerator,
+    stop: GracefulStop,
+    wandb_mode: str,
+    wandb_hint: str | None,
+) -> RunEnd:
+    out = Path(config.out)
     reporter = Reporter(accelerator, out, wandb_enabled=wandb_mode != "disabled")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     spec = parse_data_spec(config.data)
@@ -187,8 +209,9 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
                 print(f"error: {error}; training continues with FID disabled", file=sys.stderr)
     monitor = CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key)
     start_step, skipped, run_id = 0, 0, new_run_id()
-    collapsed, status = False, "finished"
-    if config.resume:
+    collapsed, end = False, RunEnd("finished", config.max_steps)
+    resumed = resuming(config)
+    if resumed:
         rank_state, ema_state = load_checkpoint(accelerator, latest_checkpoint(out))
         ema.load_state_dict(ema_state)
         start_step = int(rank_state["step"])
@@ -204,7 +227,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
     if accelerator.is_main_process:
         save_config(config, out)
     reporter.start(
-        resume_step=start_step if config.resume else None,
+        resume_step=start_step if resumed else None,
         run_id=run_id,
         wandb_options=dict(
             project=config.wandb_project,
@@ -292,7 +315,12 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
         if fid is not None and (step % config.fid_every == 0 or last):
             scores = fid.evaluate(ema.generator, config.latent_dim)  # collective: every rank
             reporter.log({"step": step, **scores, "fid_samples": config.fid_samples})
-        stopping = config.stop_on_collapse and collapsed
+        stop_reason = stop.agreed()  # collective: every rank, every step
+        if config.stop_on_collapse and collapsed:
+            end = RunEnd("collapsed", step, "collapse alarm (--stop-on-collapse)")
+        elif stop_reason and not last:
+            end = RunEnd("stopped", step, stop_reason)
+        stopping = end.status != "finished"
         if step % config.ckpt_every == 0 or last or stopping:
             rank_state = {
                 "step": step,
@@ -306,8 +334,7 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
             }
             save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
         if stopping:
-            accelerator.print(f"stopped at step {step} on a collapse alarm (--stop-on-collapse); checkpoint saved")
-            status = "collapsed"
+            accelerator.print(f"stopped at step {step}: {end.reason}; checkpoint saved")
             break
     progress.close()
     reporter.finish(step)
@@ -316,4 +343,4 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> str:
     del generator, critic, g_opt, d_opt
     accelerator.free_memory()
     accelerator.end_training()
-    return status
+    return end

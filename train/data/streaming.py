@@ -6,6 +6,7 @@ workers (never more than the rank's shards), and resumable through StatefulDataL
 """
 import copy
 import random
+import signal
 import warnings
 from typing import Iterator
 
@@ -22,6 +23,14 @@ from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
 
 # Judge the share of unreadable rows only once this many were read, then stop above this share.
 SKIP_JUDGED_AFTER, SKIP_LIMIT = 1000, 0.01
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's start: Slurm signals every process of a job, and the rank decides when
+    to stop; a worker killed by SIGUSR1 or SIGTERM would fail the step before the rank's checkpoint.
+    (A worker still leaves on the loader's own shutdown, or once its rank is gone.)"""
+    for stop_signal in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(stop_signal, signal.SIG_IGN)
 
 
 def load_source(spec: DataSpec, split: str = "train") -> datasets.IterableDataset:
@@ -159,6 +168,7 @@ class StreamingImages:
                 num_workers=self.workers,
                 pin_memory=pin_memory,
                 persistent_workers=self.workers > 0,
+                worker_init_fn=ignore_stop_signals,
             )
         self._batches: Iterator[dict] | None = None
         self.read = self.skipped = 0

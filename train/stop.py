@@ -1,0 +1,108 @@
+"""Graceful stop: SIGUSR1, SIGTERM or a wall-clock budget (--time-limit) asks the run to stop.
+
+The request is agreed across ranks at each step boundary (a max all-reduce of every rank's flag),
+so every rank leaves the loop after the same step, writes the same checkpoint and exits with the
+resumable exit code. A signal only sets a flag: a second one while the checkpoint is written
+changes nothing, and the checkpoint is still made atomically (train/checkpoint.py).
+
+Launchers need to signal the training processes themselves: `accelerate launch` and torchrun die
+on SIGUSR1 and give their workers a fixed 30 s after a SIGTERM. When $FACEGAN_PID_DIR is set, each
+rank writes its pid there once its handlers are in place (launch/slurm/node.sh reads them).
+"""
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+PID_DIR_VARIABLE = "FACEGAN_PID_DIR"
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in '11h30m', '45m', '90s', '1d2h', '5400' or '11:30:00'; ValueError otherwise."""
+    text = text.strip().lower()
+    if text.isdigit():
+        return int(text)
+    if re.fullmatch(r"\d+:\d{1,2}:\d{1,2}", text):
+        hours, minutes, seconds = map(int, text.split(":"))
+        return hours * 3600 + minutes * 60 + seconds
+    match = _DURATION.match(text)
+    if not text or not match:
+        raise ValueError(text)
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+class GracefulStop:
+    """Collects stop requests on this rank; `agreed()` turns them into one decision for all ranks.
+
+    Use as a context manager around the run. The handlers stay after it: a signal that comes
+    once the run has ended (Slurm's SIGTERM at the time limit, a launcher passing one on) must not
+    kill the process before it has reported how the run ended.
+    """
+
+    def __init__(self, accelerator: Accelerator, time_limit_s: float | None):
+        self.accelerator = accelerator
+        # Counted from the process's start, imports included: the budget is the session's.
+        started = psutil.Process().create_time()
+        self.deadline = None if time_limit_s is None else started + time_limit_s
+        self.signal_name: str | None = None
+        self.ended = False
+        self._pid_file: Path | None = None
+
+    def __enter__(self) -> "GracefulStop":
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        pid_dir = os.environ.get(PID_DIR_VARIABLE)
+        if pid_dir:  # written after the handlers: a pid listed there never dies of SIGUSR1
+            self._pid_file = Path(pid_dir) / f"rank{self.accelerator.process_index}.pid"
+            self._pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self._pid_file.write_text(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.ended = True
+        if self._pid_file is not None:
+            self._pid_file.unlink(missing_ok=True)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        name, rank = signal.Signals(signum).name, self.accelerator.process_index
+        if self.ended:
+            message = "the run has already ended"
+        elif self.signal_name is None:
+            self.signal_name = name
+            message = "stopping after this step with a checkpoint"
+        else:
+            message = "a stop is already under way"
+        print(f"rank {rank}: {name} received; {message}", flush=True)
+
+    def local_reason(self) -> str | None:
+        if self.signal_name is not None:
+            return self.signal_name
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "--time-limit"
+        return None
+
+    def agreed(self) -> str | None:
+        """Collective, once per step on every rank: why the run stops now, or None to go on.
+
+        Any rank's request stops all of them. The reason is this rank's own when it has one,
+        else the one the others agreed on ("SIGUSR1 on another rank" and the like).
+        """
+        local = self.local_reason()
+        codes = {None: 0, "--time-limit": 1}
+        code = codes.get(local, 2)
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([code], device=self.accelerator.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            code = int(flag.item())
+        if code == 0:
+            return None
+        return local or ("--time-limit on another rank" if code == 1 else "a stop signal on another rank")
