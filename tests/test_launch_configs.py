@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("accelerate_config.yaml", "no"),
         ("launch/accelerate/multi_gpu_bf16.yaml", "bf16"),
         ("launch/accelerate/multi_gpu_fp16.yaml", "fp16"),
+        ("launch/accelerate/multi_node.yaml", "bf16"),
     ],
 )
 def test_accelerate_reads_the_shipped_configs(path, precision):

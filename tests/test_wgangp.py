@@ -89,7 +89,7 @@ def test_accelerate_launch_cpu_with_two_processes_trains_on_two_ranks(run, tmp_p
     out = tmp_path / "two"
     launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]
     result = completed(run("train/wgangp.py", "--debug", "--max-steps", "4", "--out", str(out), launcher=launcher))
-    assert "running 2 CPU processes with torchrun" in result.stdout
+    assert "running 2 CPU processes on this machine (2 on 1) with torchrun" in result.stdout
     assert read_metrics(out / "metrics.jsonl")[-1]["world_size"] == 2
     files = {p.name for p in (out / "checkpoints" / "step_000004").iterdir()}
     assert {"random_states_1.pkl", "train_state_1.pt"} <= files

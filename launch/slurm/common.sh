@@ -1,0 +1,220 @@
+# Shared by single_node.sbatch, multi_node.sbatch and node.sh: settings, checks, the launch command,
+# and the requeue on the trainers' resumable exit code. Sourced, never run.
+#
+# Settings, as flags after the script's name or as environment variables (flags win):
+#   --trainer NAME          TRAINER          wgangp or lightweight_gan (required)
+#   --out DIR               OUT              the run directory, on storage every node sees (required)
+#   --gpus-per-node N       GPUS_PER_NODE    training processes per node, one per GPU (default: every GPU
+#                                            Slurm allocated on the node)
+#   --cpu N                 CPU_PROCESSES    the CPU variant: N CPU processes per node, no GPUs
+#   --mixed-precision P     MIXED_PRECISION  no, fp16 or bf16 (default: the accelerate config's)
+#   --accelerate-config F   ACCELERATE_CONFIG  (default: launch/accelerate/multi_gpu_<precision>.yaml on
+#                                            one node, launch/accelerate/multi_node.yaml on several)
+#   --max-restarts N        MAX_RESTARTS     requeues after a resumable stop (default 3)
+#   --resume                RESUME=1         continue the run already in --out on the first start too
+#   --dry-run               DRY_RUN=1        print the commands instead of running them
+#   -- FLAGS...             TRAINER_FLAGS    the trainer's own flags (see `python train/wgangp.py --help`)
+# Nodes, partition, time and GPUs are sbatch's own options: sbatch --nodes 2 --gres gpu:4 --time 24:00:00 ...
+
+TRAINERS="wgangp lightweight_gan"
+RESUMABLE_EXIT=75  # train/cli.py's EXIT_CODES["stopped"]
+BAD_INPUT_EXIT=2
+
+die() {
+    echo "error: $*" >&2
+    exit "$BAD_INPUT_EXIT"
+}
+
+say() {
+    echo "[$(date +%T)] $*"
+}
+
+# The repository: sbatch runs a copy of the batch script from its spool, so $0 does not lead back to it.
+find_root() {
+    local candidate
+    for candidate in "${FACEGAN_ROOT:-}" "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." 2>/dev/null && pwd)" "${SLURM_SUBMIT_DIR:-}"; do
+        if [ -n "$candidate" ] && [ -f "$candidate/train/cli.py" ]; then
+            ROOT=$(cd "$candidate" && pwd)
+            return
+        fi
+    done
+    die "cannot find the project: submit from the repository's root, or set FACEGAN_ROOT=/path/to/repository"
+}
+
+parse_settings() {
+    TRAINER=${TRAINER:-}
+    OUT=${OUT:-}
+    GPUS_PER_NODE=${GPUS_PER_NODE:-}
+    CPU_PROCESSES=${CPU_PROCESSES:-}
+    MIXED_PRECISION=${MIXED_PRECISION:-}
+    ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-}
+    MAX_RESTARTS=${MAX_RESTARTS:-3}
+    RESUME=${RESUME:-0}
+    DRY_RUN=${DRY_RUN:-0}
+    # shellcheck disable=SC2206  # TRAINER_FLAGS is a word list on purpose
+    FLAGS=(${TRAINER_FLAGS:-})
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --trainer) TRAINER=${2:-}; shift ;;
+            --out) OUT=${2:-}; shift ;;
+            --gpus-per-node) GPUS_PER_NODE=${2:-}; shift ;;
+            --cpu) CPU_PROCESSES=${2:-}; shift ;;
+            --mixed-precision) MIXED_PRECISION=${2:-}; shift ;;
+            --accelerate-config) ACCELERATE_CONFIG=${2:-}; shift ;;
+            --max-restarts) MAX_RESTARTS=${2:-}; shift ;;
+            --resume) RESUME=1 ;;
+            --dry-run) DRY_RUN=1 ;;
+            --) shift; FLAGS+=("$@"); break ;;
+            *) die "unknown option $1 (the trainer's own flags go after --; see the top of launch/slurm/common.sh)" ;;
+        esac
+        shift
+    done
+}
+
+is_count() {
+    [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ]
+}
+
+check_settings() {
+    [ -n "$TRAINER" ] || die "no trainer: add --trainer NAME or set TRAINER (one of: $TRAINERS)"
+    [[ " $TRAINERS " == *" $TRAINER "* ]] || die "unknown trainer '$TRAINER' (--trainer / TRAINER): use one of: $TRAINERS"
+    [ -n "$OUT" ] || die "no output directory: add --out DIR or set OUT (on storage every node sees)"
+    [[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "--max-restarts / MAX_RESTARTS '$MAX_RESTARTS': give a whole number"
+    case "$MIXED_PRECISION" in "" | no | fp16 | bf16) ;; *) die "--mixed-precision / MIXED_PRECISION '$MIXED_PRECISION': use no, fp16 or bf16" ;; esac
+    if [ -n "$ACCELERATE_CONFIG" ] && [ ! -f "$ACCELERATE_CONFIG" ]; then
+        die "--accelerate-config / ACCELERATE_CONFIG $ACCELERATE_CONFIG: no such file"
+    fi
+    OUT=$(realpath -m "$OUT")
+    if [ "$DRY_RUN" != 1 ] && ! command -v accelerate > /dev/null; then
+        die "accelerate is not on PATH: activate the project's environment before sbatch (Slurm passes it on)"
+    fi
+}
+
+# Processes on each node, checked against what Slurm allocated to this job on this node.
+processes_per_node() {
+    if [ -n "$CPU_PROCESSES" ]; then
+        is_count "$CPU_PROCESSES" || die "--cpu / CPU_PROCESSES '$CPU_PROCESSES': give a number of processes, 1 or more"
+        local cpus=${SLURM_CPUS_ON_NODE:-}
+        if [ -n "$cpus" ] && [ "$CPU_PROCESSES" -gt "$cpus" ]; then
+            die "--cpu / CPU_PROCESSES $CPU_PROCESSES: more processes than the $cpus CPUs allocated on this node; ask sbatch for --cpus-per-task $CPU_PROCESSES or lower it"
+        fi
+        PER_NODE=$CPU_PROCESSES
+        return
+    fi
+    local allocated=${SLURM_GPUS_ON_NODE:-}
+    if [ -z "$allocated" ] && [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+        allocated=$(awk -F, '{print NF}' <<< "$CUDA_VISIBLE_DEVICES")
+    fi
+    if [ -n "$GPUS_PER_NODE" ]; then
+        is_count "$GPUS_PER_NODE" || die "--gpus-per-node / GPUS_PER_NODE '$GPUS_PER_NODE': give a number of GPUs, 1 or more"
+        if [ "$DRY_RUN" != 1 ] || [ -n "$allocated" ]; then
+            if [ -z "$allocated" ] || [ "$GPUS_PER_NODE" -gt "$allocated" ]; then
+                die "--gpus-per-node / GPUS_PER_NODE $GPUS_PER_NODE: more GPUs than Slurm allocated on this node (${allocated:-none}); submit with sbatch --gres=gpu:$GPUS_PER_NODE, or use --cpu N for the CPU variant"
+            fi
+        fi
+        PER_NODE=$GPUS_PER_NODE
+    elif [ -n "$allocated" ] && [ "$allocated" -ge 1 ]; then
+        PER_NODE=$allocated
+    elif [ "$DRY_RUN" = 1 ]; then
+        PER_NODE=1
+    else
+        die "no GPUs allocated on this node: submit with sbatch --gres=gpu:N (and --gpus-per-node N), or use --cpu N for the CPU variant"
+    fi
+}
+
+# Whether this start continues the run in $OUT: a rerun after a requeue, or asked for.
+resuming() {
+    [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ] || [ "$RESUME" = 1 ]
+}
+
+# The rendezvous port: one per job, so that two jobs sharing a node do not collide.
+rendezvous_port() {
+    echo $((20000 + ${SLURM_JOB_ID:-0} % 20000))
+}
+
+# LAUNCH: the command one node runs. Arguments: machines, this machine's rank, head node address.
+build_launch_command() {
+    local machines=$1 machine_rank=$2 head=$3
+    local config=$ACCELERATE_CONFIG
+    if [ -z "$config" ]; then
+        if [ "$machines" -gt 1 ]; then
+            config=$ROOT/launch/accelerate/multi_node.yaml
+        else
+            config=$ROOT/launch/accelerate/multi_gpu_${MIXED_PRECISION:-bf16}.yaml
+            [ -f "$config" ] || config=$ROOT/launch/accelerate/multi_gpu_bf16.yaml
+        fi
+    fi
+    LAUNCH=(accelerate launch --config_file "$config")
+    if [ -n "$CPU_PROCESSES" ]; then
+        LAUNCH+=(--cpu --mixed_precision "${MIXED_PRECISION:-no}")
+    elif [ -n "$MIXED_PRECISION" ]; then
+        LAUNCH+=(--mixed_precision "$MIXED_PRECISION")
+    fi
+    LAUNCH+=(--num_machines "$machines" --machine_rank "$machine_rank" --num_processes $((machines * PER_NODE)))
+    LAUNCH+=(--main_process_ip "$head" --main_process_port "$(rendezvous_port)")
+    LAUNCH+=("$ROOT/train/$TRAINER.py" --out "$OUT")
+    if resuming; then
+        LAUNCH+=(--resume auto)
+    fi
+    LAUNCH+=("${FLAGS[@]}")
+}
+
+# The exit code of the run that just ended in $OUT: its exit_status.json when it wrote one
+# (accelerate launch turns every worker's own code into 1), else the launcher's.
+run_exit_code() {
+    local launcher_code=$1 status=$OUT/exit_status.json
+    if [ -f "$status" ]; then
+        python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["exit_code"])' "$status"
+    else
+        echo "$launcher_code"
+    fi
+}
+
+# After the run: requeue on a resumable stop while restarts are left; the job's exit code otherwise.
+requeue_or_exit() {
+    local code=$1 restarts=${SLURM_RESTART_COUNT:-0}
+    if [ "$code" != "$RESUMABLE_EXIT" ]; then
+        say "the run ended with exit code $code"
+        exit "$code"
+    fi
+    if [ "$restarts" -ge "$MAX_RESTARTS" ]; then
+        say "stopped early (resumable) after $restarts restarts, the most --max-restarts / MAX_RESTARTS allows; submit again with --resume to continue in $OUT"
+        exit "$RESUMABLE_EXIT"
+    fi
+    say "stopped early with a checkpoint; requeueing job $SLURM_JOB_ID (restart $((restarts + 1)) of at most $MAX_RESTARTS)"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+}
+
+# Runs "$@" in the background and passes SIGUSR1/SIGTERM on to it; returns its exit code.
+# Bash runs a trap only between commands, so the child is waited for in short slices.
+run_forwarding_signals() {
+    "$@" &
+    CHILD=$!
+    trap 'say "SIGUSR1: asking the training processes to stop"; kill -USR1 "$CHILD" 2> /dev/null' USR1
+    trap 'say "SIGTERM: asking the training processes to stop"; kill -TERM "$CHILD" 2> /dev/null' TERM
+    local code
+    while true; do
+        wait "$CHILD"
+        code=$?
+        kill -0 "$CHILD" 2> /dev/null || break  # else a trapped signal interrupted the wait
+    done
+    trap - USR1 TERM
+    return "$code"
+}
+
+# The arguments as given, less --dry-run (before the trainer's flags): what a real run passes on.
+without_dry_run() {
+    local arg
+    while [ $# -gt 0 ]; do
+        [ "$1" = -- ] && break
+        [ "$1" != --dry-run ] && printf '%s\n' "$1"
+        shift
+    done
+    [ $# -gt 0 ] && printf '%s\n' "$@"
+}
+
+print_command() {
+    printf '%q ' "$@"
+    printf '\n'
+}

@@ -1,0 +1,52 @@
+#!/bin/bash
+# One node's part of a job: start the trainer's processes on this node with accelerate launch, pass
+# SIGUSR1/SIGTERM on to them, and exit with the run's exit code. single_node.sbatch runs it
+# directly; multi_node.sbatch runs it as one srun task per node. Takes the batch script's arguments.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+find_root
+parse_settings "$@"
+check_settings
+processes_per_node
+
+MACHINES=${FACEGAN_MACHINES:-1}
+if [ "$MACHINES" -gt 1 ] && [ -z "${SLURM_PROCID:-}" ]; then
+    die "node.sh runs as one srun task per node (SLURM_PROCID unset): submit launch/slurm/multi_node.sbatch with sbatch"
+fi
+MACHINE_RANK=${SLURM_PROCID:-0}
+build_launch_command "$MACHINES" "$MACHINE_RANK" "${FACEGAN_HEAD:-127.0.0.1}"
+
+# The training processes write their pids here once their stop handlers are in (train/stop.py).
+export FACEGAN_PID_DIR
+FACEGAN_PID_DIR=$(mktemp -d "${TMPDIR:-/tmp}/facegan-pids.XXXXXX")
+trap 'rm -rf "$FACEGAN_PID_DIR"' EXIT
+PENDING=""  # a signal that came before every process had written its pid
+
+forward() {
+    local pid_file
+    for pid_file in "$FACEGAN_PID_DIR"/*.pid; do
+        [ -f "$pid_file" ] && kill "-$1" "$(cat "$pid_file")" 2> /dev/null
+    done
+    if [ "$(find "$FACEGAN_PID_DIR" -name '*.pid' | wc -l)" -lt "$PER_NODE" ]; then
+        PENDING=$1
+    else
+        PENDING=""
+    fi
+}
+trap 'say "node $MACHINE_RANK: SIGUSR1, passing it to the training processes"; forward USR1' USR1
+trap 'say "node $MACHINE_RANK: SIGTERM, passing it to the training processes"; forward TERM' TERM
+
+say "node $MACHINE_RANK of $MACHINES on $(hostname -s): $(print_command "${LAUNCH[@]}")"
+# The launcher ignores SIGUSR1 (an inherited SIG_IGN): srun passes a signal to every process of a
+# task, and accelerate launch, torchrun's agent, would die of it and abandon its workers.
+(trap '' USR1; exec "${LAUNCH[@]}") &
+LAUNCHER=$!
+while kill -0 "$LAUNCHER" 2> /dev/null; do
+    [ -n "$PENDING" ] && forward "$PENDING"
+    sleep 1 &
+    wait $! 2> /dev/null
+done
+wait "$LAUNCHER"
+CODE=$(run_exit_code $?)
+say "node $MACHINE_RANK: the training processes ended (exit code $CODE)"
+exit "$CODE"

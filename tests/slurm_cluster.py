@@ -1,0 +1,165 @@
+"""A real single-node Slurm on this machine for the launcher tests: munge, slurmctld and slurmd
+with a private slurm.conf, state and ports under a temporary folder. Needs root and Debian's
+slurm-wlm and munge (.ci/run installs them). Stops only what it started."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol")
+MUNGE_KEY = Path("/etc/munge/munge.key")
+MUNGE_SOCKET_DIR = Path("/run/munge")
+# cred_expire also sets how long Slurm holds a requeued job before it may start again (120 s by
+# default), and the schedulers look for it every 5 s (60 and 30 by default): a short requeue.
+SLURM_CONF = """\
+ClusterName=facegan-test
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobRequeue=1
+ReturnToService=2
+MpiDefault=none
+SwitchType=switch/none
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/none
+MinJobAge=600
+NodeName={host} CPUs={cpus} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unavailable_reason() -> str | None:
+    missing = [name for name in DAEMONS if shutil.which(name) is None]
+    if missing:
+        return f"Slurm is not installed (no {', '.join(missing)}): apt-get install slurm-wlm munge"
+    if os.geteuid() != 0:
+        return "starting slurmctld, slurmd and munged needs root"
+    if not MUNGE_KEY.is_file():
+        return f"no {MUNGE_KEY}: reinstall munge, or create one with mungekey"
+    return None
+
+
+class LocalSlurm:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.conf = folder / "slurm.conf"
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self._munged_pid: int | None = None
+
+    def start(self) -> "LocalSlurm":
+        for sub in ("state", "spool"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        self._start_munge()
+        self.conf.write_text(SLURM_CONF.format(
+            host=socket.gethostname().split(".")[0], ctld_port=_free_port(), slurmd_port=_free_port(),
+            dir=self.folder, cpus=os.cpu_count(),
+        ))
+        for daemon in ("slurmctld", "slurmd"):
+            subprocess.run([daemon, "-f", str(self.conf)], check=True, env=self.env, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 60
+        while self.scontrol("show", "node", check=False).find("State=IDLE") < 0:
+            if time.monotonic() > deadline:
+                log = (self.folder / "slurmctld.log").read_text()[-2000:] if (self.folder / "slurmctld.log").exists() else ""
+                self.stop()
+                raise RuntimeError(f"the local Slurm node never became idle:\n{log}")
+            time.sleep(0.5)
+        return self
+
+    def _start_munge(self) -> None:
+        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0:
+            return  # someone else's munged: use it, leave it
+        MUNGE_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.chown(MUNGE_SOCKET_DIR, "munge", "munge")
+        subprocess.run(["munged", "--force"], check=True, capture_output=True, timeout=30)
+        pid_file = MUNGE_SOCKET_DIR / "munged.pid"
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._munged_pid = int(pid_file.read_text()) if pid_file.exists() else None
+
+    def stop(self) -> None:
+        # Every job of this private cluster is a test's.
+        subprocess.run(["scancel", "--quiet", "--user", "root"], env=self.env, capture_output=True, timeout=30)
+        for daemon in ("slurmd", "slurmctld"):
+            pid_file = self.folder / f"{daemon}.pid"
+            if pid_file.exists():
+                _terminate(int(pid_file.read_text()))
+        if self._munged_pid is not None:
+            _terminate(self._munged_pid)
+
+    def scontrol(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(["scontrol", *args], env=self.env, capture_output=True, text=True, timeout=30)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"scontrol {' '.join(args)}: {result.stderr}")
+        return result.stdout
+
+    def sbatch(self, *args: str, env: dict | None = None, cwd: Path | None = None) -> int:
+        result = subprocess.run(
+            ["sbatch", "--parsable", *args], env={**self.env, **(env or {})}, cwd=cwd,
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.strip().split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """scontrol's view of a job: JobState, Restarts, ExitCode, ..."""
+        text = self.scontrol("show", "job", "--oneliner", str(job_id))
+        return dict(re.findall(r"(\w+)=(\S*)", text))
+
+    def wait_until_done(self, job_id: int, timeout: float, log: Path | None = None) -> dict[str, str]:
+        """Poll until the job is in a final state (a requeued job goes back to PENDING first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job.get("JobState") in FINAL_STATES:
+                return job
+            if time.monotonic() > deadline:
+                subprocess.run(["scancel", str(job_id)], env=self.env, capture_output=True)
+                tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+                raise AssertionError(f"job {job_id} not done after {timeout:.0f} s: {job.get('JobState')}\n{tail}")
+            time.sleep(1)
+
+
+def _terminate(pid: int, timeout: float = 15) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,194 @@
+"""launch/slurm/: the sbatch scripts' commands, checks and requeue bound, then the scripts on a
+real single-node Slurm (tests/slurm_cluster.py): a job preempted by its time limit, and two tasks
+standing in for two nodes."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.slurm_cluster import LocalSlurm, unavailable_reason
+from train.cli import EXIT_CODES
+from train.metrics import read_metrics
+
+SLURM = ROOT / "launch" / "slurm"
+RESUMABLE = EXIT_CODES["stopped"]
+# The project's environment first on PATH, as for a user who activated it before sbatch.
+ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+
+
+SETTINGS = {"TRAINER", "OUT", "GPUS_PER_NODE", "CPU_PROCESSES", "MIXED_PRECISION", "ACCELERATE_CONFIG", "MAX_RESTARTS",
+            "RESUME", "DRY_RUN", "TRAINER_FLAGS", "CUDA_VISIBLE_DEVICES"}
+
+
+def bash(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A launch script run as it is inside (or outside) a job: none of this shell's Slurm variables or settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "FACEGAN_")) and k not in SETTINGS}
+    return subprocess.run(
+        ["bash", str(SLURM / script), *args], capture_output=True, text=True, timeout=60, env={**clean, **ENV, **(env or {})}
+    )
+
+
+# ---- without a cluster: the commands a dry run prints, and bad input ----
+
+
+def test_single_node_dry_run_prints_the_launch_with_the_allocation_and_the_trainer_flags():
+    result = bash("single_node.sbatch", "--dry-run", "--trainer", "wgangp", "--out", "runs/x", "--", "--resolution", "128",
+                  env={"SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_ID": "1234"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"accelerate launch --config_file {ROOT}/launch/accelerate/multi_gpu_bf16.yaml --num_machines 1 --machine_rank 0"
+        f" --num_processes 4 --main_process_ip 127.0.0.1 --main_process_port 21234 {ROOT}/train/wgangp.py"
+        f" --out {Path.cwd()}/runs/x --resolution 128"
+    )
+
+
+def test_a_rerun_resumes_and_fp16_picks_the_t4_config():
+    result = bash("single_node.sbatch", "--trainer", "lightweight_gan", "--out", "/r", "--mixed-precision", "fp16",
+                  env={"DRY_RUN": "1", "SLURM_GPUS_ON_NODE": "2", "SLURM_RESTART_COUNT": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "launch/accelerate/multi_gpu_fp16.yaml --mixed_precision fp16" in result.stdout
+    assert "--num_processes 2" in result.stdout
+    assert result.stdout.rstrip().endswith("train/lightweight_gan.py --out /r --resume auto")
+
+
+def test_multi_node_dry_run_outside_an_allocation_shows_where_the_head_node_goes():
+    result = bash("multi_node.sbatch", "--dry-run", "--trainer", "wgangp", "--out", "/r", "--gpus-per-node", "4")
+    assert result.returncode == 0, result.stderr
+    assert "--num_machines 2 --machine_rank 1 --num_processes 8 --main_process_ip HEAD_NODE" in result.stdout
+
+
+def test_the_cpu_variant_asks_accelerate_for_cpu_processes():
+    result = bash("single_node.sbatch", "--dry-run", "--trainer", "wgangp", "--out", "/r", "--cpu", "2",
+                  env={"SLURM_CPUS_ON_NODE": "2"})
+    assert result.returncode == 0, result.stderr
+    assert "--cpu --mixed_precision no --num_machines 1 --machine_rank 0 --num_processes 2" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "script, args, env, message",
+    [
+        ("single_node.sbatch", ["--trainer", "stylegan", "--out", "/r"], {},
+         "error: unknown trainer 'stylegan' (--trainer / TRAINER): use one of: wgangp lightweight_gan"),
+        ("single_node.sbatch", [], {"TRAINER": "wgangp"}, "error: no output directory: add --out DIR or set OUT"),
+        ("single_node.sbatch", ["--trainer", "wgangp", "--out", "/r", "--gpus-per-node", "4"], {"SLURM_GPUS_ON_NODE": "2"},
+         "error: --gpus-per-node / GPUS_PER_NODE 4: more GPUs than Slurm allocated on this node (2)"),
+        ("single_node.sbatch", ["--trainer", "wgangp", "--out", "/r"], {},
+         "error: no GPUs allocated on this node: submit with sbatch --gres=gpu:N"),
+        ("single_node.sbatch", ["--trainer", "wgangp", "--out", "/r", "--cpu", "4"], {"SLURM_CPUS_ON_NODE": "2"},
+         "error: --cpu / CPU_PROCESSES 4: more processes than the 2 CPUs allocated on this node"),
+        ("single_node.sbatch", ["--trainer", "wgangp", "--out", "/r", "--cpu", "1"], {"SLURM_JOB_NUM_NODES": "2"},
+         "error: this job has 2 nodes and single_node.sbatch uses one: submit launch/slurm/multi_node.sbatch"),
+        ("multi_node.sbatch", ["--trainer", "wgangp", "--out", "/r", "--cpu", "1"], {},
+         "error: multi_node.sbatch runs inside a Slurm allocation, where srun starts one task per node"),
+        ("node.sh", ["--trainer", "wgangp", "--out", "/r", "--cpu", "1"], {"FACEGAN_MACHINES": "2"},
+         "error: node.sh runs as one srun task per node (SLURM_PROCID unset)"),
+        ("single_node.sbatch", ["--trainer", "wgangp", "--out", "/r", "--resolution", "128"], {},
+         "error: unknown option --resolution (the trainer's own flags go after --"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_setting_and_the_fix(script, args, env, message, tmp_path):
+    result = bash(script, *args, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(message), result.stderr
+    assert result.stdout == ""
+
+
+def test_requeues_stop_at_the_maximum_restarts():
+    code = f'source "{SLURM}/common.sh"; OUT=/r; MAX_RESTARTS=2; SLURM_JOB_ID=5 SLURM_RESTART_COUNT=2 requeue_or_exit {RESUMABLE}'
+    result = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == RESUMABLE
+    assert "after 2 restarts, the most --max-restarts / MAX_RESTARTS allows; submit again with --resume" in result.stdout
+
+
+# ---- on a real Slurm ----
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("FACEGAN_REQUIRE_SLURM") == "1":  # set by .ci/run, which installs Slurm
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
+
+
+def test_multi_node_dry_run_prints_srun_and_each_nodes_launch(slurm):
+    result = bash("multi_node.sbatch", "--trainer", "wgangp", "--out", "/shared/run", "--gpus-per-node", "8",
+                  env={"DRY_RUN": "1", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "3", "SLURM_GPUS_ON_NODE": "8",
+                       "SLURM_JOB_NODELIST": "gpu[01-03]", "SLURM_CONF": str(slurm.conf)})
+    assert result.returncode == 0, result.stderr
+    srun, *nodes = result.stdout.strip().splitlines()
+    assert srun.startswith("FACEGAN_MACHINES=3 FACEGAN_HEAD=gpu01 srun --ntasks=3 --kill-on-bad-exit=1 bash")
+    assert "--dry-run" not in srun
+    assert len(nodes) == 3
+    for rank, line in enumerate(nodes):
+        assert line.startswith(f"node {rank}: accelerate launch --config_file {ROOT}/launch/accelerate/multi_node.yaml")
+        assert f"--num_machines 3 --machine_rank {rank} --num_processes 24 --main_process_ip gpu01 --main_process_port 20077" in line
+
+
+def logged(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return read_metrics(path) if path.exists() else []
+
+
+def stamped(log: str, pattern: str) -> list[datetime]:
+    """When the batch shell said `pattern` (its lines start with [HH:MM:SS])."""
+    return [datetime.strptime(m.group(1), "%H:%M:%S") for m in re.finditer(rf"\[(\d\d:\d\d:\d\d)\] {pattern}", log)]
+
+
+def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_itself_and_finishes(slurm, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    # Slurm sends B:USR1 when less than 50 s (plus its 30 s check period) is left of 2 minutes;
+    # 150 debug steps take longer than that, the rest of them less.
+    job = slurm.sbatch(
+        "--time=2", "--signal=B:USR1@50", f"--output={log}", str(SLURM / "single_node.sbatch"),
+        "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--max-restarts", "3",
+        "--", "--debug", "--max-steps", "150", "--log-every", "1", "--sample-every", "50", "--ckpt-every", "50",
+        env=ENV, cwd=tmp_path,  # submitted from elsewhere than the repository
+    )
+    state = slurm.wait_until_done(job, timeout=420, log=log)
+    text = log.read_text()
+    assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    assert int(state["Restarts"]) >= 1
+    assert "rank 0: SIGUSR1 received; stopping after this step with a checkpoint" in text
+    assert re.search(r"resumed from step \d+", text)
+    assert [r["step"] for r in logged(out)] == list(range(1, 151))  # every step exactly once
+    for made in ("config.json", "samples/step_000150.png", "checkpoints/step_000150", "progress.gif", "loss.png"):
+        assert (out / made).exists(), made
+    assert json.loads((out / "exit_status.json").read_text())["status"] == "finished"
+    signalled, restarted = stamped(text, "SIGUSR1: asking"), stamped(text, rf"job {job} start 1 ")
+    print(f"preempt -> requeue -> restart: {(restarted[0] - signalled[0]).total_seconds():.0f} s")
+
+
+def test_two_tasks_as_two_nodes_rendezvous_and_resume_after_the_batch_shell_is_signalled(slurm, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "slurm.out"
+    job = slurm.sbatch(
+        "--time=15", "--signal=B:USR1@60", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2", f"--output={log}", str(SLURM / "multi_node.sbatch"),
+        "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--", "--debug", "--max-steps", "6", "--log-every", "1",
+        env=ENV, cwd=ROOT,
+    )
+    deadline = time.monotonic() + 180
+    while len(logged(out)) < 2:
+        assert time.monotonic() < deadline and slurm.job(job)["JobState"] in ("PENDING", "RUNNING"), log.read_text()[-4000:]
+        time.sleep(0.5)
+    # What --signal=B:USR1@N does at the time limit, now: srun must carry it to both "nodes".
+    subprocess.run(["scancel", "--batch", "--signal=USR1", str(job)], env=slurm.env, check=True, timeout=30)
+    state = slurm.wait_until_done(job, timeout=300, log=log)
+    text = log.read_text()
+    assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    assert int(state["Restarts"]) == 1
+    assert "node 0 of 2" in text and "node 1 of 2" in text and "node 1: SIGUSR1, passing it to the training processes" in text
+    records = logged(out)
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert {r["world_size"] for r in records} == {2}
