@@ -1,0 +1,124 @@
+"""launch/notebook.py and the Kaggle and Colab notebooks: the commands they run, and both notebooks
+executed top to bottom on the CPU (papermill), Kaggle's twice to continue from an attached output."""
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from launch.notebook import ROOT, Session, SessionError, colab_session, find_previous_run, kaggle_session, run, use_wandb_secret
+from train.metrics import read_metrics
+
+KAGGLE = ROOT / "launch" / "kaggle" / "facegan_kaggle.ipynb"
+COLAB = ROOT / "launch" / "colab" / "facegan_colab.ipynb"
+
+
+@pytest.fixture
+def no_wandb_env(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def test_two_t4s_train_with_the_fp16_multi_gpu_config():
+    command = Session("lightweight_gan", Path("/kaggle/working/r"), 2, "fp16", "11h30m", ["--resolution", "256"]).command()
+    assert command == [
+        "accelerate", "launch", "--config_file", str(ROOT / "launch/accelerate/multi_gpu_fp16.yaml"), "--num_processes", "2",
+        str(ROOT / "train/lightweight_gan.py"), "--out", "/kaggle/working/r", "--resume", "auto", "--time-limit", "11h30m",
+        "--resolution", "256",
+    ]
+
+
+def test_one_a100_trains_with_bf16_and_the_cpu_with_cpu_processes():
+    a100 = Session("wgangp", Path("/o"), 1, "bf16", None).command()
+    assert a100[:6] == ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--mixed_precision", "bf16"]
+    assert "--time-limit" not in a100
+    cpu = Session("wgangp", Path("/o"), 2, "no", None).command()
+    assert cpu[:7] == ["accelerate", "launch", "--cpu", "--mixed_precision", "no", "--num_processes", "2"]
+
+
+def test_the_wandb_key_comes_from_the_secret_into_the_environment_only(monkeypatch, no_wandb_env):
+    assert use_wandb_secret(lambda name: {"WANDB_API_KEY": "k" * 40}[name]) == "online"
+    assert os.environ["WANDB_API_KEY"] == "k" * 40
+    monkeypatch.delenv("WANDB_API_KEY")
+
+    def no_secret(name):
+        raise KeyError(name)  # as Kaggle's client does for a secret that is not attached
+
+    assert use_wandb_secret(no_secret) == "offline"
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_a_bad_trainer_is_named(tmp_path):
+    with pytest.raises(SessionError, match="trainer='stylegan': use one of wgangp, lightweight_gan"):
+        kaggle_session("stylegan", working=tmp_path)
+
+
+def test_the_newest_attached_run_with_a_checkpoint_is_found(tmp_path):
+    for version, step in (("v1", 100), ("v2", 300), ("v3", None)):
+        run_dir = tmp_path / version / "run"
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "config.json").write_text("{}")
+        if step:
+            (run_dir / "checkpoints" / f"step_{step:06d}").mkdir()
+    assert find_previous_run(tmp_path, "run") == tmp_path / "v2" / "run"
+    assert find_previous_run(tmp_path / "absent", "run") is None
+
+
+def test_dry_runs_print_the_command_of_each_notebook_path(tmp_path, capsys, no_wandb_env):
+    kaggle = kaggle_session("wgangp", "r", ["--debug"], "11h30m", inputs=tmp_path / "in", working=tmp_path / "work")
+    colab = colab_session("lightweight_gan", "r", [], None, drive=tmp_path / "drive", fallback=tmp_path / "content")
+    assert run(kaggle, dry_run=True) == 0 and run(colab, dry_run=True) == 0
+    printed = capsys.readouterr().out
+    assert f"train/wgangp.py --out {tmp_path}/work/r --resume auto --time-limit 11h30m --debug" in printed
+    assert f"train/lightweight_gan.py --out {tmp_path}/content/r --resume auto" in printed
+    assert "Google Drive is not mounted" in printed
+    assert not (tmp_path / "work").exists()  # a dry run touches nothing
+
+
+def execute(notebook: Path, output: Path, **parameters) -> str:
+    """Run a notebook top to bottom in a fresh kernel; returns everything its cells printed."""
+    papermill.execute_notebook(
+        str(notebook), str(output), parameters={"INSTALL": False, "PROJECT_DIR": str(ROOT), **parameters},
+        kernel_name="python3", progress_bar=False, cwd=str(output.parent),
+    )
+    cells = nbformat.read(str(output), as_version=4).cells
+    return "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_the_kaggle_notebook_stops_at_its_time_limit_and_the_next_session_continues_from_its_output(tmp_path, no_wandb_env):
+    first, second = tmp_path / "session1", tmp_path / "session2"
+    flags = ["--debug", "--max-steps", "400", "--log-every", "1"]
+    printed = execute(KAGGLE, tmp_path / "k1.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT="15s",
+                      INPUTS=str(tmp_path / "none"), WORKING=str(first))
+    assert "no WANDB_API_KEY secret, so the run logs offline" in printed
+    assert "stopped early with a checkpoint" in printed
+    stopped = json.loads((first / "run" / "exit_status.json").read_text())["step"]
+
+    # The next session: the first one's /kaggle/working attached as an input.
+    flags = ["--debug", "--max-steps", str(stopped + 2), "--log-every", "1"]
+    printed = execute(KAGGLE, tmp_path / "k2.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT=None,
+                      INPUTS=str(tmp_path), WORKING=str(second))
+    assert f"continuing the run from {first / 'run'}" in printed
+    assert f"resumed from step {stopped}" in printed and "finished:" in printed
+    assert [r["step"] for r in read_metrics(second / "run" / "metrics.jsonl")] == list(range(1, stopped + 3))
+
+
+def test_the_colab_notebook_trains_on_drive_and_a_rerun_continues(tmp_path, no_wandb_env):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    parameters = dict(RUN_NAME="run", TIME_LIMIT=None, DRIVE=str(drive), FALLBACK=str(tmp_path / "content"))
+    printed = execute(COLAB, tmp_path / "c1.ipynb", TRAINER_FLAGS=["--debug", "--max-steps", "2"], **parameters)
+    assert "not on Colab: no Google Drive to mount" in printed and "finished:" in printed
+    printed = execute(COLAB, tmp_path / "c2.ipynb", TRAINER_FLAGS=["--debug", "--max-steps", "3"], **parameters)
+    assert "resumed from step 2" in printed
+    assert (drive / "facegan" / "run" / "checkpoints" / "step_000003").is_dir()
+
+
+@pytest.mark.parametrize("notebook", [KAGGLE, COLAB], ids=["kaggle", "colab"])
+def test_each_notebook_dry_run_prints_its_command(notebook, tmp_path, no_wandb_env):
+    printed = execute(notebook, tmp_path / "out.ipynb", DRY_RUN=True, TRAINER_FLAGS=["--debug"], WORKING=str(tmp_path),
+                      INPUTS=str(tmp_path), DRIVE=str(tmp_path), FALLBACK=str(tmp_path))
+    assert "accelerate launch --cpu --mixed_precision no --num_processes 1" in printed
+    assert "train/wgangp.py --out " in printed and "--resume auto --time-limit 11h30m --debug" in printed
