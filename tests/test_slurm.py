@@ -150,11 +150,11 @@ def stamped(log: str, pattern: str) -> list[datetime]:
 def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_itself_and_finishes(slurm, tmp_path):
     out, log = tmp_path / "run", tmp_path / "slurm.out"
     # Slurm sends B:USR1 when less than 50 s (plus its 30 s check period) is left of 2 minutes;
-    # 150 debug steps take longer than that, the rest of them less.
+    # 140 debug steps take longer than that, the rest of them less.
     job = slurm.sbatch(
         "--time=2", "--signal=B:USR1@50", f"--output={log}", str(SLURM / "single_node.sbatch"),
         "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--max-restarts", "3",
-        "--", "--debug", "--max-steps", "150", "--log-every", "1", "--sample-every", "50", "--ckpt-every", "50",
+        "--", "--debug", "--max-steps", "140", "--log-every", "1", "--sample-every", "70", "--ckpt-every", "70",
         env=ENV, cwd=tmp_path,  # submitted from elsewhere than the repository
     )
     state = slurm.wait_until_done(job, timeout=420, log=log)
@@ -163,8 +163,8 @@ def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_itself_and_f
     assert int(state["Restarts"]) >= 1
     assert "rank 0: SIGUSR1 received; stopping after this step with a checkpoint" in text
     assert re.search(r"resumed from step \d+", text)
-    assert [r["step"] for r in logged(out)] == list(range(1, 151))  # every step exactly once
-    for made in ("config.json", "samples/step_000150.png", "checkpoints/step_000150", "progress.gif", "loss.png"):
+    assert [r["step"] for r in logged(out)] == list(range(1, 141))  # every step exactly once
+    for made in ("config.json", "samples/step_000140.png", "checkpoints/step_000140", "progress.gif", "loss.png"):
         assert (out / made).exists(), made
     assert json.loads((out / "exit_status.json").read_text())["status"] == "finished"
     signalled, restarted = stamped(text, "SIGUSR1: asking"), stamped(text, rf"job {job} start 1 ")

@@ -13,7 +13,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from tests.conftest import ROOT, completed
+from tests.conftest import ROOT
+from tests.wandb_records import offline_runs, read_run
 from train.checkpoint import list_checkpoints
 from train.cli import EXIT_CODES
 from train.metrics import read_metrics
@@ -130,7 +131,7 @@ def assert_stopped_together(out: Path, ends: list[tuple[int, str]], reason: str)
     return step
 
 
-def test_sigusr1_to_one_rank_stops_both_at_the_same_step_and_a_second_signal_corrupts_nothing(run, tmp_path):
+def test_sigusr1_to_one_rank_stops_both_at_the_same_step_and_a_second_signal_corrupts_nothing(tmp_path):
     out = tmp_path / "run"
     ranks, pid_dir = start_ranks(out, *LONG_DEBUG)
     wait_for(lambda: len(logged_steps(out)) >= 3, "three logged steps", ranks)
@@ -142,17 +143,15 @@ def test_sigusr1_to_one_rank_stops_both_at_the_same_step_and_a_second_signal_cor
     for r in ranks:
         r.send_signal(signal.SIGTERM)
     ends = finish(ranks)
-    step = assert_stopped_together(out, ends, "a stop signal on another rank")
+    assert_stopped_together(out, ends, "a stop signal on another rank")
     assert "rank 1: SIGUSR1 received; stopping after this step" in ends[1][1]
     assert not list(pid_dir.glob("*.pid"))  # each rank removed its own
-
-    resumed = completed(run("train/wgangp.py", "--out", str(out), "--resume", "auto", "--max-steps", str(step + 2)))
-    assert f"resumed from step {step}" in resumed.stdout
-    assert logged_steps(out) == list(range(1, step + 3))
-    assert json.loads((out / "exit_status.json").read_text())["status"] == "finished"
+    # Resuming from such a checkpoint on two ranks: tests/test_slurm.py, the multi-node job.
 
 
-def test_time_limit_stops_both_ranks_at_the_same_step(tmp_path):
+def test_time_limit_stops_both_ranks_at_the_same_step_and_marks_the_wandb_run_preempted(tmp_path):
     out = tmp_path / "run"
-    ranks, _ = start_ranks(out, *LONG_DEBUG, "--time-limit", "1s")  # over before the first step ends
+    ranks, _ = start_ranks(out, *LONG_DEBUG, "--time-limit", "1s", "--wandb-mode", "offline")  # over by the first step's end
     assert assert_stopped_together(out, finish(ranks), "--time-limit") == 1
+    (wandb_run,) = offline_runs(out)
+    assert read_run(wandb_run)["preempting"]

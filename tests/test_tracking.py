@@ -69,6 +69,7 @@ def test_an_offline_run_holds_every_metric_the_sample_grids_and_the_progress_vid
     assert logged[6]["progress._type"] == "video-file"
     media = {p.name.split("_")[0] for run in runs for p in (run / "files" / "media").rglob("*.*")}
     assert {"samples", "real", "progress"} <= media
+    assert not any(read_run(run)["preempting"] for run in runs)  # only a resumable stop marks it
 
 
 def test_resume_continues_the_same_wandb_run_with_increasing_steps(offline_run):

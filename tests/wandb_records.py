@@ -37,9 +37,10 @@ def _payloads(data: bytes):
 
 
 def read_run(run_dir: Path) -> dict:
-    """{"run_id", "name", "config": {...}, "history": [{key: value, ...}], "alerts": [(title, text)]}."""
+    """{"run_id", "name", "config": {...}, "history": [{key: value, ...}], "alerts": [(title, text)],
+    "preempting": marked as preempted}."""
     (log,) = Path(run_dir).glob("run-*.wandb")
-    run = {"run_id": None, "name": None, "config": {}, "history": [], "alerts": []}
+    run = {"run_id": None, "name": None, "config": {}, "history": [], "alerts": [], "preempting": False}
     for payload in _payloads(log.read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
@@ -56,6 +57,8 @@ def read_run(run_dir: Path) -> dict:
             run["history"].append(row)
         elif kind == "alert":
             run["alerts"].append((record.alert.title, record.alert.text))
+        elif kind == "preempting":
+            run["preempting"] = True
     return run
 
 

@@ -337,7 +337,7 @@ def _train(
             accelerator.print(f"stopped at step {step}: {end.reason}; checkpoint saved")
             break
     progress.close()
-    reporter.finish(step)
+    reporter.finish(step, resumable=end.status == "stopped")
 
     # Release the DDP-wrapped models before the process group goes: otherwise gloo can abort at exit.
     del generator, critic, g_opt, d_opt

@@ -59,8 +59,10 @@ class Reporter:
             write_progress_gif(self.out / "samples", self.out / "progress.gif")
             write_loss_plot(self.out / "metrics.jsonl", self.out / "loss.png")
 
-    def finish(self, step: int) -> None:
+    def finish(self, step: int, resumable: bool = False) -> None:
         if self.main:
             self.refresh_mirror()
             self.wandb.log_video("progress", self.out / "progress.gif", step)
+            if resumable:
+                self.wandb.mark_preempting()
 

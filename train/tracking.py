@@ -115,6 +115,11 @@ class WandbRun:
 
             self.run.log({key: wandb.Video(str(path), format=path.suffix.lstrip("."))}, step=step)
 
+    def mark_preempting(self) -> None:
+        """The run stopped early and will be resumed: W&B shows it as preempted, not crashed or finished."""
+        if self.enabled:
+            self.run.mark_preempting()
+
     def alert(self, title: str, text: str) -> None:
         if self.enabled:
             import wandb
