@@ -12,9 +12,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train.cli import EXIT_CODES, EXIT_STATUS_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAINERS = ("wgangp", "lightweight_gan")
-RESUMABLE_EXIT = 75  # train/cli.py's EXIT_CODES["stopped"]
 KAGGLE_INPUT, KAGGLE_WORKING = Path("/kaggle/input"), Path("/kaggle/working")
 COLAB_DRIVE = Path("/content/drive/MyDrive")
 
@@ -158,7 +159,7 @@ def run(session: Session, dry_run: bool = False) -> int:
     if dry_run:
         return 0
     session.out.mkdir(parents=True, exist_ok=True)
-    status_file = session.out / "exit_status.json"
+    status_file = session.out / EXIT_STATUS_FILE
     status_file.unlink(missing_ok=True)  # a previous session's, which must not speak for this one
     # A progress bar redrawn ten times a second would fill the notebook: once a minute is enough.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "60"}
@@ -170,7 +171,7 @@ def run(session: Session, dry_run: bool = False) -> int:
     code = json.loads(status_file.read_text())["exit_code"] if status_file.exists() else launcher_code
     if code == 0:
         print(f"finished: {session.out}")
-    elif code == RESUMABLE_EXIT:
+    elif code == EXIT_CODES["stopped"]:
         print(f"stopped early with a checkpoint in {session.out}: run this notebook again to continue"
               " (on Kaggle, attach this session's output as an input first)")
     else:

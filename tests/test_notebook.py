@@ -67,14 +67,14 @@ def test_the_newest_attached_run_with_a_checkpoint_is_found(tmp_path):
 
 
 def test_dry_runs_print_the_command_of_each_notebook_path(tmp_path, capsys, no_wandb_env):
-    kaggle = kaggle_session("wgangp", "r", ["--debug"], "11h30m", inputs=tmp_path / "in", working=tmp_path / "work")
+    kaggle = kaggle_session("wgangp", "r", ["--debug"], "11h30m", inputs=tmp_path / "in", working=tmp_path / "working")
     colab = colab_session("lightweight_gan", "r", [], None, drive=tmp_path / "drive", fallback=tmp_path / "content")
     assert run(kaggle, dry_run=True) == 0 and run(colab, dry_run=True) == 0
     printed = capsys.readouterr().out
-    assert f"train/wgangp.py --out {tmp_path}/work/r --resume auto --time-limit 11h30m --debug" in printed
+    assert f"train/wgangp.py --out {tmp_path}/working/r --resume auto --time-limit 11h30m --debug" in printed
     assert f"train/lightweight_gan.py --out {tmp_path}/content/r --resume auto" in printed
     assert "Google Drive is not mounted" in printed
-    assert not (tmp_path / "work").exists()  # a dry run touches nothing
+    assert not (tmp_path / "working").exists()  # a dry run touches nothing
 
 
 def execute(notebook: Path, output: Path, **parameters) -> str:

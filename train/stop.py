@@ -56,6 +56,11 @@ class GracefulStop:
         self.signal_name: str | None = None
         self.ended = False
         self._pid_file: Path | None = None
+        # The flag travels through a CPU (gloo) group: an NCCL all-reduce read back with .item()
+        # would make every training step wait for the GPU. Collective: every rank builds its own.
+        self._group = None
+        if accelerator.num_processes > 1 and dist.get_backend() != "gloo":
+            self._group = dist.new_group(backend="gloo")
 
     def __enter__(self) -> "GracefulStop":
         for sig in STOP_SIGNALS:
@@ -100,8 +105,8 @@ class GracefulStop:
         codes = {None: 0, "--time-limit": 1}
         code = codes.get(local, 2)
         if self.accelerator.num_processes > 1:
-            flag = torch.tensor([code], device=self.accelerator.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            flag = torch.tensor([code])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
             code = int(flag.item())
         if code == 0:
             return None
