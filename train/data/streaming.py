@@ -20,6 +20,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from train.data.decode import decode_image
 from train.data.generated import stream_seed
 from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
+from train.stop import STOP_SIGNALS
 
 # Judge the share of unreadable rows only once this many were read, then stop above this share.
 SKIP_JUDGED_AFTER, SKIP_LIMIT = 1000, 0.01
@@ -29,7 +30,7 @@ def ignore_stop_signals(worker_id: int) -> None:
     """A DataLoader worker's start: Slurm signals every process of a job, and the rank decides when
     to stop; a worker killed by SIGUSR1 or SIGTERM would fail the step before the rank's checkpoint.
     (A worker still leaves on the loader's own shutdown, or once its rank is gone.)"""
-    for stop_signal in (signal.SIGUSR1, signal.SIGTERM):
+    for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, signal.SIG_IGN)
 
 
