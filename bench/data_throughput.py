@@ -20,7 +20,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from train.data import open_stream, parse_data_spec  # noqa: E402
+from train.data import DataOptions, open_stream, parse_data_spec  # noqa: E402
 from train.data.decode import decode_image  # noqa: E402
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
@@ -52,8 +52,8 @@ def loop_rate(blobs: list[bytes], resolution: int) -> float:
 
 
 def pipeline_rate(glob: str, resolution: int, workers: int, images: int, batch: int = 8) -> float:
-    stream = open_stream(parse_data_spec(f"parquet:{glob}"), resolution=resolution, batch_size=batch, seed=0, rank=0,
-                         world_size=1, workers=workers, shuffle_buffer=16)
+    options = DataOptions(parse_data_spec(f"parquet:{glob}"), resolution, workers=workers, shuffle_buffer=16)
+    stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1)
     next(stream)  # workers started, buffers filled
     batches = max(1, images // batch)
     start = time.perf_counter()

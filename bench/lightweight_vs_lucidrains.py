@@ -7,7 +7,7 @@
 
 A step is one discriminator update (DiffAugment on real and fake, the decoders' reconstruction
 loss on real images), then one generator update, on a synthetic real batch already on the device:
-no data loading. Ours is `train.loop.adversarial_step` under the trainer's Accelerator; theirs is
+no data loading. Ours is `train.run.loop.adversarial_step` under the trainer's Accelerator; theirs is
 the body of their `Trainer.train`, with their modules and losses. After `--warmup` untimed steps
 each, the two alternate (`--steps` each, `--rounds` times); img/s is real images through the
 discriminator per second, median over rounds. `--max-batch` finds on a GPU the largest batch each
@@ -47,11 +47,12 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
-from train.config import PRECISIONS, resolve_config  # noqa: E402
-from train.diffaugment import parse_policy  # noqa: E402
+from train.gan.diffaugment import parse_policy  # noqa: E402
 from train.lightweight_gan import LightweightGANConfig, make_objective  # noqa: E402
-from train.loop import adversarial_step, build_networks, make_accelerator  # noqa: E402
-from train.precision import resolve_mixed_precision  # noqa: E402
+from train.run.config import PRECISIONS, resolve_config  # noqa: E402
+from train.run.loop import adversarial_step, make_accelerator  # noqa: E402
+from train.run.networks import build_networks  # noqa: E402
+from train.run.precision import resolve_mixed_precision  # noqa: E402
 
 LUCIDRAINS = "lightweight-gan==1.2.1"
 Step = Callable[[], None]
@@ -65,7 +66,7 @@ def synthetic_reals(config: LightweightGANConfig) -> torch.Tensor:
 
 
 def ours(config: LightweightGANConfig) -> tuple[Step, int]:
-    """The trainer's own pieces, as `train.loop.train` sets them up; returns (one step, real images per step)."""
+    """The trainer's own pieces, as `train.run.loop.train` sets them up; returns (one step, real images per step)."""
     AcceleratorState._reset_state(reset_partial_state=True)  # one process, a new mixed precision per row
     accelerator = make_accelerator(config)
     generator, critic = build_networks(config)
@@ -139,7 +140,7 @@ def lucidrains(config: LightweightGANConfig, precision: str, folder: str) -> tup
         trainer.G_scaler.update()
 
     def step() -> None:
-        # Their Trainer leaves cuDNN autotuning off; ours turns it on (train.loop.make_accelerator).
+        # Their Trainer leaves cuDNN autotuning off; ours turns it on (train.run.loop.make_accelerator).
         autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
         train_step()
         torch.backends.cudnn.benchmark = autotune

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.cli import EXIT_CODES, EXIT_STATUS_FILE
+from train.run.checkpoint import checkpoint_step, latest_checkpoint
+from train.run.outcome import EXIT_STATUS_FILE, RunStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINERS = ("wgangp", "lightweight_gan")
@@ -81,7 +82,7 @@ def use_wandb_secret(read_secret) -> str:
 
 
 def has_checkpoint(run: Path) -> bool:
-    return any((run / "checkpoints").glob("step_*[0-9]"))
+    return latest_checkpoint(run) is not None
 
 
 def find_previous_run(inputs: Path, name: str) -> Path | None:
@@ -89,7 +90,7 @@ def find_previous_run(inputs: Path, name: str) -> Path | None:
     if not inputs.is_dir():
         return None
     runs = [p.parent for p in inputs.glob(f"**/{name}/config.json") if has_checkpoint(p.parent)]
-    return max(runs, key=lambda run: max(int(c.name[5:]) for c in (run / "checkpoints").glob("step_*[0-9]")), default=None)
+    return max(runs, key=lambda run: checkpoint_step(latest_checkpoint(run)), default=None)
 
 
 def check_trainer(trainer: str) -> None:
@@ -171,7 +172,7 @@ def run(session: Session, dry_run: bool = False) -> int:
     code = json.loads(status_file.read_text())["exit_code"] if status_file.exists() else launcher_code
     if code == 0:
         print(f"finished: {session.out}")
-    elif code == EXIT_CODES["stopped"]:
+    elif code == RunStatus.STOPPED.exit_code:
         print(f"stopped early with a checkpoint in {session.out}: run this notebook again to continue"
               " (on Kaggle, attach this session's output as an input first)")
     else:

@@ -32,6 +32,25 @@ def run():
     return run_script
 
 
+def finished(tmp_path_factory, script: str, *args: str) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    completed(run_script(script, *args, "--out", str(out)))
+    return out
+
+
+# Finished runs that several test files read, made once per test session. Tests only read them.
+@pytest.fixture(scope="session")
+def wgangp_run(tmp_path_factory) -> Path:
+    """`train/wgangp.py --debug`: 40 steps of a tiny DCGAN on synthetic images, checkpoints at 20 and 40."""
+    return finished(tmp_path_factory, "train/wgangp.py", "--debug")
+
+
+@pytest.fixture(scope="session")
+def lightweight_run(tmp_path_factory) -> Path:
+    """`train/lightweight_gan.py --debug`: 40 steps of a tiny lightweight pair, checkpoints at 20 and 40."""
+    return finished(tmp_path_factory, "train/lightweight_gan.py", "--debug")
+
+
 def debug_launch(target: str, *args, num_processes: int = 2, timeout: float = 240) -> None:
     """Run `module:function(*args)` on `num_processes` gloo CPU processes (accelerate's debug_launcher)
     from a fresh interpreter: the launcher forks, and a fork of a process that has already run

@@ -1,11 +1,12 @@
-"""train/config.py: presets, precedence, and refusing bad input before any compute."""
+"""train/run/config.py: presets, precedence, and refusing bad input before any compute."""
 import json
 
 import pytest
 
-from train.config import ConfigError, load_config, resuming, save_config
-from train.precision import resolve_mixed_precision
-from train.wgangp import WGANGPConfig
+from train.run.config import ConfigError, load_config, resuming, save_config
+from train.run.precision import resolve_mixed_precision
+from train.run.runner import main
+from train.wgangp import WGANGPConfig, make_objective
 
 
 def config(*argv: str) -> WGANGPConfig:
@@ -109,13 +110,12 @@ def test_unknown_model_is_an_argparse_error_listing_the_choices(tmp_path, capsys
         (["--resume"], "--resume"),
     ],
 )
-def test_the_cli_exits_non_zero_with_one_line_and_leaves_out_untouched(run, tmp_path, argv, flag):
+def test_the_cli_exits_non_zero_with_one_line_and_leaves_out_untouched(tmp_path, capsys, argv, flag):
     out = tmp_path / "r"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    result = run("train/wgangp.py", *argv, "--out", str(out), timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    assert main(WGANGPConfig, make_objective, "test", [*argv, "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 

@@ -4,11 +4,19 @@ import math
 import pytest
 import torch
 
-from train.data import DataSpecError, open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
+from train.common.seeds import stream_seed
+from train.data import (
+    DataOptions,
+    DataSpecError,
+    open_stream,
+    parse_data_spec,
+    to_model_input,
+    toy_modes,
+)
 
 
 def stream(spec: str, rank: int = 0, world: int = 1, batch: int = 4, resolution: int = 16, seed: int = 0):
-    return open_stream(parse_data_spec(spec), resolution=resolution, batch_size=batch, seed=seed, rank=rank, world_size=world)
+    return open_stream(DataOptions(parse_data_spec(spec), resolution), batch_size=batch, seed=seed, rank=rank, world_size=world)
 
 
 @pytest.mark.parametrize("name, radius, std", [("8gaussians", 2.0, 0.02), ("25gaussians", 4 * math.sqrt(2), 0.05)])

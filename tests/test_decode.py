@@ -1,18 +1,44 @@
 """train/data/decode.py: bytes to a square uint8 image at the training resolution."""
 import io
+import struct
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from train.data.decode import SmallSourceWarning, decode_image
 from tests.fixtures import jpeg_bytes
+from train.data.decode import SmallSourceWarning, decode_image
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, **params) -> bytes:
+    return encoded(image, "PNG", **params)
+
+
+def encoded(image: Image.Image, format: str, **params) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format=format, **params)
     return buffer.getvalue()
+
+
+def uint32_tiff_bytes(samples: np.ndarray) -> bytes:
+    """An uncompressed single-strip grey TIFF of unsigned 32-bit samples, which Pillow cannot write."""
+    height, width = samples.shape
+    pixels = samples.astype("<u4").tobytes()
+    # (tag, SHORT or LONG, count, value): size, BitsPerSample 32, no compression, BlackIsZero,
+    # strip offset (right after the header), one sample a pixel, one strip, its bytes, SampleFormat uint
+    tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 1, 32), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 8),
+            (277, 3, 1, 1), (278, 3, 1, height), (279, 4, 1, len(pixels)), (339, 3, 1, 1)]
+    directory = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *tag) for tag in tags) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8 + len(pixels)) + pixels + directory
+
+
+def assert_grey_ramp(out):
+    """A left-to-right grey ramp over the full 8-bit range, within one step of linear."""
+    ramp = np.linspace(0, 255, out.shape[-1])
+    pixels = out.numpy().astype(float)
+    assert (pixels == pixels[:1]).all()  # grey
+    assert (np.diff(pixels, axis=-1) >= 0).all()
+    assert np.abs(pixels - ramp).max() <= 1.5
 
 
 def test_short_side_is_resized_then_centre_cropped():
@@ -53,3 +79,92 @@ def test_a_smaller_source_is_upsampled_with_a_warning():
 def test_unreadable_bytes_raise(data):
     with pytest.raises(Exception):
         decode_image(data, resolution=16)
+
+
+SIDE = 64  # decoded at resolution SIDE: no resize, so pixels compare exactly
+
+
+@pytest.mark.parametrize("format", ["PNG", "PPM"])  # Pillow opens a 16-bit PGM as int32 "I": the file says 16 bits
+def test_a_16bit_gradient_spans_the_8bit_range(format):
+    gradient = np.tile(np.linspace(0, 65535, SIDE).round().astype(np.uint16), (SIDE, 1))
+    data = encoded(Image.fromarray(gradient), format)
+    with Image.open(io.BytesIO(data)) as probe:
+        assert probe.mode in ("I;16", "I;16B", "I") and np.asarray(probe).max() == 65535  # really 16-bit
+    assert_grey_ramp(decode_image(data, resolution=SIDE))
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["int32", "uint32"])
+def test_a_32bit_integer_tiff_gradient_spans_the_8bit_range(signed):
+    gradient = np.tile(np.linspace(0, 2**32 - 1, SIDE).round().astype(np.int64), (SIDE, 1))
+    if signed:  # Pillow writes "I" images as signed 32-bit TIFF
+        data = encoded(Image.fromarray((gradient - 2**31).astype(np.int32)), "TIFF")
+    else:
+        data = uint32_tiff_bytes(gradient)
+    with Image.open(io.BytesIO(data)) as probe:
+        assert probe.mode == "I"
+    assert_grey_ramp(decode_image(data, resolution=SIDE))
+
+
+def test_a_float_tiff_is_read_as_0_to_1_and_clipped():
+    gradient = np.tile(np.linspace(0, 1, SIDE, dtype=np.float32), (SIDE, 1))
+    data = encoded(Image.fromarray(gradient), "TIFF")
+    assert_grey_ramp(decode_image(data, resolution=SIDE))
+    gradient[:, :2], gradient[:, -2:] = -0.5, 1.5
+    out = decode_image(encoded(Image.fromarray(gradient), "TIFF"), resolution=SIDE)
+    assert (out[:, :, :2] == 0).all() and (out[:, :, -2:] == 255).all()
+
+
+def rgba_with_red_under_transparency() -> Image.Image:
+    image = Image.new("RGBA", (SIDE, SIDE), (255, 0, 0, 0))
+    image.paste((0, 0, 255, 255), (SIDE // 2, 0, SIDE, SIDE))
+    image.putpixel((0, 0), (0, 255, 0, 128))
+    return image
+
+
+def la_with_black_under_transparency() -> Image.Image:
+    image = Image.new("LA", (SIDE, SIDE), (0, 0))
+    image.paste((90, 255), (SIDE // 2, 0, SIDE, SIDE))
+    image.putpixel((0, 0), (0, 128))
+    return image
+
+
+def palette_with_transparent_red() -> Image.Image:
+    image = Image.new("P", (SIDE, SIDE), 0)
+    image.putpalette([255, 0, 0, 0, 0, 255, 0, 255, 0])  # red, blue, green
+    image.paste(1, (SIDE // 2, 0, SIDE, SIDE))
+    image.putpixel((0, 0), 2)
+    return image
+
+
+# (the image, how to save it, the mode it must reopen in, its opaque colour, the colour at alpha 128)
+TRANSPARENT_PNGS = {
+    "RGBA": (rgba_with_red_under_transparency, {}, "RGBA", (0, 0, 255), (0, 255, 0)),
+    "LA": (la_with_black_under_transparency, {}, "LA", (90, 90, 90), (0, 0, 0)),
+    "P": (palette_with_transparent_red, {"transparency": bytes([0, 255, 128])}, "P", (0, 0, 255), (0, 255, 0)),
+}
+
+
+@pytest.mark.parametrize("background", [None, (10, 200, 30)], ids=["default-white", "chosen"])
+@pytest.mark.parametrize("mode", TRANSPARENT_PNGS)
+def test_transparency_is_composited_over_the_background(mode, background):
+    build, params, reopened_mode, opaque, half = TRANSPARENT_PNGS[mode]
+    data = png_bytes(build(), **params)
+    with Image.open(io.BytesIO(data)) as probe:
+        assert probe.mode == reopened_mode
+    out = decode_image(data, SIDE) if background is None else decode_image(data, SIDE, background=background)
+    background = background or (255, 255, 255)
+    pixels = out.permute(1, 2, 0).numpy().astype(int)
+    assert (pixels[1:, : SIDE // 2] == background).all()
+    assert (pixels[:, SIDE // 2 :] == opaque).all()
+    assert np.abs(pixels[0, 0] - (np.add(half, background) / 2)).max() <= 2
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_colour_key_transparency_entry_shows_the_background(mode):
+    image = Image.new("RGB", (SIDE, SIDE), (255, 0, 0))
+    image.paste((0, 0, 255), (SIDE // 2, 0, SIDE, SIDE))
+    image = image.convert(mode)
+    key = image.getpixel((0, 0))
+    out = decode_image(png_bytes(image, transparency=key), SIDE, background=(10, 200, 30)).permute(1, 2, 0).numpy()
+    assert (out[:, : SIDE // 2] == (10, 200, 30)).all()
+    assert (out[:, SIDE // 2 :] == np.asarray(image.convert("RGB"))[:, SIDE // 2 :]).all()

@@ -1,8 +1,8 @@
-"""train/diffaugment.py: DiffAugment's transformations, their randomness and their gradients."""
+"""train/gan/diffaugment.py: DiffAugment's transformations, their randomness and their gradients."""
 import pytest
 import torch
 
-from train.diffaugment import DiffAugment, parse_policy
+from train.gan.diffaugment import DiffAugment, parse_policy
 
 
 def images(n: int = 4, size: int = 16) -> torch.Tensor:

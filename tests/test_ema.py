@@ -1,8 +1,8 @@
-"""train/ema.py: the generator EMA and its warm-up."""
+"""train/run/ema.py: the generator EMA and its warm-up."""
 import torch
 from torch import nn
 
-from train.ema import GeneratorEMA, ema_generator_weights
+from train.run.ema import GeneratorEMA, ema_generator_weights
 
 
 def test_ema_starts_at_the_weights_then_follows_them_with_a_warm_up():

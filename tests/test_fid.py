@@ -1,6 +1,7 @@
-"""train/fid.py and train/evaluate.py: FID/KID plumbing end to end with a tiny feature network in
+"""train/report/fid.py and train/evaluate.py: FID/KID plumbing end to end with a tiny feature network in
 place of Inception (whose weights cannot be fetched here), the real-statistics cache, two gloo
 processes, and the clear errors when the Inception weights are missing."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,11 +13,11 @@ import torch_fidelity.feature_extractor_inceptionv3 as fidelity
 from accelerate import Accelerator
 from torch import nn
 
-import train.fid
+import train.report.fid
 from tests.conftest import debug_launch, run_script
+from train.data import DataOptions, parse_data_spec
 from train.evaluate import main as evaluate_main
-from train.metrics import read_metrics
-from train.fid import (
+from train.report.fid import (
     INCEPTION_WEIGHTS,
     URL_INCEPTION_V3,
     FIDEvaluator,
@@ -24,6 +25,7 @@ from train.fid import (
     FIDUnavailable,
     inception_extractor,
 )
+from train.report.metrics import read_metrics
 
 RESOLUTION, LATENT_DIM = 16, 48
 # 200 samples in blocks of 48: five blocks, split 2 + 3 over two ranks, the last one short.
@@ -62,12 +64,16 @@ class ConstantGenerator(nn.Module):
         return torch.zeros(len(z), 3, RESOLUTION, RESOLUTION)
 
 
+DATA_FIELDS = {f.name for f in dataclasses.fields(DataOptions)}
+
+
 def make_evaluator(accelerator: Accelerator, cache_dir: Path, **overrides) -> FIDEvaluator:
-    options = dict(
-        data="synthetic", split="train", image_column=None, resolution=RESOLUTION, celeba_crop=0,
-        num_samples=NUM_SAMPLES, batch_size=BATCH_SIZE, cache_dir=cache_dir, seed=0, feature=TinyFeatures(),
-    )
-    return FIDEvaluator(accelerator, **{**options, **overrides})
+    """An evaluator of the synthetic images at RESOLUTION; `overrides` change data options
+    (`data` is a --data value) or the evaluator's own arguments."""
+    data = {"spec": parse_data_spec(overrides.pop("data", "synthetic")), "resolution": RESOLUTION}
+    data.update({k: overrides.pop(k) for k in list(overrides) if k in DATA_FIELDS})
+    options = dict(num_samples=NUM_SAMPLES, batch_size=BATCH_SIZE, cache_dir=cache_dir, seed=0, feature=TinyFeatures())
+    return FIDEvaluator(accelerator, DataOptions(**data), **{**options, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +99,8 @@ def count_stream_opens(monkeypatch):
         opened.append(kwargs["rank"])
         return original(*args, **kwargs)
 
-    original = train.fid.open_stream
-    monkeypatch.setattr(train.fid, "open_stream", counting_open_stream)
+    original = train.report.fid.open_stream
+    monkeypatch.setattr(train.report.fid, "open_stream", counting_open_stream)
     return opened
 
 
@@ -224,39 +230,29 @@ def test_an_inception_weights_file_gives_the_tf1_resize_inception(accelerator, t
     assert "tf1-resize" in evaluator.cache_key["extractor"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("evaluate") / "run"
-    result = run_script(
-        "train/wgangp.py", "--debug", "--max-steps", "4", "--ckpt-every", "4", "--sample-every", "4", "--out", str(out)
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return out
 
-
-def test_evaluate_without_inception_weights_exits_2_with_one_error_line(finished_run, tmp_path):
-    result = run_script(
-        "train/evaluate.py", "--run", str(finished_run), "--fid-samples", "8", "--fid-cache", str(tmp_path / "cache"),
-        env={"TORCH_HOME": str(tmp_path / "empty-torch-home")},
-    )
-    assert result.returncode == 2, result.stderr[-4000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+def test_evaluate_without_inception_weights_exits_2_with_one_error_line(wgangp_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    code = evaluate_main(["--run", str(wgangp_run), "--fid-samples", "8", "--fid-cache", str(tmp_path / "cache")])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    lines = error.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), error
     assert INCEPTION_WEIGHTS in lines[0] and URL_INCEPTION_V3 in lines[0] and "--fid-weights" in lines[0]
     assert not (tmp_path / "cache").exists()
 
 
-def test_evaluate_names_a_missing_weights_file(finished_run, tmp_path, capsys):
-    assert evaluate_main(["--run", str(finished_run), "--fid-weights", str(tmp_path / "nowhere.pth")]) == 2
+def test_evaluate_names_a_missing_weights_file(wgangp_run, tmp_path, capsys):
+    assert evaluate_main(["--run", str(wgangp_run), "--fid-weights", str(tmp_path / "nowhere.pth")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: --fid-weights {tmp_path / 'nowhere.pth'}: no such file; fetch {URL_INCEPTION_V3} where there is"
         " internet and pass its path to --fid-weights"
     ]
 
 
-def test_evaluate_needs_a_run_folder(tmp_path):
-    with pytest.raises(SystemExit, match="no config.json"):
-        evaluate_main(["--run", str(tmp_path)])
+def test_evaluate_needs_a_run_folder(tmp_path, capsys):
+    assert evaluate_main(["--run", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --run {tmp_path}: no config.json there")
 
 
 def test_training_evaluates_fid_every_k_steps_and_evaluate_py_scores_the_run(tmp_path):

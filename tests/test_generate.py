@@ -3,6 +3,7 @@
 (The plain grid and .npy outputs are covered with the trainer, in tests/test_wgangp.py.)
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,20 +11,12 @@ import torch
 from PIL import Image, ImageSequence
 
 from tests.conftest import completed
-from train.generate import latent_draws, load_ema_generator, loop_latents, main, read_run_config, slerp
-from train.loop import render_samples
+from train.generate import latent_draws, loop_latents, main, slerp
+from train.run.finished import FinishedRun
+from train.run.networks import render_samples
 
 SIZE, PADDING = 64, 2  # the debug preset's resolution; image_grid's padding
 
-
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory):
-    from tests.conftest import run_script
-
-    out = tmp_path_factory.mktemp("generate") / "run"
-    args = ["--debug", "--max-steps", "2", "--ckpt-every", "2", "--sample-every", "2", "--out", str(out)]
-    completed(run_script("train/wgangp.py", *args))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def toy_run(tmp_path_factory):
 
 def generator_pixels(run, latents: torch.Tensor) -> np.ndarray:
     """What the run's EMA generator draws for `latents`, as image_grid turns it into pixels: (N, H, W, 3)."""
-    generator = load_ema_generator(run, read_run_config(run))
+    generator = FinishedRun(run).ema_generator()
     images = render_samples(generator, latents).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).numpy().astype(np.int16)
 
@@ -81,14 +74,14 @@ def test_latent_loop_passes_through_every_keyframe_and_closes():
     assert torch.equal(latent_draws(1, 3, 16, seed=7)[0], keys[0])  # the grid's latents for that seed
 
 
-def test_interpolation_strip_rows_run_from_the_grid_latents_to_a_second_draw(run, debug_run, tmp_path):
+def test_interpolation_strip_rows_run_from_the_grid_latents_to_a_second_draw(run, wgangp_run, tmp_path):
     strip = tmp_path / "strip.png"
-    completed(run("train/generate.py", "--run", str(debug_run), "--n", "3", "--interpolate", "5", "--seed", "4", "--output", str(strip)))
+    completed(run("train/generate.py", "--run", str(wgangp_run), "--n", "3", "--interpolate", "5", "--seed", "4", "--output", str(strip)))
     picture = Image.open(strip)
     assert picture.size == (5 * (SIZE + PADDING) + PADDING, 3 * (SIZE + PADDING) + PADDING)
 
-    start, end = latent_draws(2, 3, read_run_config(debug_run).latent_dim, seed=4)
-    expected_start, expected_end = generator_pixels(debug_run, start), generator_pixels(debug_run, end)
+    start, end = latent_draws(2, 3, FinishedRun(wgangp_run).config.latent_dim, seed=4)
+    expected_start, expected_end = generator_pixels(wgangp_run, start), generator_pixels(wgangp_run, end)
     for row in range(3):
         # at most 1 level off: a conv's rounding may depend on the batch size; other latents are further
         assert np.abs(cell(picture, row, 0) - expected_start[row]).max() <= 1
@@ -99,23 +92,23 @@ def test_interpolation_strip_rows_run_from_the_grid_latents_to_a_second_draw(run
         assert 0 < max(steps) < mean_difference(cell(picture, row, 0), cell(picture, row, 4))
 
     # same seed, same bytes (here from a second process); another seed, another strip
-    main(["--run", str(debug_run), "--n", "3", "--interpolate", "5", "--seed", "4", "--output", str(tmp_path / "again.png")])
+    main(["--run", str(wgangp_run), "--n", "3", "--interpolate", "5", "--seed", "4", "--output", str(tmp_path / "again.png")])
     assert (tmp_path / "again.png").read_bytes() == strip.read_bytes()
-    main(["--run", str(debug_run), "--n", "3", "--interpolate", "5", "--seed", "5", "--output", str(tmp_path / "other.png")])
+    main(["--run", str(wgangp_run), "--n", "3", "--interpolate", "5", "--seed", "5", "--output", str(tmp_path / "other.png")])
     assert (tmp_path / "other.png").read_bytes() != strip.read_bytes()
 
 
-def test_gif_walks_the_grid_through_the_keyframes_in_small_steps(run, debug_run, tmp_path):
+def test_gif_walks_the_grid_through_the_keyframes_in_small_steps(run, wgangp_run, tmp_path):
     gif = tmp_path / "walk.gif"
     args = ["--n", "4", "--gif", "--frames", "8", "--keyframes", "2", "--fps", "10", "--seed", "3"]
-    completed(run("train/generate.py", "--run", str(debug_run), *args, "--output", str(gif)))
+    completed(run("train/generate.py", "--run", str(wgangp_run), *args, "--output", str(gif)))
     with Image.open(gif) as opened:
         assert opened.n_frames == 8 and opened.info["loop"] == 0 and opened.info["duration"] == 100
     frames = gif_frames(gif)
     assert frames[0].size == (2 * (SIZE + PADDING) + PADDING,) * 2  # 4 samples: a 2 x 2 grid
 
-    keys = latent_draws(2, 4, read_run_config(debug_run).latent_dim, seed=3)
-    drawn = [generator_pixels(debug_run, key) for key in keys]
+    keys = latent_draws(2, 4, FinishedRun(wgangp_run).config.latent_dim, seed=3)
+    drawn = [generator_pixels(wgangp_run, key) for key in keys]
     for frame, k in ((frames[0], 0), (frames[4], 1)):  # 8 frames, 2 keyframes: one every 4
         for i in range(4):
             # A GIF frame holds 256 colours, so only nearly equal: measured 4x closer to its own
@@ -127,7 +120,7 @@ def test_gif_walks_the_grid_through_the_keyframes_in_small_steps(run, debug_run,
     steps = [mean_difference(pixels[f], pixels[(f + 1) % 8]) for f in range(8)]  # the last frame leads back to the first
     assert 0 < min(steps) and max(steps) < mean_difference(pixels[0], pixels[4])
 
-    main(["--run", str(debug_run), *args, "--output", str(tmp_path / "again.gif")])
+    main(["--run", str(wgangp_run), *args, "--output", str(tmp_path / "again.gif")])
     assert (tmp_path / "again.gif").read_bytes() == gif.read_bytes()
 
 
@@ -135,8 +128,8 @@ def test_toy_runs_animate_the_scatter_plot_but_have_no_strip(toy_run, tmp_path, 
     main(["--run", str(toy_run), "--gif", "--n", "50", "--frames", "6", "--keyframes", "3", "--output", str(tmp_path / "toy.gif")])
     frames = gif_frames(tmp_path / "toy.gif")
     assert len(frames) == 6 and frames[0].size == (512, 512)
-    with pytest.raises(SystemExit, match="--interpolate: .* is a toy run .*use --gif"):
-        main(["--run", str(toy_run), "--interpolate", "4", "--output", str(tmp_path / "strip.png")])
+    assert main(["--run", str(toy_run), "--interpolate", "4", "--output", str(tmp_path / "strip.png")]) == 2
+    assert re.match(r"error: --interpolate: .* is a toy run .*use --gif", capsys.readouterr().err)
     assert not (tmp_path / "strip.png").exists()
 
 
@@ -151,11 +144,11 @@ def test_toy_runs_animate_the_scatter_plot_but_have_no_strip(toy_run, tmp_path, 
         (["--gif", "--fps", "0", "--output", "x.gif"], "--fps 0.0: must be above 0"),
     ],
 )
-def test_bad_outputs_and_counts_are_refused_naming_the_flag(debug_run, tmp_path, args, message):
+def test_bad_outputs_and_counts_are_refused_naming_the_flag(wgangp_run, tmp_path, capsys, args, message):
     args = [a if a not in ("x.gif", "x.png") else str(tmp_path / a) for a in args]
-    with pytest.raises(SystemExit) as refused:
-        main(["--run", str(debug_run), *args])
-    assert message.replace("x.", str(tmp_path / "x.")) in str(refused.value)
+    assert main(["--run", str(wgangp_run), *args]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message.replace("x.", str(tmp_path / "x.")) in error
     assert not list(tmp_path.iterdir())
 
 
@@ -166,7 +159,7 @@ def test_bad_outputs_and_counts_are_refused_naming_the_flag(debug_run, tmp_path,
         (["--gif", "--interpolate", "3", "--output", "x.gif"], "not allowed with argument"),
     ],
 )
-def test_animation_flags_need_gif_and_the_modes_exclude_each_other(debug_run, capsys, args, message):
+def test_animation_flags_need_gif_and_the_modes_exclude_each_other(wgangp_run, capsys, args, message):
     with pytest.raises(SystemExit) as refused:
-        main(["--run", str(debug_run), *args])
+        main(["--run", str(wgangp_run), *args])
     assert refused.value.code == 2 and message in capsys.readouterr().err

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from train.metrics import read_metrics
-from train.precision import resolve_mixed_precision
+from train.report.metrics import read_metrics
+from train.run.precision import resolve_mixed_precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -43,7 +43,7 @@ def test_bf16_is_kept_only_where_the_gpu_has_it_natively():
 
 
 def test_fp16_penalty_matches_fp32_on_the_gpu():
-    from train.penalty import gradient_penalty
+    from train.gan.penalty import gradient_penalty
 
     torch.manual_seed(0)
     critic = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1)).cuda()

@@ -10,42 +10,35 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.conftest import completed
-from train.config import ConfigError, load_config
-from train.lightweight_gan import LightweightGANConfig
-from train.metrics import read_metrics
+from train.lightweight_gan import LightweightGANConfig, make_objective
+from train.report.metrics import read_metrics
+from train.run.config import ConfigError, load_config
+from train.run.runner import main
 
 LOSS_KEYS = ("d_loss", "g_loss", "hinge", "recon", "d_real", "d_fake")
 SCRIPT = "train/lightweight_gan.py"
 
 
 
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory):
-    from tests.conftest import run_script
 
-    out = tmp_path_factory.mktemp("debug") / "run"
-    completed(run_script(SCRIPT, "--debug", "--out", str(out)))
-    return out
-
-
-def test_debug_run_leaves_config_metrics_samples_and_checkpoints(debug_run):
-    config = json.loads((debug_run / "config.json").read_text())
+def test_debug_run_leaves_config_metrics_samples_and_checkpoints(lightweight_run):
+    config = json.loads((lightweight_run / "config.json").read_text())
     assert (config["model"], config["critic_steps"], config["lr"], config["betas"]) == ("lightweight", 1, 2e-4, [0.5, 0.999])
     assert config["diffaug_policy"] == "color,translation,cutout" and config["attn_resolutions"] == [16]
-    records = read_metrics(debug_run / "metrics.jsonl")
+    records = read_metrics(lightweight_run / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(5, 41, 5))
     for record in records:
         assert set(LOSS_KEYS + ("img_per_s", "data_wait_frac", "world_size")) <= set(record)
         assert all(np.isfinite(record[k]) for k in LOSS_KEYS) and record["img_per_s"] > 0
     for step in (20, 40):
-        assert Image.open(debug_run / "samples" / f"step_{step:06d}.png").size == (4 * 66 + 2, 4 * 66 + 2)
-    assert sorted(p.name for p in (debug_run / "checkpoints").iterdir()) == ["step_000020", "step_000040"]
-    state = torch.load(debug_run / "checkpoints" / "step_000040" / "train_state_0.pt", weights_only=True)
+        assert Image.open(lightweight_run / "samples" / f"step_{step:06d}.png").size == (4 * 66 + 2, 4 * 66 + 2)
+    assert sorted(p.name for p in (lightweight_run / "checkpoints").iterdir()) == ["step_000020", "step_000040"]
+    state = torch.load(lightweight_run / "checkpoints" / "step_000040" / "train_state_0.pt", weights_only=True)
     assert state["objective"] == {"critic_calls": 40}
 
 
-def test_generate_writes_a_grid_from_the_lightweight_ema_generator(run, debug_run, tmp_path):
-    completed(run("train/generate.py", "--run", str(debug_run), "--n", "4", "--output", str(tmp_path / "grid.png")))
+def test_generate_writes_a_grid_from_the_lightweight_ema_generator(run, lightweight_run, tmp_path):
+    completed(run("train/generate.py", "--run", str(lightweight_run), "--n", "4", "--output", str(tmp_path / "grid.png")))
     assert Image.open(tmp_path / "grid.png").size == (2 * 66 + 2, 2 * 66 + 2)
 
 
@@ -106,15 +99,15 @@ def test_bad_values_are_refused_naming_the_flag_and_the_fix(tmp_path, argv, mess
         config(*argv, "--out", str(tmp_path / "r"))
 
 
-def test_lpips_without_weights_stops_before_anything_is_written(run, tmp_path):
+def test_lpips_without_weights_stops_before_anything_is_written(tmp_path, monkeypatch, capsys):
     out = tmp_path / "r"
-    result = run(SCRIPT, "--debug", "--recon-loss", "lpips", "--out", str(out), env={"TORCH_HOME": str(tmp_path / "torch")}, timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert main(LightweightGANConfig, make_objective, "test", ["--debug", "--recon-loss", "lpips", "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--recon-loss lpips needs torchvision's VGG16 weights" in lines[0]
     assert "--recon-loss mse" in lines[0] and not out.exists()
 
 
-def test_resume_refuses_other_attention_resolutions(debug_run):
+def test_resume_refuses_other_attention_resolutions(lightweight_run):
     with pytest.raises(ConfigError, match=r"--attn-resolutions \[8\] differs from the run"):
-        config("--resume", "--out", str(debug_run), "--attn-resolutions", "8")
+        config("--resume", "--out", str(lightweight_run), "--attn-resolutions", "8")

@@ -1,10 +1,14 @@
-"""train/monitor.py: collapse and divergence warnings from loss traces and fixed-noise samples."""
+"""train/report/monitor.py: collapse and divergence warnings from loss traces and fixed-noise samples."""
 import math
 
 import pytest
 import torch
 
-from train.monitor import CollapseMonitor, CollapseThresholds, mean_pairwise_distance
+from train.report.monitor import (
+    CollapseMonitor,
+    CollapseThresholds,
+    mean_pairwise_distance,
+)
 
 # metrics.jsonl of `train/wgangp.py --debug` and `train/lightweight_gan.py --debug` (steps 5..40)
 WGANGP_DEBUG = {
@@ -181,7 +185,7 @@ def test_thresholds_out_of_range_are_refused_naming_the_field(field, value):
 def test_stop_on_collapse_stops_with_a_checkpoint_exit_code_3_and_an_alert(run, tmp_path):
     """A loss floor no loss can stay above makes the alarm fire at the first log line (step 5)."""
     from tests.wandb_records import offline_runs, read_run
-    from train.metrics import read_metrics
+    from train.report.metrics import read_metrics
 
     out = tmp_path / "r"
     alarm = ["--collapse-loss-floor", "1000", "--collapse-patience", "1", "--stop-on-collapse"]

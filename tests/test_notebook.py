@@ -8,8 +8,17 @@ import nbformat
 import papermill
 import pytest
 
-from launch.notebook import ROOT, Session, SessionError, colab_session, find_previous_run, kaggle_session, run, use_wandb_secret
-from train.metrics import read_metrics
+from launch.notebook import (
+    ROOT,
+    Session,
+    SessionError,
+    colab_session,
+    find_previous_run,
+    kaggle_session,
+    run,
+    use_wandb_secret,
+)
+from train.report.metrics import read_metrics
 
 KAGGLE = ROOT / "launch" / "kaggle" / "facegan_kaggle.ipynb"
 COLAB = ROOT / "launch" / "colab" / "facegan_colab.ipynb"

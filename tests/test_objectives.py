@@ -1,4 +1,4 @@
-"""train/objectives.py: the WGAN-GP and FastGAN losses, and their gradients under DDP on 2 gloo processes."""
+"""train/gan/objectives.py: the WGAN-GP and FastGAN losses, and their gradients under DDP on 2 gloo processes."""
 import copy
 
 import pytest
@@ -10,9 +10,9 @@ from torch.nn import functional as F
 from models import build_models
 from models.lightweight import NoiseInjection, crop_quarter
 from tests.conftest import debug_launch
-from train.diffaugment import DiffAugment
-from train.objectives import WGANGP, FastGANHinge
-from train.penalty import zero_centred_penalty
+from train.gan.diffaugment import DiffAugment
+from train.gan.objectives import WGANGP, FastGANHinge
+from train.gan.penalty import zero_centred_penalty
 
 GLOBAL_BATCH = 8
 TOLERANCE = 1e-5

@@ -1,9 +1,14 @@
-"""train/penalty.py: the gradient penalties, exact on known critics and under loss scaling."""
+"""train/gan/penalty.py: the gradient penalties, exact on known critics and under loss scaling."""
 import pytest
 import torch
 from torch import nn
 
-from train.penalty import gradient_penalty, input_gradients, interpolate, zero_centred_penalty
+from train.gan.penalty import (
+    gradient_penalty,
+    input_gradients,
+    interpolate,
+    zero_centred_penalty,
+)
 
 
 def linear_critic(weight: torch.Tensor) -> nn.Linear:

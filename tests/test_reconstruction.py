@@ -1,10 +1,15 @@
-"""train/reconstruction.py: MSE, and LPIPS only with its backbone weights on disk."""
+"""train/gan/reconstruction.py: MSE, and LPIPS only with its backbone weights on disk."""
 import pytest
 import torch
 from torch.nn import functional as F
 from torchvision.models import vgg16
 
-from train.reconstruction import LPIPSLoss, check_lpips_weights, reconstruction_loss, vgg16_weights_path
+from train.gan.reconstruction import (
+    LPIPSLoss,
+    check_lpips_weights,
+    reconstruction_loss,
+    vgg16_weights_path,
+)
 
 
 def test_mse_is_the_mean_squared_error_in_fp32():

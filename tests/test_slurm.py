@@ -14,11 +14,11 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.slurm_cluster import LocalSlurm, unavailable_reason
-from train.cli import EXIT_CODES
-from train.metrics import read_metrics
+from train.report.metrics import read_metrics
+from train.run.outcome import RunStatus
 
 SLURM = ROOT / "launch" / "slurm"
-RESUMABLE = EXIT_CODES["stopped"]
+RESUMABLE = RunStatus.STOPPED.exit_code
 # The project's environment first on PATH, as for a user who activated it before sbatch.
 ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
 

@@ -1,4 +1,4 @@
-"""train/stop.py: SIGUSR1, SIGTERM and --time-limit stop every rank at the same step, with a whole
+"""train/run/stop.py: SIGUSR1, SIGTERM and --time-limit stop every rank at the same step, with a whole
 checkpoint and the resumable exit code."""
 import json
 import os
@@ -15,12 +15,12 @@ from accelerate import Accelerator
 
 from tests.conftest import ROOT
 from tests.wandb_records import offline_runs, read_run
-from train.checkpoint import list_checkpoints
-from train.cli import EXIT_CODES
-from train.metrics import read_metrics
-from train.stop import GracefulStop, parse_duration
+from train.report.metrics import read_metrics
+from train.run.checkpoint import list_checkpoints
+from train.run.outcome import RunStatus
+from train.run.stop import GracefulStop, parse_duration
 
-RESUMABLE = EXIT_CODES["stopped"]
+RESUMABLE = RunStatus.STOPPED.exit_code
 # Long enough that no run here reaches it; log every step so that "every step once" can be checked.
 LONG_DEBUG = ["--debug", "--max-steps", "400", "--log-every", "1", "--sample-every", "1000", "--ckpt-every", "1000"]
 

@@ -9,13 +9,19 @@ import torch
 
 from tests.conftest import ROOT
 from tests.fixtures import row_ids, write_image_folder, write_parquet_shards
-from train.data import DataError, check_skipped, open_stream, parse_data_spec
-from train.data.streaming import shard_for_rank, load_source
+from train.data import (
+    DataError,
+    DataOptions,
+    check_skipped,
+    open_stream,
+    parse_data_spec,
+)
+from train.data.streaming import load_source, shard_for_rank
 
 
 def stream(spec: str, rank: int = 0, world: int = 1, batch: int = 10, **options):
-    options = {"workers": 2, "hflip": False, "shuffle_buffer": 50, **options}
-    return open_stream(parse_data_spec(spec), resolution=32, batch_size=batch, seed=0, rank=rank, world_size=world, **options)
+    options = DataOptions(parse_data_spec(spec), resolution=32, **{"workers": 2, "hflip": False, "shuffle_buffer": 50, **options})
+    return open_stream(options, batch_size=batch, seed=0, rank=rank, world_size=world)
 
 
 def read_rows(source, batches: int) -> list[int]:

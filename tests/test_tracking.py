@@ -1,12 +1,12 @@
-"""train/tracking.py with wandb really imported, offline, no network: what a run leaves in W&B."""
+"""train/report/tracking.py with wandb really imported, offline, no network: what a run leaves in W&B."""
 import json
 
 import pytest
 
 from tests.conftest import completed
 from tests.wandb_records import offline_runs, read_run
-from train.metrics import read_metrics
-from train.tracking import REDACTED, redact_secrets, resolve_wandb_mode
+from train.report.metrics import read_metrics
+from train.report.tracking import REDACTED, redact_secrets, resolve_wandb_mode
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key; never valid
 

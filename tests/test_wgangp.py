@@ -12,44 +12,36 @@ from safetensors.torch import load_file
 
 from tests.conftest import completed
 from train.data import toy_modes
-from train.metrics import read_metrics
+from train.report.metrics import read_metrics
 
 LOSS_KEYS = ("d_loss", "g_loss", "gp", "wdist")
 
 
 
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory):
-    from tests.conftest import run_script
 
-    out = tmp_path_factory.mktemp("debug") / "run"
-    completed(run_script("train/wgangp.py", "--debug", "--out", str(out)))
-    return out
-
-
-def test_debug_run_leaves_config_metrics_samples_and_checkpoints(debug_run):
-    config = json.loads((debug_run / "config.json").read_text())
+def test_debug_run_leaves_config_metrics_samples_and_checkpoints(wgangp_run):
+    config = json.loads((wgangp_run / "config.json").read_text())
     assert config["debug"] is True and config["model"] == "dcgan" and config["gp_weight"] == 10.0
-    records = read_metrics(debug_run / "metrics.jsonl")
+    records = read_metrics(wgangp_run / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(5, 41, 5))
     for record in records:
         assert set(LOSS_KEYS + ("step", "img_per_s", "data_wait_frac")) <= set(record)
         assert all(np.isfinite(record[k]) for k in LOSS_KEYS) and record["img_per_s"] > 0
     assert records[-1]["world_size"] == 1
     for step in (20, 40):
-        image = Image.open(debug_run / "samples" / f"step_{step:06d}.png")
+        image = Image.open(wgangp_run / "samples" / f"step_{step:06d}.png")
         assert image.size == (4 * 66 + 2, 4 * 66 + 2)  # 16 fixed-noise samples, 64 px, 2 px padding
-    checkpoints = sorted(p.name for p in (debug_run / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (wgangp_run / "checkpoints").iterdir())
     assert checkpoints == ["step_000020", "step_000040"]
-    files = {p.name for p in (debug_run / "checkpoints" / "step_000040").iterdir()}
+    files = {p.name for p in (wgangp_run / "checkpoints" / "step_000040").iterdir()}
     assert {"model.safetensors", "model_1.safetensors", "ema.safetensors", "train_state_0.pt"} <= files
-    torch.load(debug_run / "checkpoints" / "step_000040" / "train_state_0.pt", weights_only=True)
+    torch.load(wgangp_run / "checkpoints" / "step_000040" / "train_state_0.pt", weights_only=True)
 
 
-def test_generate_writes_a_grid_from_the_ema_generator(run, debug_run, tmp_path):
-    completed(run("train/generate.py", "--run", str(debug_run), "--n", "9", "--output", str(tmp_path / "grid.png")))
+def test_generate_writes_a_grid_from_the_ema_generator(run, wgangp_run, tmp_path):
+    completed(run("train/generate.py", "--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / "grid.png")))
     assert Image.open(tmp_path / "grid.png").size == (3 * 66 + 2, 3 * 66 + 2)
-    refused = run("train/generate.py", "--run", str(debug_run), "--n", "9", "--output", str(tmp_path / "x.npy"))
+    refused = run("train/generate.py", "--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / "x.npy"))
     assert refused.returncode != 0 and "change the file extension" in refused.stderr
 
 

@@ -9,7 +9,6 @@ The real statistics are cached in --fid-cache and shared with training runs on t
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -17,43 +16,39 @@ if __spec__ is None:  # run as a file: import the project's packages, not train/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
 
-from train.checkpoint import latest_checkpoint  # noqa: E402
 from train.data import DataError, DataSpecError  # noqa: E402
-from train.fid import FIDEvaluator, FIDNotApplicable, FIDUnavailable, default_cache_dir  # noqa: E402
-from train.generate import load_ema_generator, read_run_config  # noqa: E402
-from train.multi_cpu import relaunch_on_cpu_processes  # noqa: E402
-
-
-def checkpoint_step(checkpoint: Path) -> int | None:
-    match = re.fullmatch(r"step_(\d+)", checkpoint.name)
-    return int(match.group(1)) if match else None
+from train.report.fid import (  # noqa: E402
+    FIDEvaluator,
+    FIDNotApplicable,
+    FIDUnavailable,
+    default_cache_dir,
+)
+from train.run.finished import FinishedRun, RunNotFound  # noqa: E402
+from train.run.multi_cpu import relaunch_on_cpu_processes  # noqa: E402
+from train.run.outcome import BAD_INPUT  # noqa: E402
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    config = read_run_config(args.run)
-    checkpoint = args.checkpoint or latest_checkpoint(args.run)
-    generator = load_ema_generator(args.run, config, checkpoint)
+    from accelerate import Accelerator
+
+    run = FinishedRun(args.run)
+    checkpoint = run.checkpoint(args.checkpoint)
+    generator = run.ema_generator(checkpoint)
     # Evaluation needs neither mixed precision nor DDP: only the process group, on the CPU without CUDA.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     evaluator = FIDEvaluator(
         accelerator,
-        data=args.data or config.data,
-        split=args.split or config.split,
-        image_column=args.image_column or config.image_column,
-        resolution=config.resolution,
-        celeba_crop=config.celeba_crop,
+        run.data_options(data=args.data, split=args.split, image_column=args.image_column),
         num_samples=args.fid_samples,
-        batch_size=args.batch_size or config.batch_size,
+        batch_size=args.batch_size or run.config.batch_size,
         cache_dir=args.fid_cache,
-        seed=config.seed,
+        seed=run.config.seed,
         weights_path=args.fid_weights,
-        shuffle_buffer=config.shuffle_buffer,
     )
-    scores = evaluator.evaluate(generator.to(accelerator.device), config.latent_dim)
+    scores = evaluator.evaluate(generator.to(accelerator.device), run.config.latent_dim)
     accelerator.end_training()
-    return {"step": checkpoint_step(checkpoint), **scores, "samples": args.fid_samples}
+    return {"step": run.step(checkpoint), **scores, "samples": args.fid_samples}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-size {args.batch_size}: must be at least 1")
     try:
         result = evaluate(args)
-    except (FIDUnavailable, FIDNotApplicable, DataSpecError, DataError) as error:
+    except (RunNotFound, FIDUnavailable, FIDNotApplicable, DataSpecError, DataError) as error:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {error}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     if os.environ.get("RANK", "0") == "0":
         line = json.dumps(result)
         print(line)

@@ -15,11 +15,8 @@ through M random keyframe latents (default 4) in F frames (default 48) at R fram
 scatter plot instead; they have no interpolation strip.
 """
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -29,31 +26,16 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from train.checkpoint import latest_checkpoint, load_ema_weights  # noqa: E402
-from train.data import parse_data_spec, toy_modes  # noqa: E402
-from train.ema import ema_generator_weights  # noqa: E402
-from train.loop import build_networks, render_samples  # noqa: E402
-from train.samples import image_grid, point_plot, save_samples  # noqa: E402
+from train.common.atomic import atomic_write  # noqa: E402
+from train.report.gif import write_gif  # noqa: E402
+from train.report.samples import image_grid, samples_picture, save_png  # noqa: E402
+from train.run.finished import FinishedRun, RunNotFound  # noqa: E402
+from train.run.networks import render_samples  # noqa: E402
+from train.run.outcome import BAD_INPUT  # noqa: E402
 
 DEFAULT_N = {"grid": 64, "interpolate": 8, "gif": 16}
 DEFAULT_FRAMES, DEFAULT_FPS, DEFAULT_KEYFRAMES = 48, 12.0, 4
 MAX_FPS = 50  # GIF delays are whole centiseconds, and viewers slow anything under 2 cs down to 10 cs
-
-
-def read_run_config(run: Path) -> SimpleNamespace:
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise SystemExit(f"error: --run {run}: no config.json there; point --run at a training run's --out folder")
-    return SimpleNamespace(**json.loads(config_path.read_text()))
-
-
-def load_ema_generator(run: Path, config: SimpleNamespace, checkpoint: Path | None = None) -> torch.nn.Module:
-    checkpoint = checkpoint or latest_checkpoint(run)
-    if checkpoint is None:
-        raise SystemExit(f"error: --run {run}: no checkpoint in {run / 'checkpoints'}; train longer or pass --checkpoint")
-    generator, _ = build_networks(config)
-    generator.load_state_dict(ema_generator_weights(load_ema_weights(checkpoint)))
-    return generator
 
 
 def latent_draws(count: int, n: int, latent_dim: int, seed: int) -> torch.Tensor:
@@ -100,58 +82,55 @@ def loop_latents(n: int, frames: int, keyframes: int, latent_dim: int, seed: int
     )
 
 
+class UsageError(ValueError):
+    """A bad flag value or combination; the message names the flag and the fix."""
+
+
 def _check_output(output: Path, allowed: tuple[str, ...], why: str) -> None:
     if output.suffix not in allowed:
         hint = "; or add --gif for an animation" if output.suffix == ".gif" and why == "this run" else ""
-        raise SystemExit(f"error: --output {output}: {why} writes {' or '.join(allowed)} files; change the file extension{hint}")
+        raise UsageError(f"--output {output}: {why} writes {' or '.join(allowed)} files; change the file extension{hint}")
 
 
 def _check_at_least(name: str, value: float, minimum: float) -> None:
     if value < minimum:
-        raise SystemExit(f"error: --{name} {value}: must be at least {minimum}")
+        raise UsageError(f"--{name} {value}: must be at least {minimum}")
 
 
 def save_picture(frames: list[Image.Image], path: Path, fps: float = DEFAULT_FPS) -> None:
-    """A .gif: the frames as a loop; otherwise a PNG of the first. Written beside `path`, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix != ".gif":
-        frames[0].save(tmp, format="PNG")
+    """A .gif: the frames as a loop; otherwise a PNG of the first."""
+    if path.suffix == ".gif":
+        write_gif(frames, path, round(1000 / fps))
     else:
-        # Pillow merges identical neighbouring frames into one longer frame; a loop's frames all differ.
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
-    os.replace(tmp, path)
+        save_png(frames[0], path)
 
 
 def generate(run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu") -> None:
-    config = read_run_config(run)
-    spec = parse_data_spec(config.data) if config.data.startswith("toy:") else None
-    _check_output(output, (".npy", ".png") if spec else (".png",), "this run")
+    finished = FinishedRun(run)
+    _check_output(output, (".npy", ".png") if finished.is_points else (".png",), "this run")
     _check_at_least("n", n, 1)
-    generator = load_ema_generator(run, config, checkpoint).to(device)
-    samples = render_samples(generator, latent_draws(1, n, config.latent_dim, seed)[0])
-    output.parent.mkdir(parents=True, exist_ok=True)
+    generator = finished.ema_generator(checkpoint, device)
+    samples = render_samples(generator, latent_draws(1, n, finished.config.latent_dim, seed)[0])
     if output.suffix == ".npy":
-        np.save(output, samples.numpy())
+        atomic_write(output, lambda tmp: np.save(tmp, samples.numpy()))
     else:
-        modes, std = toy_modes(spec.name) if spec else (None, 0.0)
-        save_samples(samples, output, modes, std)
+        save_picture([samples_picture(samples, *finished.modes())], output)
 
 
 def interpolate(
     run: Path, n: int, steps: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu"
 ) -> None:
-    config = read_run_config(run)
-    if config.data.startswith("toy:"):
-        raise SystemExit(
-            f"error: --interpolate: --run {run} is a toy run (2-D points), which has no images to put in a strip;"
+    finished = FinishedRun(run)
+    if finished.is_points:
+        raise UsageError(
+            f"--interpolate: --run {run} is a toy run (2-D points), which has no images to put in a strip;"
             " use --gif for an animated scatter plot"
         )
     _check_output(output, (".png",), "--interpolate")
     _check_at_least("n", n, 1)
     _check_at_least("interpolate", steps, 2)
-    generator = load_ema_generator(run, config, checkpoint).to(device)
-    images = render_samples(generator, interpolation_latents(n, steps, config.latent_dim, seed))
+    generator = finished.ema_generator(checkpoint, device)
+    images = render_samples(generator, interpolation_latents(n, steps, finished.config.latent_dim, seed))
     save_picture([image_grid(images, columns=steps)], output)
 
 
@@ -166,21 +145,19 @@ def animate(
     checkpoint: Path | None = None,
     device: str = "cpu",
 ) -> None:
-    config = read_run_config(run)
-    spec = parse_data_spec(config.data) if config.data.startswith("toy:") else None
+    finished = FinishedRun(run)
     _check_output(output, (".gif",), "--gif")
     _check_at_least("n", n, 1)
     _check_at_least("keyframes", keyframes, 2)
     _check_at_least("frames", frames, keyframes)
     if not 0 < fps <= MAX_FPS:
-        raise SystemExit(f"error: --fps {fps}: must be above 0 and at most {MAX_FPS}")
-    generator = load_ema_generator(run, config, checkpoint).to(device)
-    modes, std = toy_modes(spec.name) if spec else (None, 0.0)
+        raise UsageError(f"--fps {fps}: must be above 0 and at most {MAX_FPS}")
+    generator = finished.ema_generator(checkpoint, device)
+    modes, std = finished.modes()
     pictures = []
     # One frame at a time: 48 frames of 16 samples at 1024 px would be 10 GB of floats.
-    for latents in loop_latents(n, frames, keyframes, config.latent_dim, seed):
-        samples = render_samples(generator, latents)
-        pictures.append(point_plot(samples, modes, std) if spec else image_grid(samples))
+    for latents in loop_latents(n, frames, keyframes, finished.config.latent_dim, seed):
+        pictures.append(samples_picture(render_samples(generator, latents), modes, std))
     save_picture(pictures, output, fps)
 
 
@@ -210,6 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     given = [f"--{name}" for name in ("frames", "fps", "keyframes") if getattr(args, name) is not None]
     if given and not args.gif:
         parser.error(f"{', '.join(given)} only apply with --gif")
+    try:
+        write(args)
+    except (UsageError, RunNotFound) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return BAD_INPUT
+    return 0
+
+
+def write(args: argparse.Namespace) -> None:
     common = {"seed": args.seed, "checkpoint": args.checkpoint, "device": args.device}
     if args.interpolate is not None:
         n = _given_or(args.n, DEFAULT_N["interpolate"])
@@ -224,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
         n = _given_or(args.n, DEFAULT_N["grid"])
         generate(args.run, n, args.output, **common)
         print(f"wrote {n} samples to {args.output}")
-    return 0
 
 
 if __name__ == "__main__":

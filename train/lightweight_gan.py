@@ -7,11 +7,15 @@ from typing import Any, ClassVar
 if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from train.cli import main  # noqa: E402
-from train.config import DEBUG_PRESET, ConfigError, TrainConfig, flag  # noqa: E402
-from train.diffaugment import DiffAugment, parse_policy  # noqa: E402
-from train.objectives import FastGANHinge  # noqa: E402
-from train.reconstruction import RECON_LOSSES, check_lpips_weights, reconstruction_loss  # noqa: E402
+from train.gan.diffaugment import DiffAugment, parse_policy  # noqa: E402
+from train.gan.objectives import FastGANHinge  # noqa: E402
+from train.gan.reconstruction import (  # noqa: E402
+    RECON_LOSSES,
+    check_lpips_weights,
+    reconstruction_loss,
+)
+from train.run.config import DEBUG_PRESET, ConfigError, TrainConfig, flag  # noqa: E402
+from train.run.runner import main  # noqa: E402
 
 
 @dataclass

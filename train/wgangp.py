@@ -6,9 +6,9 @@ from pathlib import Path
 if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from train.cli import main  # noqa: E402
-from train.config import ConfigError, TrainConfig, flag  # noqa: E402
-from train.objectives import WGANGP  # noqa: E402
+from train.gan.objectives import WGANGP  # noqa: E402
+from train.run.config import ConfigError, TrainConfig, flag  # noqa: E402
+from train.run.runner import main  # noqa: E402
 
 
 @dataclass

@@ -17,7 +17,7 @@
 # Nodes, partition, time and GPUs are sbatch's own options: sbatch --nodes 2 --gres gpu:4 --time 24:00:00 ...
 
 TRAINERS="wgangp lightweight_gan"
-RESUMABLE_EXIT=75  # train/cli.py's EXIT_CODES["stopped"]
+RESUMABLE_EXIT=75  # RunStatus.STOPPED.exit_code in train/run/outcome.py
 BAD_INPUT_EXIT=2
 
 die() {
@@ -33,7 +33,7 @@ say() {
 find_root() {
     local candidate
     for candidate in "${FACEGAN_ROOT:-}" "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." 2>/dev/null && pwd)" "${SLURM_SUBMIT_DIR:-}"; do
-        if [ -n "$candidate" ] && [ -f "$candidate/train/cli.py" ]; then
+        if [ -n "$candidate" ] && [ -f "$candidate/train/run/runner.py" ]; then
             ROOT=$(cd "$candidate" && pwd)
             return
         fi

@@ -16,7 +16,7 @@ fi
 MACHINE_RANK=${SLURM_PROCID:-0}
 build_launch_command "$MACHINES" "$MACHINE_RANK" "${FACEGAN_HEAD:-127.0.0.1}"
 
-# The training processes write their pids here once their stop handlers are in (train/stop.py).
+# The training processes write their pids here once their stop handlers are in (train/run/stop.py).
 export FACEGAN_PID_DIR
 FACEGAN_PID_DIR=$(mktemp -d "${TMPDIR:-/tmp}/facegan-pids.XXXXXX")
 trap 'rm -rf "$FACEGAN_PID_DIR"' EXIT

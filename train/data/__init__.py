@@ -9,13 +9,20 @@ from typing import Protocol
 
 import torch
 
-from train.data.generated import SyntheticImageStream, ToyStream, stream_seed, toy_modes
-from train.data.specs import DataError, DataSpec, DataSpecError, parse_data_spec
-from train.data.streaming import StreamingImages, check_skipped
+from train.common.seeds import SeedPurpose, stream_seed
+from train.data.generated import SyntheticImageStream, ToyStream, toy_modes
+from train.data.options import DataOptions
+from train.data.specs import (
+    DataError,
+    DataSpec,
+    DataSpecError,
+    check_skipped,
+    parse_data_spec,
+)
 
 __all__ = [
-    "BatchStream", "DataError", "DataSpec", "DataSpecError", "check_skipped", "open_stream", "parse_data_spec",
-    "stream_seed", "to_model_input", "toy_modes",
+    "BatchStream", "DataError", "DataOptions", "DataSpec", "DataSpecError", "check_skipped", "open_stream",
+    "parse_data_spec", "to_model_input", "toy_modes",
 ]
 
 
@@ -26,17 +33,19 @@ class BatchStream(Protocol):
     def counters(self) -> dict[str, int]: ...
 
 
-def open_stream(spec: DataSpec, *, resolution: int, batch_size: int, seed: int, rank: int, world_size: int,
-                **streaming_options) -> BatchStream:
-    """This rank's endless stream of batches of `batch_size`; `streaming_options` (workers, split,
-    image_column, celeba_crop, hflip, shuffle_buffer, pin_memory) concern hub, parquet and folder
-    sources only, and generated streams ignore them."""
+def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, world_size: int,
+                pin_memory: bool = False) -> BatchStream:
+    """This rank's endless stream of batches of `batch_size`. Generated sources use only the
+    resolution of `options`; the streamed ones (hub, parquet, folder) all of it."""
+    spec = options.spec
     if spec.kind == "toy":
-        return ToyStream(spec.name, batch_size, stream_seed(seed, rank, 1))
+        return ToyStream(spec.name, batch_size, stream_seed(seed, rank, SeedPurpose.DATA))
     if spec.kind == "synthetic":
-        return SyntheticImageStream(resolution, batch_size, stream_seed(seed, rank, 1))
-    return StreamingImages(spec, resolution=resolution, batch_size=batch_size, seed=seed, rank=rank,
-                           world_size=world_size, **streaming_options)
+        return SyntheticImageStream(options.resolution, batch_size, stream_seed(seed, rank, SeedPurpose.DATA))
+    # datasets and pyarrow cost seconds to import: only runs that stream pay them.
+    from train.data.streaming import StreamingImages
+
+    return StreamingImages(options, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -7,14 +7,29 @@ import numpy as np
 import torch
 from PIL import Image
 
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+BITS_PER_SAMPLE, SAMPLE_FORMAT, SIGNED_INTEGER = 258, 339, 2  # TIFF tags and the SampleFormat value
+
 
 class SmallSourceWarning(UserWarning):
     """Source images smaller than the training resolution get upsampled."""
 
 
-def decode_image(data: bytes, resolution: int, celeba_crop: int = 0) -> torch.Tensor:
+def decode_image(
+    data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255)
+) -> torch.Tensor:
     """Optional centre crop of `celeba_crop` pixels (the aligned-CelebA recipe), short side resized to
-    `resolution`, centre crop; returns uint8 (3, resolution, resolution). Raises on unreadable bytes."""
+    `resolution`, centre crop; returns uint8 (3, resolution, resolution). Raises on unreadable bytes.
+
+    Pixel values become 8 bits as follows (`_to_rgb`):
+    - 8-bit modes (RGB, L, 1, P, CMYK, YCbCr, ...): Pillow's own conversion to RGB.
+    - 16-bit integers ("I;16*", and "I" from PNG or PGM, which older Pillow widens to int32): the top
+      byte, `value >> 8` (truncation, not /257 rounding; the same byte Pillow keeps of 16-bit RGB PNGs).
+    - other "I" (32-bit TIFF and the like): the top byte of the 32-bit range, `value >> 24` for
+      unsigned samples, `(value + 2**31) >> 24` for signed ones; TIFF tags say which and how many bits.
+    - "F": taken as [0, 1], clipped, times 255, rounded; NaN is 0.
+    - transparency (an alpha channel, or info["transparency"] on P, L or RGB): composited over
+      `background`, before resizing so that colours hidden under alpha 0 never bleed into the edges."""
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
         region = min(celeba_crop, width, height) if celeba_crop else min(width, height)
@@ -28,7 +43,7 @@ def decode_image(data: bytes, resolution: int, celeba_crop: int = 0) -> torch.Te
         # never below what the resize needs.
         scale = resolution / region
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-        image = image.convert("RGB")
+        image = _to_rgb(image, background)
         shrink = image.width / width
         if celeba_crop:
             side = round(region * shrink)
@@ -41,3 +56,32 @@ def decode_image(data: bytes, resolution: int, celeba_crop: int = 0) -> torch.Te
         left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
         image = image.crop((left, top, left + resolution, top + resolution))
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    # Pillow's convert() clips "I" and "F" values to 0..255 instead of scaling them: a 16-bit
+    # gradient comes out nearly white.
+    if image.mode == "F":
+        image = Image.fromarray(np.rint(np.clip(np.nan_to_num(np.asarray(image)), 0.0, 1.0) * 255).astype(np.uint8))
+    elif image.mode.startswith("I"):
+        bits, signed = _integer_format(image)
+        # The mask reads an unsigned 32-bit sample back from the int32 Pillow stores it in.
+        samples = (np.asarray(image, dtype=np.int64) + ((1 << (bits - 1)) if signed else 0)) & ((1 << bits) - 1)
+        image = Image.fromarray((samples >> (bits - 8)).astype(np.uint8))
+    if image.mode not in ALPHA_MODES and "transparency" not in image.info:
+        return image.convert("RGB")
+    image = image.convert("RGBA")  # turns a palette or colour-key transparency entry into alpha
+    flat = Image.new("RGB", image.size, background)
+    flat.paste(image, mask=image.getchannel("A"))
+    return flat
+
+
+def _integer_format(image: Image.Image) -> tuple[int, bool]:
+    """(bits, signed) of the integer samples behind an "I*" image: the mode alone does not say."""
+    if image.mode.startswith("I;16"):
+        return 16, False
+    if image.format == "TIFF":
+        return image.tag_v2.get(BITS_PER_SAMPLE, (32,))[0], image.tag_v2.get(SAMPLE_FORMAT, (1,))[0] == SIGNED_INTEGER
+    if image.format in ("PNG", "PPM"):  # neither stores more than 16 bits a sample
+        return 16, False
+    return 32, True  # Pillow's "I" is int32

@@ -6,11 +6,11 @@
 Rows keep every column and the images their original encoded bytes (no re-encoding); the Image
 feature is kept in the parquet metadata, so `parquet:` reads the shards like the hub dataset.
 """
-import os
 from pathlib import Path
 
 import datasets
 
+from train.common.atomic import atomic_write
 from train.data.specs import DataSpecError, parse_data_spec
 from train.data.streaming import image_column_of, load_source
 
@@ -32,9 +32,8 @@ def download(spec_text: str, to: Path, split: str = "train", rows_per_shard: int
 
     def flush() -> None:
         path = to / f"{split}-{len(written):05d}.parquet"
-        tmp = path.with_name(path.name + ".tmp")
-        datasets.Dataset.from_list(rows, features=features).to_parquet(str(tmp))
-        os.replace(tmp, path)
+        table = datasets.Dataset.from_list(rows, features=features)
+        atomic_write(path, lambda tmp: table.to_parquet(str(tmp)))
         written.append(path)
         rows.clear()
 

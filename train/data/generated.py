@@ -1,7 +1,6 @@
 """Streams drawn from a per-rank generator: 2-D toy mixtures and synthetic images (no download)."""
 import math
 
-import numpy as np
 import torch
 
 TOY_DATASETS = {
@@ -17,11 +16,6 @@ TOY_DATASETS = {
 def toy_modes(name: str) -> tuple[torch.Tensor, float]:
     centres, std = TOY_DATASETS[name]
     return torch.tensor(centres, dtype=torch.float32), std
-
-
-def stream_seed(seed: int, rank: int, purpose: int) -> int:
-    """Independent, reproducible seeds per (run seed, rank, purpose): no two streams share a sequence."""
-    return int(np.random.SeedSequence([seed, rank, purpose]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class _GeneratedStream:

@@ -6,6 +6,8 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 TOY_NAMES = ("8gaussians", "25gaussians")
 DEFAULT_HUB_DATASET = "mattymchen/celeba-hq"
+# Judge the share of unreadable rows only once this many were read, then stop above this share.
+SKIP_JUDGED_AFTER, SKIP_LIMIT = 1000, 0.01
 
 
 class DataSpecError(ValueError):
@@ -71,3 +73,12 @@ def parse_data_spec(spec: str) -> DataSpec:
             f"--data {spec}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point it at a folder of images"
         )
     return DataSpec("folder", str(folder))
+
+
+def check_skipped(spec: DataSpec | str, read: int, skipped: int) -> None:
+    """Stop when more than 1% of the rows read so far were unreadable (judged after 1,000 rows)."""
+    if read >= SKIP_JUDGED_AFTER and skipped > SKIP_LIMIT * read:
+        raise DataError(
+            f"--data {spec}: {skipped} of the {read} rows read so far ({skipped / read:.1%}) are corrupt,"
+            f" truncated or not images, over the {SKIP_LIMIT:.0%} limit; repair or drop them and resume"
+        )

@@ -17,13 +17,11 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from train.common.seeds import SeedPurpose, stream_seed
 from train.data.decode import decode_image
-from train.data.generated import stream_seed
+from train.data.options import DataOptions
 from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
-from train.stop import STOP_SIGNALS
-
-# Judge the share of unreadable rows only once this many were read, then stop above this share.
-SKIP_JUDGED_AFTER, SKIP_LIMIT = 1000, 0.01
+from train.run.stop import STOP_SIGNALS
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -105,15 +103,15 @@ class DecodedBatches(IterableDataset):
     """Runs inside each DataLoader worker: endless epochs of the worker's shards, decoded into
     uint8 batches that carry how many rows were read and skipped to make them."""
 
-    def __init__(self, source: datasets.IterableDataset, column: str, resolution: int, batch_size: int,
-                 celeba_crop: int, hflip: bool, seed: int, rank: int):
-        self.source, self.column, self.resolution, self.batch_size = source, column, resolution, batch_size
-        self.celeba_crop, self.hflip, self.seed, self.rank = celeba_crop, hflip, seed, rank
+    def __init__(self, source: datasets.IterableDataset, column: str, options: DataOptions, batch_size: int,
+                 seed: int, rank: int):
+        self.source, self.column, self.batch_size, self.seed, self.rank = source, column, batch_size, seed, rank
+        self.resolution, self.celeba_crop, self.hflip = options.resolution, options.celeba_crop, options.hflip
         self.epoch = 0
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
-        flips = random.Random(stream_seed(self.seed, self.rank, 100 + (worker.id if worker else 0)))
+        flips = random.Random(stream_seed(self.seed, self.rank, SeedPurpose.DATA_WORKER + (worker.id if worker else 0)))
         images, read, skipped = [], 0, 0
         while True:
             self.source.set_epoch(self.epoch)
@@ -146,25 +144,24 @@ class DecodedBatches(IterableDataset):
 class StreamingImages:
     """This rank's endless, resumable stream of uint8 image batches from a `datasets` source."""
 
-    def __init__(self, spec: DataSpec, *, resolution: int, batch_size: int, seed: int, rank: int, world_size: int,
-                 workers: int, split: str = "train", image_column: str | None = None, celeba_crop: int = 0,
-                 hflip: bool = True, shuffle_buffer: int = 1000, pin_memory: bool = False):
-        self.spec = spec
-        source = load_source(spec, split)
-        column = image_column_of(source, spec, image_column)
+    def __init__(self, options: DataOptions, *, batch_size: int, seed: int, rank: int, world_size: int,
+                 pin_memory: bool = False):
+        self.spec = spec = options.spec
+        source = load_source(spec, options.split)
+        column = image_column_of(source, spec, options.image_column)
         # Split before shuffling (resharding must precede it); the shuffle seed is the same on every
         # rank, and DecodedBatches advances the epoch so every pass is reshuffled.
         source, how = shard_for_rank(source, spec, rank, world_size)
         source = source.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-        source = source.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        self.workers = min(workers, source.num_shards)
+        source = source.shuffle(seed=seed, buffer_size=options.shuffle_buffer)
+        self.workers = min(options.workers, source.num_shards)
         if rank == 0:
             print(f"data {spec}: {how}, {self.workers} decoding workers per process", flush=True)
         self.split_description = how
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 on torch >= 2.10
             self.loader = StatefulDataLoader(
-                DecodedBatches(source, column, resolution, batch_size, celeba_crop, hflip, seed, rank),
+                DecodedBatches(source, column, options, batch_size, seed, rank),
                 batch_size=None,
                 num_workers=self.workers,
                 pin_memory=pin_memory,
@@ -195,12 +192,3 @@ class StreamingImages:
         self.loader.load_state_dict(state["loader"])
         self.read, self.skipped = int(state["read"]), int(state["skipped"])
         self._batches = None
-
-
-def check_skipped(spec: DataSpec | str, read: int, skipped: int) -> None:
-    """Stop when more than 1% of the rows read so far were unreadable (judged after 1,000 rows)."""
-    if read >= SKIP_JUDGED_AFTER and skipped > SKIP_LIMIT * read:
-        raise DataError(
-            f"--data {spec}: {skipped} of the {read} rows read so far ({skipped / read:.1%}) are corrupt,"
-            f" truncated or not images, over the {SKIP_LIMIT:.0%} limit; repair or drop them and resume"
-        )

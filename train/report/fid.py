@@ -12,15 +12,19 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
-from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from train.data import open_stream, parse_data_spec, stream_seed
+from train.common.atomic import atomic_write
+from train.common.seeds import SeedPurpose, stream_seed
+from train.data import DataOptions, open_stream
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 # torchmetrics and torch-fidelity are imported where used: they pull in torchvision and dynamo,
 # seconds at every start-up, which only runs with FID on should pay.
@@ -30,7 +34,6 @@ URL_INCEPTION_V3 = f"https://github.com/toshas/torch-fidelity/releases/download/
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 # The real images are a function of the cache key alone, never of the run's seed.
 REAL_SEED = 0
-LATENT_PURPOSE, NOISE_PURPOSE = 3, 4  # stream_seed purposes; 0-2 and 100+ are the trainer's
 
 
 def default_cache_dir() -> Path:
@@ -144,35 +147,28 @@ class FIDEvaluator:
 
     def __init__(
         self,
-        accelerator: Accelerator,
+        accelerator: "Accelerator",
+        data: DataOptions,
         *,
-        data: str,
-        split: str,
-        image_column: str | None,
-        resolution: int,
-        celeba_crop: int,
         num_samples: int,
         batch_size: int,
         cache_dir: Path,
         seed: int,
         feature: nn.Module | int = 2048,
         weights_path: str | None = None,
-        shuffle_buffer: int = 1000,
     ):
-        spec = parse_data_spec(data)
-        if spec.is_points:
+        if data.spec.is_points:
             raise FIDNotApplicable(
-                f"--data {data}: FID and KID compare Inception features of images, and this run's data are 2-D"
+                f"--data {data.spec}: FID and KID compare Inception features of images, and this run's data are 2-D"
                 " points; judge toy runs by their sample plots over the true modes"
             )
         if num_samples < 4:
             raise ValueError(f"--fid-samples {num_samples}: FID and KID need at least 4 samples (10000+ for stable numbers)")
         self.accelerator = accelerator
-        self.spec, self.split, self.image_column = spec, split, image_column
-        self.resolution, self.celeba_crop, self.shuffle_buffer = resolution, celeba_crop, shuffle_buffer
+        self.data = data.reference()
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         extractor = inception_extractor(weights_path, feature) if isinstance(feature, int) else feature
-        self.num_features = num_features = _num_features(extractor, resolution)
+        self.num_features = num_features = _num_features(extractor, data.resolution)
         self.cache_file, self.cache_key = self._cache_entry(Path(cache_dir), _extractor_identity(extractor, num_features))
         self.extractor = extractor.to(accelerator.device).eval()
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -196,19 +192,10 @@ class FIDEvaluator:
         self._has_real = False
 
     def _cache_entry(self, cache_dir: Path, extractor: str) -> tuple[Path, dict[str, str]]:
-        data = str(Path(self.spec.name).resolve()) if self.spec.kind == "folder" else str(self.spec)
-        key = {
-            "data": data,
-            "split": self.split,
-            "image_column": self.image_column or "",
-            "resolution": str(self.resolution),
-            "celeba_crop": str(self.celeba_crop),
-            "num_samples": str(self.num_samples),
-            "extractor": extractor,
-        }
+        key = {**self.data.identity(), "num_samples": str(self.num_samples), "extractor": extractor}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.spec)).strip("_")[-48:]
-        name = f"real-{readable}-{self.resolution}px-{self.num_samples}-{digest}.safetensors"
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.data.spec)).strip("_")[-48:]
+        name = f"real-{readable}-{self.data.resolution}px-{self.num_samples}-{digest}.safetensors"
         return cache_dir / name, key
 
     @torch.no_grad()
@@ -265,9 +252,9 @@ class FIDEvaluator:
             for first in range(share.start, share.stop, self.batch_size):
                 block = first // self.batch_size
                 count = min(self.batch_size, share.stop - first)
-                latents = torch.Generator().manual_seed(stream_seed(self.seed, block, LATENT_PURPOSE))
+                latents = torch.Generator().manual_seed(stream_seed(self.seed, block, SeedPurpose.FID_LATENTS))
                 z = torch.randn(count, latent_dim, generator=latents)
-                torch.manual_seed(stream_seed(self.seed, block, NOISE_PURPOSE))
+                torch.manual_seed(stream_seed(self.seed, block, SeedPurpose.FID_NOISE))
                 yield to_uint8(generator(z.to(device)))
         finally:
             generator.train(was_training)
@@ -277,18 +264,11 @@ class FIDEvaluator:
         if not remaining:
             return
         stream = open_stream(
-            self.spec,
-            resolution=self.resolution,
+            self.data,
             batch_size=self.batch_size,
             seed=REAL_SEED,
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
-            workers=0,
-            split=self.split,
-            image_column=self.image_column,
-            celeba_crop=self.celeba_crop,
-            hflip=False,
-            shuffle_buffer=self.shuffle_buffer,
         )
         while remaining > 0:
             batch = next(stream)[:remaining]
@@ -321,13 +301,9 @@ class FIDEvaluator:
         return features if features.shape == (self.num_samples, self.num_features) else None
 
     def _write_cache(self, features: torch.Tensor) -> None:
-        tmp = self.cache_file.with_name(f"{self.cache_file.name}.{os.getpid()}.tmp")
-        try:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"real_features": features.cpu().contiguous()}, tmp, metadata=self.cache_key)
-            os.replace(tmp, self.cache_file)  # readers see the old file or the whole new one
+        try:  # readers see the old file or the whole new one
+            atomic_write(self.cache_file, lambda tmp: save_file({"real_features": features.cpu().contiguous()}, tmp, metadata=self.cache_key))
         except OSError as error:
-            tmp.unlink(missing_ok=True)
             print(f"warning: fid: cannot cache the real statistics in {self.cache_file} ({error}); they will be recomputed next time")
             return
-        print(f"fid: real statistics of {self.spec} ({self.num_samples} images) cached in {self.cache_file}")
+        print(f"fid: real statistics of {self.data.spec} ({self.num_samples} images) cached in {self.cache_file}")

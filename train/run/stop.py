@@ -3,7 +3,7 @@
 The request is agreed across ranks at each step boundary (a max all-reduce of every rank's flag),
 so every rank leaves the loop after the same step, writes the same checkpoint and exits with the
 resumable exit code. A signal only sets a flag: a second one while the checkpoint is written
-changes nothing, and the checkpoint is still made atomically (train/checkpoint.py).
+changes nothing, and the checkpoint is still made atomically (train/run/checkpoint.py).
 
 Launchers need to signal the training processes themselves: `accelerate launch` and torchrun die
 on SIGUSR1 and give their workers a fixed 30 s after a SIGTERM. When $FACEGAN_PID_DIR is set, each
@@ -14,11 +14,14 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
 import torch.distributed as dist
-from accelerate import Accelerator
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 PID_DIR_VARIABLE = "FACEGAN_PID_DIR"
@@ -48,7 +51,7 @@ class GracefulStop:
     kill the process before it has reported how the run ended.
     """
 
-    def __init__(self, accelerator: Accelerator, time_limit_s: float | None):
+    def __init__(self, accelerator: "Accelerator", time_limit_s: float | None):
         self.accelerator = accelerator
         # Counted from the process's start, imports included: the budget is the session's.
         started = psutil.Process().create_time()

@@ -4,11 +4,10 @@ It knows models only as callables and objectives only through `critic_loss` / `g
 """
 import contextlib
 import dataclasses
-import inspect
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -16,35 +15,28 @@ from accelerate.utils import broadcast
 from torch import nn
 from tqdm.auto import tqdm
 
-from models import build_models
-from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from train.config import TrainConfig, collapse_thresholds, resuming, save_config, time_limit_seconds
-from train.data import check_skipped, open_stream, parse_data_spec, stream_seed, to_model_input, toy_modes
-from train.ema import GeneratorEMA
-from train.fid import FIDEvaluator, FIDUnavailable
-from train.metrics import StatWindow
-from train.monitor import CollapseMonitor
-from train.precision import resolve_mixed_precision
-from train.reporting import Reporter
-from train.stop import GracefulStop
-from train.tracking import WandbRun, new_run_id, resolve_wandb_mode
-
-SAMPLE_CHUNK = 16
-
-
-@dataclasses.dataclass
-class RunEnd:
-    status: str  # "finished"; "collapsed" (--stop-on-collapse); "stopped" (a signal or --time-limit: resumable)
-    step: int
-    reason: str | None = None
-
-
-class Objective(Protocol):
-    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
-    def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, dict]: ...
-    def state_dict(self) -> dict: ...  # saved with each rank's checkpoint
-    def load_state_dict(self, state: dict) -> None: ...
-
+from train.common.seeds import SeedPurpose, stream_seed
+from train.data import check_skipped, open_stream, to_model_input, toy_modes
+from train.gan.objectives import Objective
+from train.report.fid import FIDEvaluator, FIDUnavailable
+from train.report.metrics import StatWindow
+from train.report.monitor import CollapseMonitor
+from train.report.reporter import Reporter
+from train.report.tracking import WandbRun, new_run_id, resolve_wandb_mode
+from train.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from train.run.config import (
+    TrainConfig,
+    collapse_thresholds,
+    resuming,
+    save_config,
+    time_limit_seconds,
+)
+from train.run.ema import GeneratorEMA
+from train.run.networks import build_networks, fixed_noise, render_samples
+from train.run.outcome import RunEnd, RunStatus
+from train.run.precision import resolve_mixed_precision
+from train.run.state import TrainState
+from train.run.stop import GracefulStop
 
 ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.Generator], Objective]
 
@@ -61,26 +53,6 @@ def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accele
         kwargs_handlers=[DistributedDataParallelKwargs(static_graph=False)],
         log_with=log_with,
     )
-
-
-def fixed_noise(config: TrainConfig) -> torch.Tensor:
-    """The evaluation latents: a function of the run's seed alone, so the same on every rank and resume."""
-    return torch.randn(config.num_samples, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
-
-
-def build_networks(config: TrainConfig) -> tuple[nn.Module, nn.Module]:
-    """The run's pair from its config (or a saved config.json's values): every builder argument it holds."""
-    torch.manual_seed(config.seed)  # identical initial weights on every rank
-    arguments = inspect.signature(build_models).parameters
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(config).items() if k in arguments and k != "name"}
-    return build_models(config.model, **given)
-
-
-@torch.no_grad()
-def render_samples(generator: nn.Module, noise: torch.Tensor) -> torch.Tensor:
-    generator.eval()
-    device = next(generator.parameters()).device
-    return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in noise.split(SAMPLE_CHUNK)])
 
 
 def adversarial_step(
@@ -153,12 +125,12 @@ def _train(
     out = Path(config.out)
     reporter = Reporter(accelerator, out, wandb_enabled=wandb_mode != "disabled")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    spec = parse_data_spec(config.data)
+    data = config.data_options
 
     generator, critic = build_networks(config)
     # From here torch's global generator (injected noise, dropout) differs per rank; Accelerate
     # saves and restores it per rank with each checkpoint.
-    torch.manual_seed(stream_seed(config.seed, rank, 2))
+    torch.manual_seed(stream_seed(config.seed, rank, SeedPurpose.TORCH_GLOBAL))
     ema = GeneratorEMA(generator, config.ema_decay, device=device)
     if config.sync_bn and world > 1 and device.type == "cuda":
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
@@ -166,69 +138,43 @@ def _train(
     d_opt = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
     generator, critic, g_opt, d_opt = accelerator.prepare(generator, critic, g_opt, d_opt)
 
-    noise_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, 0))
+    latent_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, SeedPurpose.LATENTS))
     stream = open_stream(
-        spec,
-        resolution=config.resolution,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        rank=rank,
-        world_size=world,
-        workers=config.workers,
-        split=config.split,
-        image_column=config.image_column,
-        celeba_crop=config.celeba_crop,
-        hflip=config.hflip,
-        shuffle_buffer=config.shuffle_buffer,
-        pin_memory=device.type == "cuda",
+        data, batch_size=config.batch_size, seed=config.seed, rank=rank, world_size=world, pin_memory=device.type == "cuda"
     )
-    objective = make_objective(config, accelerator.scaler, noise_rng)
-    window = StatWindow()
-    eval_noise = fixed_noise(config)
-    modes, std = toy_modes(spec.name) if spec.is_points else (None, 0.0)
+    objective = make_objective(config, accelerator.scaler, latent_rng)
+    eval_noise = fixed_noise(config.num_samples, config.latent_dim, config.seed)
+    modes, std = toy_modes(data.spec.name) if data.spec.is_points else (None, 0.0)
 
     fid = None
     if config.fid_every:
         try:
             fid = FIDEvaluator(
                 accelerator,
-                data=config.data,
-                split=config.split,
-                image_column=config.image_column,
-                resolution=config.resolution,
-                celeba_crop=config.celeba_crop,
+                data,
                 num_samples=config.fid_samples,
                 batch_size=config.batch_size,
                 cache_dir=Path(config.fid_cache).expanduser(),
                 seed=config.seed,
                 weights_path=config.fid_weights,
-                shuffle_buffer=config.shuffle_buffer,
             )
         except FIDUnavailable as error:  # a long run is worth more than its FID curve
             if accelerator.is_main_process:
                 print(f"error: {error}; training continues with FID disabled", file=sys.stderr)
     monitor = CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key)
-    start_step, skipped, run_id = 0, 0, new_run_id()
-    collapsed, end = False, RunEnd("finished", config.max_steps)
+    window = StatWindow()
+    state = TrainState(latent_rng=latent_rng, stream=stream, window=window, objective=objective, monitor=monitor,
+                       run_id=new_run_id())
+    collapsed, end = False, RunEnd(RunStatus.FINISHED, config.max_steps)
     resumed = resuming(config)
     if resumed:
-        rank_state, ema_state = load_checkpoint(accelerator, latest_checkpoint(out))
-        ema.load_state_dict(ema_state)
-        start_step = int(rank_state["step"])
-        if "noise_rng" in rank_state:
-            noise_rng.set_state(rank_state["noise_rng"])
-            stream.load_state_dict(rank_state["data"])
-            window.load_state_dict(rank_state["window"], device)
-            skipped = int(rank_state.get("skipped", 0))
-            objective.load_state_dict(rank_state.get("objective", {}))
-            run_id = rank_state.get("wandb_run_id", run_id)
-            monitor.load_state_dict(rank_state.get("monitor", monitor.state_dict()))
-        accelerator.print(f"resumed from step {start_step}")
+        ema.load_state_dict(load_checkpoint(accelerator, latest_checkpoint(out), state))
+        accelerator.print(f"resumed from step {state.step}")
     if accelerator.is_main_process:
         save_config(config, out)
     reporter.start(
-        resume_step=start_step if resumed else None,
-        run_id=run_id,
+        resume_step=state.step if resumed else None,
+        run_id=state.run_id,
         wandb_options=dict(
             project=config.wandb_project,
             config=dataclasses.asdict(config),
@@ -242,7 +188,7 @@ def _train(
         accelerator.print(wandb_hint.format(dir=out))
 
     def latents() -> torch.Tensor:
-        return torch.randn(config.batch_size, config.latent_dim, device=device, generator=noise_rng)
+        return torch.randn(config.batch_size, config.latent_dim, device=device, generator=latent_rng)
 
     last_real = None
 
@@ -256,11 +202,12 @@ def _train(
 
     real_per_step = config.batch_size * config.critic_steps * config.grad_accum * world
     progress = tqdm(
-        total=config.max_steps, initial=start_step, unit="step", disable=not accelerator.is_main_process
+        total=config.max_steps, initial=state.step, unit="step", disable=not accelerator.is_main_process
     )
     window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
-    for step in range(start_step + 1, config.max_steps + 1):
-        skipped += adversarial_step(
+    for step in range(state.step + 1, config.max_steps + 1):
+        state.step = step
+        state.skipped_steps += adversarial_step(
             accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents,
             config.critic_steps, config.grad_accum, window.add,
         )
@@ -275,7 +222,7 @@ def _train(
             if counters:  # rows read and skipped, summed over ranks: every rank takes the same decision
                 totals = accelerator.reduce(torch.tensor(list(counters.values()), device=device), reduction="sum")
                 counters = dict(zip(counters, totals.tolist()))
-                check_skipped(spec, counters["data_read"], counters["data_skipped"])
+                check_skipped(data.spec, counters["data_read"], counters["data_skipped"])
             elapsed = time.perf_counter() - window_start
             record = {
                 "step": step,
@@ -283,7 +230,7 @@ def _train(
                 "img_per_s": real_per_step * window_steps / elapsed,
                 "data_wait_frac": data_wait / elapsed,
                 "lr": config.lr,
-                "skipped_steps": skipped,
+                "skipped_steps": state.skipped_steps,
                 "world_size": world,
                 **counters,
             }
@@ -317,27 +264,17 @@ def _train(
             reporter.log({"step": step, **scores, "fid_samples": config.fid_samples})
         stop_reason = stop.agreed()  # collective: every rank, every step
         if config.stop_on_collapse and collapsed:
-            end = RunEnd("collapsed", step, "collapse alarm (--stop-on-collapse)")
+            end = RunEnd(RunStatus.COLLAPSED, step, "collapse alarm (--stop-on-collapse)")
         elif stop_reason and not last:
-            end = RunEnd("stopped", step, stop_reason)
-        stopping = end.status != "finished"
+            end = RunEnd(RunStatus.STOPPED, step, stop_reason)
+        stopping = end.status is not RunStatus.FINISHED
         if step % config.ckpt_every == 0 or last or stopping:
-            rank_state = {
-                "step": step,
-                "noise_rng": noise_rng.get_state(),
-                "data": stream.state_dict(),
-                "window": window.state_dict(),
-                "skipped": skipped,
-                "objective": objective.state_dict(),
-                "monitor": monitor.state_dict(),
-                "wandb_run_id": run_id,
-            }
-            save_checkpoint(accelerator, out, step, rank_state, ema.state_dict(), config.keep_checkpoints)
+            save_checkpoint(accelerator, out, state, ema.state_dict(), config.keep_checkpoints)
         if stopping:
             accelerator.print(f"stopped at step {step}: {end.reason}; checkpoint saved")
             break
     progress.close()
-    reporter.finish(step, resumable=end.status == "stopped")
+    reporter.finish(state.step, resumable=end.status is RunStatus.STOPPED)
 
     # Release the DDP-wrapped models before the process group goes: otherwise gloo can abort at exit.
     del generator, critic, g_opt, d_opt

@@ -7,10 +7,15 @@ Everything is loaded with safetensors or torch.load(weights_only=True).
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from train.run.state import TrainState
 
 CHECKPOINTS = "checkpoints"
 EMA_FILE = "ema.safetensors"
@@ -21,12 +26,18 @@ def _rank_file(rank: int) -> str:
     return f"train_state_{rank}.pt"
 
 
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """The step a checkpoint folder holds (`step_000120` -> 120); None for any other name."""
+    match = _NAME.match(Path(checkpoint).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(out: Path) -> list[Path]:
     """Whole checkpoints under `out`, oldest first."""
     folder = Path(out) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    found = [(step, p) for p in folder.iterdir() if (step := checkpoint_step(p)) is not None and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
@@ -36,16 +47,16 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, out: Path, step: int, rank_state: dict, ema_state: dict[str, torch.Tensor], keep: int
+    accelerator: "Accelerator", out: Path, state: "TrainState", ema_state: dict[str, torch.Tensor], keep: int
 ) -> Path:
     """Collective: every rank calls it. Returns the checkpoint folder."""
-    final = Path(out) / CHECKPOINTS / f"step_{step:06d}"
+    final = Path(out) / CHECKPOINTS / f"step_{state.step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)  # left by a save that died part-way
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    torch.save(rank_state, tmp / _rank_file(accelerator.process_index))
+    torch.save(state.state_dict(), tmp / _rank_file(accelerator.process_index))
     if accelerator.is_main_process:
         save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, tmp / EMA_FILE)
     accelerator.wait_for_everyone()
@@ -63,17 +74,15 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore models, optimizers, scaler and RNGs in place; return (this rank's state, EMA state)."""
+def load_checkpoint(accelerator: "Accelerator", path: Path, state: "TrainState") -> dict[str, torch.Tensor]:
+    """Restore models, optimizers, scaler, RNGs and this rank's train state in place; return the EMA state."""
     accelerator.load_state(str(path))
     rank_path = path / _rank_file(accelerator.process_index)
-    if not rank_path.exists():
-        # More ranks than the run that saved it: this rank starts fresh streams at the saved step.
-        rank_state = torch.load(path / _rank_file(0), map_location="cpu", weights_only=True)
-        rank_state = {"step": rank_state["step"]}
-    else:
-        rank_state = torch.load(rank_path, map_location="cpu", weights_only=True)
-    return rank_state, load_file(path / EMA_FILE)
+    if rank_path.exists():
+        state.load_state_dict(torch.load(rank_path, map_location="cpu", weights_only=True))
+    else:  # more ranks than the run that saved it
+        state.continue_fresh_at(checkpoint_step(path))
+    return load_file(path / EMA_FILE)
 
 
 def load_ema_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -4,17 +4,27 @@ An objective takes the (possibly DDP-wrapped) critic and batches and returns a l
 statistics to log; the loop decides when, how often and under which precision to call it.
 """
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from models.lightweight import crop_quarter
-from train.diffaugment import DiffAugment, Draw
-from train.penalty import gradient_penalty, interpolate, zero_centred_penalty
-from train.reconstruction import ReconLoss, mse
+from train.gan.diffaugment import DiffAugment, Draw
+from train.gan.penalty import gradient_penalty, interpolate, zero_centred_penalty
+from train.gan.reconstruction import ReconLoss, mse
 
 Stats = dict[str, torch.Tensor]
+
+
+class Objective(Protocol):
+    """What the loop asks of an objective: a loss per phase, and its own state for checkpoints."""
+
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]: ...
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]: ...
+    def state_dict(self) -> dict: ...  # saved with each rank's checkpoint
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass

@@ -1,30 +1,24 @@
-"""Pictures written to disk: image grids, and scatter plots for 2-D toy data."""
+"""Pictures of samples: image grids, and scatter plots for 2-D toy data."""
 import math
-import os
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from einops import rearrange
+from torchvision.utils import make_grid
+
+from train.common.atomic import atomic_write
+
+PADDING = 2  # black pixels between and around the grid's images
 
 
-def _atomic_save(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def image_grid(images: torch.Tensor, padding: int = 2, columns: int | None = None) -> Image.Image:
+def image_grid(images: torch.Tensor, columns: int | None = None) -> Image.Image:
     """(N, 3, H, W) in [-1, 1] -> a grid (square-ish unless `columns` is given) on a black background."""
     columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    images = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    images = torch.nn.functional.pad(images, (padding, 0, padding, 0))
-    blank = images.new_zeros((rows * columns - len(images), *images.shape[1:]))
-    grid = rearrange(torch.cat([images, blank]), "(r c) ch h w -> (r h) (c w) ch", c=columns)
-    grid = torch.nn.functional.pad(grid, (0, 0, 0, padding, 0, padding))
-    return Image.fromarray(grid.numpy())
+    pixels = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    grid = make_grid(pixels, nrow=columns, padding=PADDING, pad_value=0)
+    if len(pixels) == 1:  # make_grid hands a lone image back without its frame
+        grid = torch.nn.functional.pad(grid, (PADDING,) * 4)
+    return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 
 def point_plot(points: torch.Tensor, modes: torch.Tensor, std: float, size: int = 512) -> Image.Image:
@@ -41,8 +35,17 @@ def point_plot(points: torch.Tensor, modes: torch.Tensor, std: float, size: int 
     return image
 
 
+def samples_picture(samples: torch.Tensor, modes: torch.Tensor | None = None, std: float = 0.0) -> Image.Image:
+    """A grid of images, or a scatter plot over the true modes for points."""
+    return point_plot(samples, modes, std) if modes is not None else image_grid(samples)
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+
+
 def save_samples(samples: torch.Tensor, path: Path, modes: torch.Tensor | None = None, std: float = 0.0) -> Image.Image:
     """Write the picture of the samples (a grid, or a scatter plot for points) and return it."""
-    image = point_plot(samples, modes, std) if modes is not None else image_grid(samples)
-    _atomic_save(image, Path(path))
+    image = samples_picture(samples, modes, std)
+    save_png(image, path)
     return image

@@ -9,10 +9,11 @@ import re
 import secrets
 import string
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from accelerate import Accelerator
-from PIL import Image
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from PIL import Image
 
 WANDB_MODES = ("online", "offline", "disabled")
 SECRET_NAMES = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
@@ -62,7 +63,7 @@ def redact_secrets(values: dict[str, Any]) -> dict[str, Any]:
 class WandbRun:
     """The main process's handle on the W&B run Accelerate started; every method is a no-op elsewhere."""
 
-    def __init__(self, accelerator: Accelerator, enabled: bool):
+    def __init__(self, accelerator: "Accelerator", enabled: bool):
         self.accelerator = accelerator
         self.enabled = enabled and accelerator.is_main_process
 
@@ -103,7 +104,7 @@ class WandbRun:
         if self.enabled:
             self.accelerator.log(values, step=step)
 
-    def log_images(self, images: dict[str, Image.Image], step: int) -> None:
+    def log_images(self, images: dict[str, "Image.Image"], step: int) -> None:
         if self.enabled:
             import wandb
 

@@ -1,9 +1,14 @@
 """Scalars per log step: a window of on-device sums reduced across ranks, mirrored to metrics.jsonl."""
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from accelerate import Accelerator
+
+from train.common.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class StatWindow:
@@ -18,7 +23,7 @@ class StatWindow:
             self.sums[key] = self.sums.get(key, 0) + value.detach().float()
             self.counts[key] = self.counts.get(key, 0) + 1
 
-    def means(self, accelerator: Accelerator) -> dict[str, float]:
+    def means(self, accelerator: "Accelerator") -> dict[str, float]:
         """Mean over the window and over all ranks (collective)."""
         keys = sorted(self.sums)
         local = torch.stack([self.sums[k] / self.counts[k] for k in keys]).to(accelerator.device)
@@ -36,16 +41,15 @@ class StatWindow:
 
 
 class MetricsFile:
-    """metrics.jsonl, one JSON object per log step. On resume, lines past the checkpoint's step are
-    dropped first, so a step logged before a crash is not logged twice."""
+    """metrics.jsonl, one JSON object per log step. A new run starts it empty; on resume, lines past
+    the checkpoint's step are dropped first, so a step logged before a crash is not logged twice."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = Path(path)
+        kept = []
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:

@@ -5,20 +5,21 @@ run's saved config.json (with --resume), then the flags given on the command lin
 """
 import argparse
 import dataclasses
+import functools
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence, TypeVar
 
 from models import POINT_MODELS, check_model
-from train.checkpoint import latest_checkpoint
-from train.data import DataSpecError, parse_data_spec
+from train.common.atomic import atomic_write_text
+from train.data import DataOptions, parse_data_spec
 from train.data.specs import DEFAULT_HUB_DATASET
-from train.fid import INCEPTION_WEIGHTS, default_cache_dir
-from train.monitor import CollapseThresholds
-from train.stop import parse_duration
-from train.tracking import WANDB_MODES
+from train.report.fid import INCEPTION_WEIGHTS, default_cache_dir
+from train.report.monitor import CollapseThresholds
+from train.report.tracking import WANDB_MODES
+from train.run.checkpoint import latest_checkpoint
+from train.run.stop import parse_duration
 
 PRECISIONS = ("no", "fp16", "bf16")
 RESUME_MODES = ("no", "yes", "auto")
@@ -134,6 +135,20 @@ class TrainConfig:
     def check_recipe(self) -> None:
         """A recipe's own checks of its own fields; raise ConfigError."""
 
+    @functools.cached_property
+    def data_options(self) -> DataOptions:
+        """The data flags as one value, the spec parsed (a folder listed) once; DataSpecError if bad."""
+        return DataOptions(
+            spec=parse_data_spec(self.data),
+            resolution=self.resolution,
+            split=self.split,
+            image_column=self.image_column,
+            celeba_crop=self.celeba_crop,
+            hflip=self.hflip,
+            shuffle_buffer=self.shuffle_buffer,
+            workers=self.workers,
+        )
+
 
 Config = TypeVar("Config", bound=TrainConfig)
 
@@ -157,13 +172,6 @@ def build_parser(config_cls: type[TrainConfig], description: str) -> argparse.Ar
     return parser
 
 
-def _data_is_points(data: str) -> bool:
-    try:
-        return parse_data_spec(data).is_points
-    except DataSpecError:
-        return False
-
-
 def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
     """Merge defaults, presets, a resumed run's saved config and the given flags; then check it."""
     values = dataclasses.asdict(config_cls())
@@ -180,7 +188,7 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
     else:
         if given.get("debug"):
             values.update(config_cls.debug_preset)
-        if _data_is_points(given.get("data", values["data"])):
+        if given.get("data", values["data"]).startswith("toy:"):  # the toy preset; check_config judges the name
             values.update({k: v for k, v in config_cls.toy_preset.items() if k in values})
     values.update(given)
     for f in dataclasses.fields(config_cls):  # JSON and argparse give lists
@@ -219,7 +227,7 @@ def check_config(config: TrainConfig) -> None:
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay {config.ema_decay}: must be in [0, 1)")
     try:
-        spec = parse_data_spec(config.data)
+        spec = config.data_options.spec
         check_model(config.model, config.resolution, config.critic_norm, getattr(config, "attn_resolutions", ()))
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -277,7 +285,4 @@ def collapse_thresholds(config: TrainConfig) -> CollapseThresholds:
 
 
 def save_config(config: TrainConfig, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    os.replace(tmp, out / "config.json")
+    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")

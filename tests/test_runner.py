@@ -1,0 +1,38 @@
+"""train/run/runner.py: the entry every trainer shares; flags are answered before heavy imports."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from train.run.outcome import EXIT_STATUS_FILE, RunEnd, RunStatus, write_exit_status
+
+HEAVY = ("datasets", "pyarrow", "wandb", "torchmetrics", "torch_fidelity", "accelerate.accelerator", "matplotlib")
+
+
+@pytest.mark.parametrize("script", ["train/wgangp.py", "train/lightweight_gan.py"])
+def test_help_and_a_bad_flag_import_none_of_the_heavy_libraries(script):
+    # A fresh interpreter: this one has imported them all by now.
+    code = f"""
+import runpy, sys
+for argv in (["--help"], ["--batch-size", "0"], ["--data", "nowhere"]):
+    sys.argv = ["{script}", *argv]
+    try:
+        runpy.run_path("{script}", run_name="__main__")
+    except SystemExit as exit:
+        print("exit", exit.code, file=sys.stderr)
+print("heavy:" + ",".join(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stderr.count("exit 2") == 2 and "exit 0" in result.stderr, result.stderr
+    assert "--batch-size 0: must be at least 1" in result.stderr and "--data nowhere: no such folder" in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "heavy:"
+
+
+@pytest.mark.parametrize("status, code", [(RunStatus.FINISHED, 0), (RunStatus.COLLAPSED, 3), (RunStatus.STOPPED, 75)])
+def test_each_ending_has_its_exit_code_in_exit_status_json(tmp_path, status, code):
+    write_exit_status(tmp_path, RunEnd(status, 12, "why"))
+    saved = json.loads((tmp_path / EXIT_STATUS_FILE).read_text())
+    assert saved == {"exit_code": code, "status": status.value, "step": 12, "reason": "why"}
+    assert [p.name for p in tmp_path.iterdir()] == [EXIT_STATUS_FILE]

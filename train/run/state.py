@@ -1,0 +1,47 @@
+"""What each rank checkpoints besides the networks, optimizers and RNGs that Accelerate saves."""
+from typing import Any
+
+import torch
+
+from train.data import BatchStream
+from train.gan.objectives import Objective
+from train.report.metrics import StatWindow
+from train.report.monitor import CollapseMonitor
+
+
+class TrainState:
+    """Where this rank's run is: the step, its latent stream, its data position, the open log
+    window, the objective's own counters, the collapse monitor and the W&B run id. Plain tensors
+    and Python values only, so a checkpoint loads with torch.load(weights_only=True)."""
+
+    def __init__(self, *, latent_rng: torch.Generator, stream: BatchStream, window: StatWindow,
+                 objective: Objective, monitor: CollapseMonitor, run_id: str):
+        self.step, self.skipped_steps = 0, 0
+        self.latent_rng, self.stream, self.window = latent_rng, stream, window
+        self.objective, self.monitor, self.run_id = objective, monitor, run_id
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "noise_rng": self.latent_rng.get_state(),
+            "data": self.stream.state_dict(),
+            "window": self.window.state_dict(),
+            "skipped": self.skipped_steps,
+            "objective": self.objective.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "wandb_run_id": self.run_id,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.latent_rng.set_state(state["noise_rng"])
+        self.stream.load_state_dict(state["data"])
+        self.window.load_state_dict(state["window"], self.latent_rng.device)
+        self.skipped_steps = int(state["skipped"])
+        self.objective.load_state_dict(state["objective"])
+        self.monitor.load_state_dict(state["monitor"])
+        self.run_id = state["wandb_run_id"]
+
+    def continue_fresh_at(self, step: int) -> None:
+        """A rank the saved run did not have: the step is the run's, its streams start anew."""
+        self.step = step
