@@ -17,6 +17,7 @@ class DataOptions:
     hflip: bool = True
     shuffle_buffer: int = 1000
     workers: int = 0  # decoding worker processes per rank (capped at the rank's shards)
+    background: tuple[int, int, int] = (255, 255, 255)  # what transparent pixels are composited onto
 
     def reference(self) -> "DataOptions":
         """The same images as seen by an evaluation: unflipped, decoded in the calling process."""
@@ -31,4 +32,5 @@ class DataOptions:
             "image_column": self.image_column or "",
             "resolution": str(self.resolution),
             "celeba_crop": str(self.celeba_crop),
+            "background": ",".join(map(str, self.background)),
         }

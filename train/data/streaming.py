@@ -107,6 +107,7 @@ class DecodedBatches(IterableDataset):
                  seed: int, rank: int):
         self.source, self.column, self.batch_size, self.seed, self.rank = source, column, batch_size, seed, rank
         self.resolution, self.celeba_crop, self.hflip = options.resolution, options.celeba_crop, options.hflip
+        self.background = options.background
         self.epoch = 0
 
     def __iter__(self) -> Iterator[dict]:
@@ -119,7 +120,7 @@ class DecodedBatches(IterableDataset):
             for row in self.source:
                 read += 1
                 try:
-                    image = decode_image(_image_bytes(row[self.column]), self.resolution, self.celeba_crop)
+                    image = decode_image(_image_bytes(row[self.column]), self.resolution, self.celeba_crop, self.background)
                 except Exception:  # corrupt, truncated or not an image: counted, never fatal here
                     skipped += 1
                     continue

@@ -70,6 +70,10 @@ class TrainConfig:
     resolution: int = flag(64, "image size in pixels: 64, 128, 256, 512 or 1024")
     celeba_crop: int = flag(0, "centre-crop this many pixels before resizing (108 for the original aligned CelebA); 0: off")
     hflip: bool = flag(True, "random horizontal flips of real images")
+    alpha_background: tuple[int, int, int] = flag(
+        (255, 255, 255), "the colour transparent pixels (PNG alpha, palette transparency) are composited onto", nargs=3, type=int,
+        metavar=("R", "G", "B"),
+    )
     shuffle_buffer: int = flag(1000, "rows in the streaming shuffle buffer")
     workers: int = flag(2, "decoding worker processes per rank (capped at the rank's shards)")
     model: str = flag("resnet", "generator/critic pair", choices=("dcgan", "resnet", "mlp"))
@@ -147,6 +151,7 @@ class TrainConfig:
             hflip=self.hflip,
             shuffle_buffer=self.shuffle_buffer,
             workers=self.workers,
+            background=self.alpha_background,
         )
 
 
@@ -224,6 +229,8 @@ def check_config(config: TrainConfig) -> None:
     for name in ("workers", "celeba_crop", "shuffle_buffer", "fid_every"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be 0 or more")
+    if not all(0 <= value <= 255 for value in config.alpha_background):
+        raise ConfigError(f"--alpha-background {' '.join(map(str, config.alpha_background))}: give three values in 0..255, e.g. 255 255 255")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay {config.ema_decay}: must be in [0, 1)")
     try:

@@ -43,6 +43,7 @@ class FinishedRun:
             image_column=config["image_column"],
             celeba_crop=config["celeba_crop"],
             shuffle_buffer=config["shuffle_buffer"],
+            background=tuple(config.get("alpha_background", (255, 255, 255))),
         ).reference()
 
     def checkpoint(self, chosen: Path | None = None) -> Path:
