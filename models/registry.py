@@ -3,7 +3,11 @@ from torch import nn
 
 from models.dcgan import DCGANCritic, DCGANGenerator
 from models.layers import CRITIC_NORMS, IMAGE_RESOLUTIONS
-from models.lightweight import LightweightDiscriminator, LightweightGenerator, attention_sizes
+from models.lightweight import (
+    LightweightDiscriminator,
+    LightweightGenerator,
+    attention_sizes,
+)
 from models.mlp import MLPCritic, MLPGenerator
 from models.resnet import ResNetCritic, ResNetGenerator
 
@@ -12,22 +16,31 @@ POINT_MODELS = ("mlp",)
 MODEL_NAMES = IMAGE_MODELS + POINT_MODELS
 
 
+class ModelOptionError(ValueError):
+    """A builder argument the models cannot take; `option` names it (`resolution`, `critic_norm`...)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
 def check_model(name: str, resolution: int, critic_norm: str = "layer", attn_resolutions: tuple[int, ...] = ()) -> None:
-    """Raise ValueError naming the bad value and the valid ones."""
+    """Raise ModelOptionError naming the bad value and the valid ones."""
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise ModelOptionError("model", f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if name in IMAGE_MODELS and resolution not in IMAGE_RESOLUTIONS:
         valid = ", ".join(map(str, IMAGE_RESOLUTIONS))
-        raise ValueError(f"resolution {resolution} is not supported by {name!r}; choose one of {valid}")
+        raise ModelOptionError("resolution", f"resolution {resolution} is not supported by {name!r}; choose one of {valid}")
     if critic_norm not in CRITIC_NORMS:
-        raise ValueError(f"unknown critic norm {critic_norm!r}; choose one of {', '.join(CRITIC_NORMS)}")
+        raise ModelOptionError("critic_norm", f"unknown critic norm {critic_norm!r}; choose one of {', '.join(CRITIC_NORMS)}")
     if attn_resolutions and name != "lightweight":
-        raise ValueError(f"attention resolutions are a 'lightweight' model option, not {name!r}'s; drop them")
+        raise ModelOptionError("attn_resolutions", f"attention resolutions are a 'lightweight' model option, not {name!r}'s; drop them")
     valid_sizes = attention_sizes(resolution)
     for size in attn_resolutions:
         if size not in valid_sizes:
-            raise ValueError(
-                f"attention at {size} px is not possible at resolution {resolution}; choose from {', '.join(map(str, valid_sizes))}"
+            raise ModelOptionError(
+                "attn_resolutions",
+                f"attention at {size} px is not possible at resolution {resolution}; choose from {', '.join(map(str, valid_sizes))}",
             )
 
 

@@ -89,9 +89,23 @@ def test_resume_without_a_run_or_a_checkpoint_is_refused(tmp_path):
 
 def test_an_existing_run_is_never_started_over(tmp_path):
     out = tmp_path / "r"
-    save_config(config("--debug", "--out", str(out)), out)
+    (out / "checkpoints" / "step_000010").mkdir(parents=True)
     with pytest.raises(ConfigError, match="already holds a run; add --resume to continue it, or choose another --out"):
         config("--debug", "--out", str(out))
+
+
+def test_a_folder_without_a_checkpoint_holds_no_run_and_a_new_one_starts_there(tmp_path):
+    out = tmp_path / "r"
+    save_config(config("--debug", "--out", str(out)), out)  # a start that died before its first checkpoint
+    assert config("--debug", "--out", str(out)).out == str(out)
+    with pytest.raises(ConfigError, match="--resume: no checkpoint in .*; start without --resume"):
+        config("--resume", "--out", str(out))
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "r").write_text("mine")
+    with pytest.raises(ConfigError, match="--out .* is a file; point --out at a folder"):
+        config("--debug", "--out", str(tmp_path / "r"))
 
 
 def test_unknown_model_is_an_argparse_error_listing_the_choices(tmp_path, capsys):
@@ -106,7 +120,8 @@ def test_unknown_model_is_an_argparse_error_listing_the_choices(tmp_path, capsys
     "argv, flag",
     [
         (["--data", "nowhere/images"], "--data nowhere/images"),
-        (["--resolution", "96"], "resolution 96"),
+        (["--resolution", "96"], "--resolution: resolution 96"),
+        (["--resolution", "2048"], "--resolution: resolution 2048"),
         (["--resume"], "--resume"),
     ],
 )

@@ -4,6 +4,7 @@
 """
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def toy_run(tmp_path_factory):
 
 def generator_pixels(run, latents: torch.Tensor) -> np.ndarray:
     """What the run's EMA generator draws for `latents`, as image_grid turns it into pixels: (N, H, W, 3)."""
-    generator = FinishedRun(run).ema_generator()
+    generator, _ = FinishedRun(run).ema_generator()
     images = render_samples(generator, latents).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).numpy().astype(np.int16)
 
@@ -163,3 +164,32 @@ def test_animation_flags_need_gif_and_the_modes_exclude_each_other(wgangp_run, c
     with pytest.raises(SystemExit) as refused:
         main(["--run", str(wgangp_run), *args])
     assert refused.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_damaged_ema_file_is_named_and_the_checkpoint_before_it_used(wgangp_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(wgangp_run, run)
+    latest = run / "checkpoints" / "step_000040" / "ema.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # torn
+    assert main(["--run", str(run), "--n", "4", "--output", str(tmp_path / "grid.png")]) == 0
+    assert f"warning: {latest} cannot be read" in capsys.readouterr().err
+    _, used = FinishedRun(run).ema_generator()
+    assert used.name == "step_000020"
+
+    (run / "checkpoints" / "step_000020" / "ema.safetensors").write_bytes(b"\0" * 64)  # zeroed: none left whole
+    assert main(["--run", str(run), "--n", "4", "--output", str(tmp_path / "other.png")]) == 2
+    assert "no checkpoint with a readable ema.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "other.png").exists()
+    explicit = ["--checkpoint", str(latest.parent)]
+    assert main(["--run", str(run), *explicit, "--n", "4", "--output", str(tmp_path / "other.png")]) == 2
+    assert f"error: --checkpoint {latest.parent}: {latest} cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--n", "0"], ["--n", "-3"]])
+def test_bad_counts_and_runs_without_checkpoints_exit_2(wgangp_run, tmp_path, capsys, args):
+    assert main(["--run", str(wgangp_run), *args, "--output", str(tmp_path / "g.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --n {args[1]}: must be at least 1")
+    empty = tmp_path / "empty"
+    shutil.copytree(wgangp_run, empty, ignore=shutil.ignore_patterns("checkpoints"))
+    assert main(["--run", str(empty), "--output", str(tmp_path / "g.png")]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err

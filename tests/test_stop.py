@@ -18,7 +18,9 @@ from tests.wandb_records import offline_runs, read_run
 from train.report.metrics import read_metrics
 from train.run.checkpoint import list_checkpoints
 from train.run.outcome import RunStatus
+from train.run.runner import main
 from train.run.stop import GracefulStop, parse_duration
+from train.wgangp import WGANGPConfig, make_objective
 
 RESUMABLE = RunStatus.STOPPED.exit_code
 # Long enough that no run here reaches it; log every step so that "every step once" can be checked.
@@ -33,16 +35,24 @@ def test_durations_read_as_a_person_writes_them(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "11x", "h", "1.5h", "-5", "1:2"])
+@pytest.mark.parametrize("text", ["", "11x", "h", "1.5h", "-5", "1:2", "0", "0h0m"])
 def test_unreadable_durations_are_refused(text):
     with pytest.raises(ValueError):
         parse_duration(text)
 
 
-def test_a_bad_time_limit_is_refused_before_anything_is_written(run, tmp_path):
-    result = run("train/wgangp.py", "--debug", "--out", str(tmp_path / "run"), "--time-limit", "11x")
-    assert result.returncode == 2
-    assert "error: --time-limit 11x: give a duration such as 11h30m" in result.stderr
+@pytest.mark.parametrize("text", ["1:99:99", "1:30:60", "2h60m", "1d24h", "5m75s"])
+def test_fields_after_the_first_must_be_in_their_units_range(text):
+    with pytest.raises(ValueError, match="out of range for its unit"):
+        parse_duration(text)
+    assert parse_duration("36:00:00") == parse_duration("90m") * 24  # the first field may be any size
+
+
+@pytest.mark.parametrize("text, reason", [("11x", "'11x' is not a duration"), ("1:99:99", "99 is out of range")])
+def test_a_bad_time_limit_is_refused_before_anything_is_written(tmp_path, capsys, text, reason):
+    assert main(WGANGPConfig, make_objective, "test", ["--debug", "--out", str(tmp_path / "run"), "--time-limit", text]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --time-limit {text}: {reason}") and "give a duration such as 11h30m" in error
     assert not (tmp_path / "run").exists()
 
 

@@ -33,8 +33,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from accelerate import Accelerator
 
     run = FinishedRun(args.run)
-    checkpoint = run.checkpoint(args.checkpoint)
-    generator = run.ema_generator(checkpoint)
+    generator, checkpoint = run.ema_generator(args.checkpoint)
     # Evaluation needs neither mixed precision nor DDP: only the process group, on the CPU without CUDA.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     evaluator = FIDEvaluator(

@@ -109,7 +109,7 @@ def generate(run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | 
     finished = FinishedRun(run)
     _check_output(output, (".npy", ".png") if finished.is_points else (".png",), "this run")
     _check_at_least("n", n, 1)
-    generator = finished.ema_generator(checkpoint, device)
+    generator, _ = finished.ema_generator(checkpoint, device)
     samples = render_samples(generator, latent_draws(1, n, finished.config.latent_dim, seed)[0])
     if output.suffix == ".npy":
         atomic_write(output, lambda tmp: np.save(tmp, samples.numpy()))
@@ -129,7 +129,7 @@ def interpolate(
     _check_output(output, (".png",), "--interpolate")
     _check_at_least("n", n, 1)
     _check_at_least("interpolate", steps, 2)
-    generator = finished.ema_generator(checkpoint, device)
+    generator, _ = finished.ema_generator(checkpoint, device)
     images = render_samples(generator, interpolation_latents(n, steps, finished.config.latent_dim, seed))
     save_picture([image_grid(images, columns=steps)], output)
 
@@ -152,7 +152,7 @@ def animate(
     _check_at_least("frames", frames, keyframes)
     if not 0 < fps <= MAX_FPS:
         raise UsageError(f"--fps {fps}: must be above 0 and at most {MAX_FPS}")
-    generator = finished.ema_generator(checkpoint, device)
+    generator, _ = finished.ema_generator(checkpoint, device)
     modes, std = finished.modes()
     pictures = []
     # One frame at a time: 48 frames of 16 samples at 1024 px would be 10 GB of floats.

@@ -15,7 +15,7 @@ from train.gan.reconstruction import (  # noqa: E402
     reconstruction_loss,
 )
 from train.run.config import DEBUG_PRESET, ConfigError, TrainConfig, flag  # noqa: E402
-from train.run.runner import main  # noqa: E402
+from train.run.runner import run_trainer  # noqa: E402
 
 
 @dataclass
@@ -83,4 +83,4 @@ def make_objective(config: LightweightGANConfig, scaler, rng) -> FastGANHinge:
 
 
 if __name__ == "__main__":
-    sys.exit(main(LightweightGANConfig, make_objective, __doc__))
+    run_trainer(LightweightGANConfig, make_objective, __doc__)

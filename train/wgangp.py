@@ -8,7 +8,7 @@ if __spec__ is None:  # run as a file: import the project's packages, not train/
 
 from train.gan.objectives import WGANGP  # noqa: E402
 from train.run.config import ConfigError, TrainConfig, flag  # noqa: E402
-from train.run.runner import main  # noqa: E402
+from train.run.runner import run_trainer  # noqa: E402
 
 
 @dataclass
@@ -26,4 +26,4 @@ def make_objective(config: WGANGPConfig, scaler, rng) -> WGANGP:
 
 
 if __name__ == "__main__":
-    sys.exit(main(WGANGPConfig, make_objective, __doc__))
+    run_trainer(WGANGPConfig, make_objective, __doc__)

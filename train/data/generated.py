@@ -33,6 +33,9 @@ class _GeneratedStream:
     def counters(self) -> dict[str, int]:
         return {}
 
+    def close(self) -> None:
+        """Nothing to release: drawn in the calling process."""
+
     def load_state_dict(self, state: dict) -> None:
         self.rng.set_state(state["rng"])
 

@@ -55,6 +55,12 @@ def image_column_of(dataset: datasets.IterableDataset, spec: DataSpec, requested
     if requested:
         if requested not in features:
             raise DataSpecError(f"--image-column {requested}: --data {spec} has columns {', '.join(features)}")
+        feature = features[requested]
+        if not (isinstance(feature, datasets.Image) or getattr(feature, "dtype", None) in ("binary", "large_binary")):
+            choices = f"its image columns: {', '.join(images)}" if images else "it has no Image column"
+            raise DataSpecError(
+                f"--image-column {requested}: that column of --data {spec} holds {feature}, not images; {choices}"
+            )
         return requested
     if len(images) != 1:
         found = f"image columns {', '.join(images)}" if images else f"no Image column (columns: {', '.join(features)})"
@@ -130,7 +136,9 @@ class DecodedBatches(IterableDataset):
                     yield {"images": torch.stack(images), "read": read, "skipped": skipped}
                     images, read, skipped = [], 0, 0
             if not decoded_this_epoch:  # nothing readable at all: another pass would spin forever
-                raise DataError(f"no readable image in a whole pass over this worker's shards ({read} rows tried)")
+                # Said in a batch, not raised: a worker's exception reaches the rank as a traceback.
+                yield {"unreadable": read}
+                return
             self.epoch += 1
 
     def state_dict(self) -> dict:
@@ -179,12 +187,27 @@ class StreamingImages:
         if self._batches is None:
             self._batches = iter(self.loader)
         batch = next(self._batches)
+        if "unreadable" in batch:
+            raise DataError(
+                f"--data {self.spec}: not one readable image in a whole pass over this process's share of it"
+                f" ({batch['unreadable']} rows tried: empty, truncated or not images); repair or remove those"
+                " files, or point --data at readable images"
+            )
         self.read += batch["read"]
         self.skipped += batch["skipped"]
         return batch["images"]
 
     def counters(self) -> dict[str, int]:
         return {"data_read": self.read, "data_skipped": self.skipped}
+
+    def close(self) -> None:
+        """Shut the decoding workers down now, whatever state the run is in: left to interpreter
+        exit, multiprocessing would join workers that ignore its SIGTERM (they must outlive a
+        Slurm SIGTERM until their rank's checkpoint), and wait forever."""
+        iterator = getattr(self.loader, "_iterator", None)  # persistent workers live with it
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._batches = None
 
     def state_dict(self) -> dict:
         return {"loader": self.loader.state_dict(), "read": self.read, "skipped": self.skipped}

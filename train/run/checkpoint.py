@@ -46,6 +46,16 @@ def latest_checkpoint(out: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def remove_partial_checkpoints(out: Path) -> None:
+    """Remove what saves that died part-way left (`step_N.tmp/`, `step_N.old/`); main process only,
+    at the start of a run, while it holds the run's lock."""
+    folder = Path(out) / CHECKPOINTS
+    if folder.is_dir():
+        for partial in folder.iterdir():
+            if partial.is_dir() and partial.suffix in (".tmp", ".old") and checkpoint_step(partial.with_suffix("")) is not None:
+                shutil.rmtree(partial)
+
+
 def save_checkpoint(
     accelerator: "Accelerator", out: Path, state: "TrainState", ema_state: dict[str, torch.Tensor], keep: int
 ) -> Path:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence, TypeVar
 
-from models import POINT_MODELS, check_model
+from models import POINT_MODELS, ModelOptionError, check_model
 from train.common.atomic import atomic_write_text
 from train.data import DataOptions, parse_data_spec
 from train.data.specs import DEFAULT_HUB_DATASET
@@ -235,9 +235,12 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"--ema-decay {config.ema_decay}: must be in [0, 1)")
     try:
         spec = config.data_options.spec
-        check_model(config.model, config.resolution, config.critic_norm, getattr(config, "attn_resolutions", ()))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    try:
+        check_model(config.model, config.resolution, config.critic_norm, getattr(config, "attn_resolutions", ()))
+    except ModelOptionError as error:
+        raise ConfigError(f"--{error.option.replace('_', '-')}: {error}") from None
     models = next(f for f in dataclasses.fields(config) if f.name == "model").metadata["choices"]
     if config.model not in models:
         raise ConfigError(f"--model {config.model}: this trainer takes {', '.join(models)}")
@@ -258,13 +261,23 @@ def check_config(config: TrainConfig) -> None:
     if config.time_limit is not None:
         try:
             time_limit_seconds(config)
-        except ValueError:
-            raise ConfigError(f"--time-limit {config.time_limit}: give a duration such as 11h30m, 45m, 90s or 5400") from None
+        except ValueError as error:
+            raise ConfigError(
+                f"--time-limit {config.time_limit}: {error}; give a duration such as 11h30m, 45m, 90s, 5400 or 11:30:00"
+            ) from None
+    check_run_dir(config)
+
+
+def check_run_dir(config: TrainConfig) -> None:
+    """What --out holds against what --resume asks; checked again once the run holds its lock."""
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; point --out at a folder (it is made if missing)")
     if config.resume == "yes" and latest_checkpoint(out) is None:
         raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-    # --resume auto without a checkpoint starts again over whatever an interrupted start left.
-    if config.resume == "no" and ((out / "config.json").exists() or latest_checkpoint(out) is not None):
+    # A run is there once it has a checkpoint: a start that died before its first one left nothing
+    # to continue, and a new run begins over what it left.
+    if config.resume == "no" and latest_checkpoint(out) is not None:
         raise ConfigError(f"--out {out} already holds a run; add --resume to continue it, or choose another --out")
 
 

@@ -1,14 +1,21 @@
 """A run read back from its --out folder: its configuration, checkpoints and EMA generator, for
 the tools that use a trained generator (generate.py, evaluate.py) without the training loop."""
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from train.data import DataOptions, parse_data_spec, toy_modes
-from train.run.checkpoint import checkpoint_step, latest_checkpoint, load_ema_weights
+from train.run.checkpoint import (
+    EMA_FILE,
+    checkpoint_step,
+    list_checkpoints,
+    load_ema_weights,
+)
 from train.run.ema import ema_generator_weights
 from train.run.networks import build_networks
 
@@ -46,16 +53,25 @@ class FinishedRun:
             background=tuple(config.get("alpha_background", (255, 255, 255))),
         ).reference()
 
-    def checkpoint(self, chosen: Path | None = None) -> Path:
-        checkpoint = chosen or latest_checkpoint(self.path)
-        if checkpoint is None:
+    def ema_generator(self, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, Path]:
+        """The EMA generator of `checkpoint`, else of the newest checkpoint whose EMA file is whole
+        (a damaged one is named on stderr and passed over, as resume does); and the checkpoint used."""
+        candidates = [Path(checkpoint)] if checkpoint else list_checkpoints(self.path)[::-1]
+        if not candidates:
             raise RunNotFound(f"--run {self.path}: no checkpoint in {self.path / 'checkpoints'}; train longer or pass --checkpoint")
-        return Path(checkpoint)
-
-    def ema_generator(self, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
         generator, _ = build_networks(self.config)
-        generator.load_state_dict(ema_generator_weights(load_ema_weights(self.checkpoint(checkpoint))))
-        return generator.to(device)
+        for candidate in candidates:
+            try:
+                generator.load_state_dict(ema_generator_weights(load_ema_weights(candidate)))
+            except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as error:  # missing, torn, foreign
+                problem = f"{candidate / EMA_FILE} cannot be read ({type(error).__name__}: {str(error).splitlines()[0]})"
+                if checkpoint:
+                    raise RunNotFound(f"--checkpoint {checkpoint}: {problem}; pass another --checkpoint") from None
+                print(f"warning: {problem}; trying the checkpoint before it", file=sys.stderr)
+                continue
+            return generator.to(device), candidate
+        raise RunNotFound(f"--run {self.path}: no checkpoint with a readable {EMA_FILE}; train again or restore one")
 
-    def step(self, checkpoint: Path | None = None) -> int | None:
-        return checkpoint_step(self.checkpoint(checkpoint))
+    @staticmethod
+    def step(checkpoint: Path) -> int | None:
+        return checkpoint_step(checkpoint)

@@ -7,6 +7,7 @@ do not inherit it. The file holds the holder's host, pid and start time for the 
 On NFS (v3 with lockd, v4) the lock holds across nodes; on Lustre only with the `flock` or
 `localflock` mount option (`localflock`: per node only); GPFS honours it across nodes.
 """
+import contextlib
 import fcntl
 import json
 import os
@@ -42,6 +43,16 @@ class RunLock:
         os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode(), 0)
         self._fd = fd
         return self
+
+    def undo_if_alone(self) -> None:
+        """After a start that failed: remove the lock file, and --out too when nothing else is in it,
+        so a failed start leaves no trace. Unlinked while still held: whoever opens the name next
+        gets a new file, and nobody can lock the old one in between."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: the folder was there before, or holds more
+            self.path.parent.rmdir()
 
     def release(self) -> None:
         if self._fd is not None:

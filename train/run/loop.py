@@ -23,7 +23,12 @@ from train.report.metrics import StatWindow
 from train.report.monitor import CollapseMonitor
 from train.report.reporter import Reporter
 from train.report.tracking import WandbRun, new_run_id, resolve_wandb_mode
-from train.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from train.run.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 from train.run.config import (
     TrainConfig,
     collapse_thresholds,
@@ -142,142 +147,163 @@ def _train(
     stream = open_stream(
         data, batch_size=config.batch_size, seed=config.seed, rank=rank, world_size=world, pin_memory=device.type == "cuda"
     )
-    objective = make_objective(config, accelerator.scaler, latent_rng)
-    eval_noise = fixed_noise(config.num_samples, config.latent_dim, config.seed)
-    modes, std = toy_modes(data.spec.name) if data.spec.is_points else (None, 0.0)
+    # Decoding workers are shut down on every way out, an error included, or the process cannot exit.
+    with contextlib.closing(stream):
+        objective = make_objective(config, accelerator.scaler, latent_rng)
+        eval_noise = fixed_noise(config.num_samples, config.latent_dim, config.seed)
+        modes, std = toy_modes(data.spec.name) if data.spec.is_points else (None, 0.0)
 
-    fid = None
-    if config.fid_every:
-        try:
-            fid = FIDEvaluator(
-                accelerator,
-                data,
-                num_samples=config.fid_samples,
-                batch_size=config.batch_size,
-                cache_dir=Path(config.fid_cache).expanduser(),
-                seed=config.seed,
-                weights_path=config.fid_weights,
-            )
-        except FIDUnavailable as error:  # a long run is worth more than its FID curve
-            if accelerator.is_main_process:
-                print(f"error: {error}; training continues with FID disabled", file=sys.stderr)
-    monitor = CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key)
-    window = StatWindow()
-    state = TrainState(latent_rng=latent_rng, stream=stream, window=window, objective=objective, monitor=monitor,
-                       run_id=new_run_id())
-    collapsed, end = False, RunEnd(RunStatus.FINISHED, config.max_steps)
-    resumed = resuming(config)
-    if resumed:
-        ema.load_state_dict(load_checkpoint(accelerator, latest_checkpoint(out), state))
-        accelerator.print(f"resumed from step {state.step}")
-    if accelerator.is_main_process:
-        save_config(config, out)
-    reporter.start(
-        resume_step=state.step if resumed else None,
-        run_id=state.run_id,
-        wandb_options=dict(
-            project=config.wandb_project,
-            config=dataclasses.asdict(config),
-            mode=wandb_mode,
-            entity=config.wandb_entity,
-            name=config.wandb_name,
-            tags=config.wandb_tags,
-        ),
-    )
-    if wandb_hint:
-        accelerator.print(wandb_hint.format(dir=out))
-
-    def latents() -> torch.Tensor:
-        return torch.randn(config.batch_size, config.latent_dim, device=device, generator=latent_rng)
-
-    last_real = None
-
-    def next_real() -> torch.Tensor:
-        nonlocal data_wait, last_real
+        fid = None
+        if config.fid_every:
+            try:
+                fid = FIDEvaluator(
+                    accelerator,
+                    data,
+                    num_samples=config.fid_samples,
+                    batch_size=config.batch_size,
+                    cache_dir=Path(config.fid_cache).expanduser(),
+                    seed=config.seed,
+                    weights_path=config.fid_weights,
+                )
+            except FIDUnavailable as error:  # a long run is worth more than its FID curve
+                if accelerator.is_main_process:
+                    print(f"error: {error}; training continues with FID disabled", file=sys.stderr)
+        monitor = CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key)
+        window = StatWindow()
+        state = TrainState(latent_rng=latent_rng, stream=stream, window=window, objective=objective, monitor=monitor,
+                           run_id=new_run_id())
+        collapsed, end = False, RunEnd(RunStatus.FINISHED, config.max_steps)
+        resumed = resuming(config)
+        if resumed:
+            ema.load_state_dict(load_checkpoint(accelerator, latest_checkpoint(out), state))
+            if state.step >= config.max_steps:  # a requeue or a rerun after the last step: nothing to do
+                accelerator.print(
+                    f"the run in {out} already finished at step {state.step}; raise --max-steps to go on"
+                )
+                del generator, critic, g_opt, d_opt
+                _release(accelerator)
+                return RunEnd(RunStatus.FINISHED, state.step, "already finished")
+            accelerator.print(f"resumed from step {state.step}")
+        # The first batch proves the data can be read: until it has been decoded, nothing is
+        # written to --out, so a bad start leaves no half-made run behind.
         waited = time.perf_counter()
-        batch = next(stream)
-        data_wait += time.perf_counter() - waited
-        last_real = to_model_input(batch, device)
-        return last_real
+        first_batch = [next(stream)]
+        data_wait = time.perf_counter() - waited
 
-    real_per_step = config.batch_size * config.critic_steps * config.grad_accum * world
-    progress = tqdm(
-        total=config.max_steps, initial=state.step, unit="step", disable=not accelerator.is_main_process
-    )
-    window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
-    for step in range(state.step + 1, config.max_steps + 1):
-        state.step = step
-        state.skipped_steps += adversarial_step(
-            accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents,
-            config.critic_steps, config.grad_accum, window.add,
+        if accelerator.is_main_process:
+            remove_partial_checkpoints(out)
+            save_config(config, out)
+        reporter.start(
+            resume_step=state.step if resumed else None,
+            run_id=state.run_id,
+            wandb_options=dict(
+                project=config.wandb_project,
+                config=dataclasses.asdict(config),
+                mode=wandb_mode,
+                entity=config.wandb_entity,
+                name=config.wandb_name,
+                tags=config.wandb_tags,
+            ),
         )
-        ema.update(accelerator.unwrap_model(generator))
-        window_steps += 1
-        progress.update()
+        if wandb_hint:
+            accelerator.print(wandb_hint.format(dir=out))
 
-        last = step == config.max_steps
-        if step % config.log_every == 0 or last:
-            means = window.means(accelerator)
-            counters = stream.counters()
-            if counters:  # rows read and skipped, summed over ranks: every rank takes the same decision
-                totals = accelerator.reduce(torch.tensor(list(counters.values()), device=device), reduction="sum")
-                counters = dict(zip(counters, totals.tolist()))
-                check_skipped(data.spec, counters["data_read"], counters["data_skipped"])
-            elapsed = time.perf_counter() - window_start
-            record = {
-                "step": step,
-                **means,
-                "img_per_s": real_per_step * window_steps / elapsed,
-                "data_wait_frac": data_wait / elapsed,
-                "lr": config.lr,
-                "skipped_steps": state.skipped_steps,
-                "world_size": world,
-                **counters,
-            }
-            if device.type == "cuda":
-                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30  # peak in this window
-                torch.cuda.reset_peak_memory_stats(device)
-            reporter.log(record)
-            warnings = monitor.observe_losses(record)  # the same means, so the same verdict, on every rank
-            reporter.alert(step, warnings)
-            collapsed |= bool(warnings)
-            if accelerator.is_main_process:
-                progress.set_postfix(img_s=f"{record['img_per_s']:.0f}", d_loss=f"{means['d_loss']:.3f}", refresh=False)
-            window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
-            if step % config.log_every == 0:
-                # A final, off-cadence line leaves the window open: a resumed run then logs the
-                # same means at the next regular step as an uninterrupted one.
-                window.reset()
-        if step % config.sample_every == 0 or last:
-            # Before the checkpoint, so that the diversity seen here is part of the saved monitor.
-            sample_alarm = False
-            if accelerator.is_main_process:
-                samples = render_samples(ema.generator, eval_noise)
-                reporter.samples(step, samples, last_real, modes, std)
-                warnings = monitor.observe_samples(step, samples)
+        def latents() -> torch.Tensor:
+            return torch.randn(config.batch_size, config.latent_dim, device=device, generator=latent_rng)
+
+        last_real = None
+
+        def next_real() -> torch.Tensor:
+            nonlocal data_wait, last_real
+            waited = time.perf_counter()
+            batch = first_batch.pop() if first_batch else next(stream)
+            data_wait += time.perf_counter() - waited
+            last_real = to_model_input(batch, device)
+            return last_real
+
+        real_per_step = config.batch_size * config.critic_steps * config.grad_accum * world
+        progress = tqdm(
+            total=config.max_steps, initial=state.step, unit="step", disable=not accelerator.is_main_process
+        )
+        window_start, window_steps = time.perf_counter(), 0
+        for step in range(state.step + 1, config.max_steps + 1):
+            state.step = step
+            state.skipped_steps += adversarial_step(
+                accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents,
+                config.critic_steps, config.grad_accum, window.add,
+            )
+            ema.update(accelerator.unwrap_model(generator))
+            window_steps += 1
+            progress.update()
+
+            last = step == config.max_steps
+            if step % config.log_every == 0 or last:
+                means = window.means(accelerator)
+                counters = stream.counters()
+                if counters:  # rows read and skipped, summed over ranks: every rank takes the same decision
+                    totals = accelerator.reduce(torch.tensor(list(counters.values()), device=device), reduction="sum")
+                    counters = dict(zip(counters, totals.tolist()))
+                    check_skipped(data.spec, counters["data_read"], counters["data_skipped"])
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": step,
+                    **means,
+                    "img_per_s": real_per_step * window_steps / elapsed,
+                    "data_wait_frac": data_wait / elapsed,
+                    "lr": config.lr,
+                    "skipped_steps": state.skipped_steps,
+                    "world_size": world,
+                    **counters,
+                }
+                if device.type == "cuda":
+                    record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30  # peak in this window
+                    torch.cuda.reset_peak_memory_stats(device)
+                reporter.log(record)
+                warnings = monitor.observe_losses(record)  # the same means, so the same verdict, on every rank
                 reporter.alert(step, warnings)
-                sample_alarm = bool(warnings)
-            if config.stop_on_collapse:  # the samples live on the main process: its verdict for all
-                collapsed |= bool(broadcast(torch.tensor([int(sample_alarm)], device=device)).item())
-        if fid is not None and (step % config.fid_every == 0 or last):
-            scores = fid.evaluate(ema.generator, config.latent_dim)  # collective: every rank
-            reporter.log({"step": step, **scores, "fid_samples": config.fid_samples})
-        stop_reason = stop.agreed()  # collective: every rank, every step
-        if config.stop_on_collapse and collapsed:
-            end = RunEnd(RunStatus.COLLAPSED, step, "collapse alarm (--stop-on-collapse)")
-        elif stop_reason and not last:
-            end = RunEnd(RunStatus.STOPPED, step, stop_reason)
-        stopping = end.status is not RunStatus.FINISHED
-        if step % config.ckpt_every == 0 or last or stopping:
-            save_checkpoint(accelerator, out, state, ema.state_dict(), config.keep_checkpoints)
-        if stopping:
-            accelerator.print(f"stopped at step {step}: {end.reason}; checkpoint saved")
-            break
-    progress.close()
-    reporter.finish(state.step, resumable=end.status is RunStatus.STOPPED)
+                collapsed |= bool(warnings)
+                if accelerator.is_main_process:
+                    progress.set_postfix(img_s=f"{record['img_per_s']:.0f}", d_loss=f"{means['d_loss']:.3f}", refresh=False)
+                window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
+                if step % config.log_every == 0:
+                    # A final, off-cadence line leaves the window open: a resumed run then logs the
+                    # same means at the next regular step as an uninterrupted one.
+                    window.reset()
+            if step % config.sample_every == 0 or last:
+                # Before the checkpoint, so that the diversity seen here is part of the saved monitor.
+                sample_alarm = False
+                if accelerator.is_main_process:
+                    samples = render_samples(ema.generator, eval_noise)
+                    reporter.samples(step, samples, last_real, modes, std)
+                    warnings = monitor.observe_samples(step, samples)
+                    reporter.alert(step, warnings)
+                    sample_alarm = bool(warnings)
+                if config.stop_on_collapse:  # the samples live on the main process: its verdict for all
+                    collapsed |= bool(broadcast(torch.tensor([int(sample_alarm)], device=device)).item())
+            if fid is not None and (step % config.fid_every == 0 or last):
+                scores = fid.evaluate(ema.generator, config.latent_dim)  # collective: every rank
+                reporter.log({"step": step, **scores, "fid_samples": config.fid_samples})
+            stop_reason = stop.agreed()  # collective: every rank, every step
+            if config.stop_on_collapse and collapsed:
+                end = RunEnd(RunStatus.COLLAPSED, step, "collapse alarm (--stop-on-collapse)")
+            elif stop_reason and not last:
+                end = RunEnd(RunStatus.STOPPED, step, stop_reason)
+            stopping = end.status is not RunStatus.FINISHED
+            if step % config.ckpt_every == 0 or last or stopping:
+                save_checkpoint(accelerator, out, state, ema.state_dict(), config.keep_checkpoints)
+            if stopping:
+                accelerator.print(f"stopped at step {step}: {end.reason}; checkpoint saved")
+                break
+        progress.close()
+        reporter.finish(state.step, resumable=end.status is RunStatus.STOPPED)
 
-    # Release the DDP-wrapped models before the process group goes: otherwise gloo can abort at exit.
-    del generator, critic, g_opt, d_opt
+        del generator, critic, g_opt, d_opt
+        _release(accelerator)
+        return end
+
+
+def _release(accelerator: Accelerator) -> None:
+    # The DDP-wrapped models go before the process group (the caller drops its own references
+    # first): otherwise gloo can abort at exit.
     accelerator.free_memory()
     accelerator.end_training()
-    return end

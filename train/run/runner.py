@@ -1,20 +1,28 @@
-"""What every trainer's entry script does: parse and check the flags, train, exit with a code that
-says how the run ended (and leave that in --out/exit_status.json for launchers).
+"""What every trainer's entry script does: parse and check the flags, take --out's lock, train, and
+exit with a code that says how the run ended (also left in --out/exit_status.json for launchers).
 
 The training loop, Accelerate and the data libraries are imported only once the flags are good,
 so `--help` and a bad flag answer at once."""
+import contextlib
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from train.data import DataError, DataSpecError
-from train.run.config import Config, ConfigError, load_config
+from train.run.config import Config, ConfigError, check_run_dir, load_config
+from train.run.lock import RunLock, RunLocked
 from train.run.multi_cpu import relaunch_on_cpu_processes
 from train.run.outcome import BAD_INPUT, EXIT_STATUS_FILE, RunStatus, write_exit_status
 
 if TYPE_CHECKING:
     from train.run.loop import ObjectiveFactory
+
+# Once main has returned, the interpreter's shutdown gets this long before the process is ended
+# with main's exit code: a thread or worker process that will not stop must not hold a Slurm
+# allocation until its time limit.
+EXIT_GRACE_S = 30.0
 
 
 def main(config_cls: type[Config], make_objective: "ObjectiveFactory", description: str, argv: Sequence[str] | None = None) -> int:
@@ -22,17 +30,45 @@ def main(config_cls: type[Config], make_objective: "ObjectiveFactory", descripti
     main_process = os.environ.get("RANK", "0") == "0"
     try:
         config = load_config(config_cls, argv, description)
-        if main_process:  # a launcher reading it must never see the previous run's ending
-            (Path(config.out) / EXIT_STATUS_FILE).unlink(missing_ok=True)
-        from train.run.loop import train
+        out = Path(config.out)
+        # The main process alone holds the lock, for the whole run (every node's ranks share it).
+        with RunLock(out) if main_process else contextlib.nullcontext() as lock:
+            try:
+                check_run_dir(config)  # again: --out may have changed before the lock was ours
+                if main_process:  # a launcher reading it must never see the previous run's ending
+                    (out / EXIT_STATUS_FILE).unlink(missing_ok=True)
+                from train.run.loop import train
 
-        end = train(config, make_objective)
-    except (ConfigError, DataSpecError, DataError) as error:
+                end = train(config, make_objective)
+            except (ConfigError, DataSpecError, DataError):
+                if lock is not None:
+                    lock.undo_if_alone()
+                raise
+            if main_process:
+                write_exit_status(out, end)
+    except (ConfigError, DataSpecError, DataError, RunLocked) as error:
         if main_process:
             print(f"error: {error}", file=sys.stderr)
         return BAD_INPUT
-    if main_process:
-        write_exit_status(Path(config.out), end)
-        if end.status is RunStatus.STOPPED:
-            print(f"exit code {end.status.exit_code}: stopped early and resumable; continue with --resume (or --resume auto)", flush=True)
+    if main_process and end.status is RunStatus.STOPPED:
+        print(f"exit code {end.status.exit_code}: stopped early and resumable; continue with --resume (or --resume auto)", flush=True)
     return end.status.exit_code
+
+
+def exit_promptly(code: int, grace_s: float = EXIT_GRACE_S) -> NoReturn:
+    """sys.exit(code), and should the interpreter's shutdown hang, end the process with `code` anyway."""
+
+    def force() -> None:
+        print(f"exit: shutdown still not done after {grace_s:.0f} s; ending the process", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)
+
+    timer = threading.Timer(grace_s, force)
+    timer.daemon = True
+    timer.start()
+    sys.exit(code)
+
+
+def run_trainer(config_cls: type[Config], make_objective: "ObjectiveFactory", description: str) -> NoReturn:
+    """A recipe's `__main__`: main, then a bounded exit with its code."""
+    exit_promptly(main(config_cls, make_objective, description))

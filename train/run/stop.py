@@ -12,6 +12,7 @@ rank writes its pid there once its handlers are in place (launch/slurm/node.sh r
 import os
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,23 +25,34 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+AFTER_END_GRACE_S = 5.0  # for writing exit_status.json and leaving, once the run has ended
 PID_DIR_VARIABLE = "FACEGAN_PID_DIR"
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 def parse_duration(text: str) -> int:
-    """Seconds in '11h30m', '45m', '90s', '1d2h', '5400' or '11:30:00'; ValueError otherwise."""
+    """Seconds in '11h30m', '45m', '90s', '1d2h', '5400' or '11:30:00'; ValueError otherwise.
+
+    The first field may be any size ('90m', '36:00:00'); a field after it must be within its unit's
+    range (minutes and seconds below 60, hours below 24 after days), so '1:99:99' is refused."""
     text = text.strip().lower()
     if text.isdigit():
-        return int(text)
-    if re.fullmatch(r"\d+:\d{1,2}:\d{1,2}", text):
+        fields = [(int(text), 1, None)]
+    elif re.fullmatch(r"\d+:\d{1,2}:\d{1,2}", text):
         hours, minutes, seconds = map(int, text.split(":"))
-        return hours * 3600 + minutes * 60 + seconds
-    match = _DURATION.match(text)
-    if not text or not match:
-        raise ValueError(text)
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+        fields = [(hours, 3600, None), (minutes, 60, 60), (seconds, 1, 60)]
+    elif text and (match := _DURATION.match(text)):
+        units = zip(match.groups(), (86400, 3600, 60, 1), (None, 24, 60, 60))
+        fields = [(int(value), size, limit) for value, size, limit in units if value is not None]
+    else:
+        raise ValueError(f"{text!r} is not a duration")
+    for position, (value, _, limit) in enumerate(fields):
+        if position and value >= limit:
+            raise ValueError(f"{value} is out of range for its unit (below {limit})")
+    total = sum(value * size for value, size, _ in fields)
+    if total <= 0:
+        raise ValueError("it is no time at all")
+    return total
 
 
 class GracefulStop:
@@ -48,7 +60,8 @@ class GracefulStop:
 
     Use as a context manager around the run. The handlers stay after it: a signal that comes
     once the run has ended (Slurm's SIGTERM at the time limit, a launcher passing one on) must not
-    kill the process before it has reported how the run ended.
+    kill the process before it has reported how the run ended; but a process that has still not
+    exited AFTER_END_GRACE_S later is ended, as the signal asked.
     """
 
     def __init__(self, accelerator: "Accelerator", time_limit_s: float | None):
@@ -83,7 +96,10 @@ class GracefulStop:
     def _on_signal(self, signum: int, frame) -> None:
         name, rank = signal.Signals(signum).name, self.accelerator.process_index
         if self.ended:
-            message = "the run has already ended"
+            message = f"the run has already ended; the process ends within {AFTER_END_GRACE_S:.0f} s"
+            timer = threading.Timer(AFTER_END_GRACE_S, os._exit, (128 + signum,))  # the shell's code for it
+            timer.daemon = True
+            timer.start()
         elif self.signal_name is None:
             self.signal_name = name
             message = "stopping after this step with a checkpoint"
