@@ -84,15 +84,21 @@ def save_checkpoint(
     return final
 
 
+def load_weights(accelerator: "Accelerator", path: Path) -> dict[str, torch.Tensor]:
+    """Restore models, optimizers, scaler and RNGs in place; return the EMA state."""
+    accelerator.load_state(str(path))
+    return load_file(path / EMA_FILE)
+
+
 def load_checkpoint(accelerator: "Accelerator", path: Path, state: "TrainState") -> dict[str, torch.Tensor]:
     """Restore models, optimizers, scaler, RNGs and this rank's train state in place; return the EMA state."""
-    accelerator.load_state(str(path))
+    ema_state = load_weights(accelerator, path)
     rank_path = path / _rank_file(accelerator.process_index)
     if rank_path.exists():
         state.load_state_dict(torch.load(rank_path, map_location="cpu", weights_only=True))
     else:  # more ranks than the run that saved it
         state.continue_fresh_at(checkpoint_step(path))
-    return load_file(path / EMA_FILE)
+    return ema_state
 
 
 def load_ema_weights(path: Path) -> dict[str, torch.Tensor]:

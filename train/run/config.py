@@ -125,6 +125,10 @@ class TrainConfig:
     collapse_flat_window: int = flag(20, "collapse alarm: generator loss over this many log lines ...")
     collapse_flat_tolerance: float = flag(1e-3, "... moving less than this, max - min (0: off)")
     collapse_diversity_drop: float = flag(0.5, "collapse alarm: fixed-noise sample diversity below this fraction of its maximum (0: off)")
+    nonfinite_patience: int = flag(
+        20, "non-finite steps in a row (each update with a NaN/Inf gradient is left out) before the run rolls back to its last checkpoint"
+    )
+    max_rollbacks: int = flag(3, "rollbacks before a run that keeps diverging stops with a checkpoint, exit code 4")
     stop_on_collapse: bool = flag(False, "stop the run with a checkpoint (exit code 3) when a collapse or divergence alarm fires")
     debug: bool = flag(False, "tiny model on synthetic data (MLP on toy data), a few dozen steps, no network")
 
@@ -223,10 +227,10 @@ def _saved_config(out: Path) -> dict[str, Any]:
 def check_config(config: TrainConfig) -> None:
     """Every check that needs no compute, so a bad start fails before touching --out."""
     for name in ("batch_size", "grad_accum", "critic_steps", "max_steps", "log_every", "sample_every",
-                 "ckpt_every", "keep_checkpoints", "num_samples", "latent_dim", "fid_samples"):
+                 "ckpt_every", "keep_checkpoints", "num_samples", "latent_dim", "fid_samples", "nonfinite_patience"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be at least 1")
-    for name in ("workers", "celeba_crop", "shuffle_buffer", "fid_every"):
+    for name in ("workers", "celeba_crop", "shuffle_buffer", "fid_every", "max_rollbacks"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be 0 or more")
     if not all(0 <= value <= 255 for value in config.alpha_background):

@@ -13,8 +13,10 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast
 from torch import nn
+from torch.nn.utils import get_total_norm
 from tqdm.auto import tqdm
 
+from train.common.failpoints import step_window
 from train.common.seeds import SeedPurpose, stream_seed
 from train.data import check_skipped, open_stream, to_model_input, toy_modes
 from train.gan.objectives import Objective
@@ -26,6 +28,7 @@ from train.report.tracking import WandbRun, new_run_id, resolve_wandb_mode
 from train.run.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    load_weights,
     remove_partial_checkpoints,
     save_checkpoint,
 )
@@ -42,6 +45,9 @@ from train.run.outcome import RunEnd, RunStatus
 from train.run.precision import resolve_mixed_precision
 from train.run.state import TrainState
 from train.run.stop import GracefulStop
+
+# Test-only fault injection (train/common/failpoints.py): empty ranges unless set.
+POISONED_LOSS_STEPS, POISONED_GRAD_STEPS = step_window("nonfinite_loss"), step_window("nonfinite_grad")
 
 ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.Generator], Objective]
 
@@ -60,6 +66,12 @@ def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accele
     )
 
 
+@dataclasses.dataclass
+class StepResult:
+    skipped_updates: int  # optimizer updates left out for non-finite gradients (or an fp16 overflow)
+    generator_updated: bool
+
+
 def adversarial_step(
     accelerator: Accelerator,
     generator: nn.Module,
@@ -72,13 +84,19 @@ def adversarial_step(
     critic_steps: int,
     grad_accum: int,
     record: Callable[[dict], None],
-) -> int:
+    poison: str | None = None,
+) -> StepResult:
     """`critic_steps` critic updates, then one generator update, each over `grad_accum`
-    micro-batches; returns how many optimizer steps the fp16 GradScaler skipped."""
+    micro-batches. An update whose gradients are not all finite is left out, so no NaN or Inf
+    reaches the weights or the optimizers' state. `poison` ("loss" or "grad") is the fault
+    injection of train.common.failpoints: a non-finite loss or gradient in every phase."""
 
     def sync_unless_last(model: nn.Module, micro: int):
         # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
         return accelerator.no_sync(model) if micro < grad_accum - 1 else contextlib.nullcontext()
+
+    def backward(loss: torch.Tensor) -> None:
+        accelerator.backward((loss * float("nan") if poison == "loss" else loss) / grad_accum)
 
     skipped = 0
     generator.train()
@@ -90,23 +108,34 @@ def adversarial_step(
                 fake = generator(latents())
             with sync_unless_last(critic, micro):
                 loss, stats = objective.critic_loss(critic, real, fake)
-                accelerator.backward(loss / grad_accum)
+                backward(loss)
             record(stats)
-        d_opt.step()
-        skipped += d_opt.step_was_skipped
-        d_opt.zero_grad(set_to_none=True)
+        skipped += not _update(accelerator, d_opt, critic, poison)
 
     # Frozen, the critic's weights get no gradients from the generator's loss (and DDP expects none).
     critic.requires_grad_(False)
     for micro in range(grad_accum):
         with sync_unless_last(generator, micro):
             loss, stats = objective.generator_loss(critic, generator(latents()))
-            accelerator.backward(loss / grad_accum)
+            backward(loss)
         record(stats)
-    g_opt.step()
-    skipped += g_opt.step_was_skipped
-    g_opt.zero_grad(set_to_none=True)
-    return skipped
+    generator_updated = _update(accelerator, g_opt, generator, poison)
+    return StepResult(skipped + (not generator_updated), generator_updated)
+
+
+def _update(accelerator: Accelerator, optimizer: torch.optim.Optimizer, model: nn.Module, poison: str | None) -> bool:
+    """Step the optimizer unless a gradient is non-finite; whether it stepped. Under DDP every rank
+    holds the same all-reduced gradients, so every rank takes the same decision."""
+    if poison == "grad":
+        next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+    if accelerator.scaler is None:  # under fp16 the GradScaler makes this same check itself
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(get_total_norm(grads)):  # one host sync per update
+            optimizer.zero_grad(set_to_none=True)
+            return False
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return not optimizer.step_was_skipped
 
 
 def train(config: TrainConfig, make_objective: ObjectiveFactory) -> RunEnd:
@@ -228,11 +257,33 @@ def _train(
         window_start, window_steps = time.perf_counter(), 0
         for step in range(state.step + 1, config.max_steps + 1):
             state.step = step
-            state.skipped_steps += adversarial_step(
+            poison = "loss" if step in POISONED_LOSS_STEPS else "grad" if step in POISONED_GRAD_STEPS else None
+            result = adversarial_step(
                 accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents,
-                config.critic_steps, config.grad_accum, window.add,
+                config.critic_steps, config.grad_accum, window.add, poison,
             )
-            ema.update(accelerator.unwrap_model(generator))
+            state.skipped_steps += result.skipped_updates
+            if result.generator_updated:
+                ema.update(accelerator.unwrap_model(generator))
+            state.nonfinite_streak = state.nonfinite_streak + 1 if result.skipped_updates else 0
+            if state.nonfinite_streak >= config.nonfinite_patience:
+                if state.rollbacks >= config.max_rollbacks:
+                    end = RunEnd(
+                        RunStatus.DIVERGED, step,
+                        f"{state.nonfinite_streak} non-finite steps in a row after {state.rollbacks} rollbacks",
+                    )
+                elif (checkpoint := latest_checkpoint(out)) is None:
+                    end = RunEnd(RunStatus.DIVERGED, step, f"{state.nonfinite_streak} non-finite steps in a row, no checkpoint to roll back to")
+                else:
+                    # The weights go back; the step count, the data position and the latent stream
+                    # go on, so the batches that led here are not replayed and no step is logged twice.
+                    ema.load_state_dict(load_weights(accelerator, checkpoint))
+                    state.nonfinite_streak, state.rollbacks = 0, state.rollbacks + 1
+                    reporter.alert(step, [
+                        f"divergence: {config.nonfinite_patience} non-finite steps in a row; weights, optimizers"
+                        f" and EMA rolled back to {checkpoint.name} (rollback {state.rollbacks} of at most"
+                        f" {config.max_rollbacks}); training goes on with new data"
+                    ])
             window_steps += 1
             progress.update()
 
@@ -284,7 +335,9 @@ def _train(
                 scores = fid.evaluate(ema.generator, config.latent_dim)  # collective: every rank
                 reporter.log({"step": step, **scores, "fid_samples": config.fid_samples})
             stop_reason = stop.agreed()  # collective: every rank, every step
-            if config.stop_on_collapse and collapsed:
+            if end.status is not RunStatus.FINISHED:
+                pass  # diverged, above
+            elif config.stop_on_collapse and collapsed:
                 end = RunEnd(RunStatus.COLLAPSED, step, "collapse alarm (--stop-on-collapse)")
             elif stop_reason and not last:
                 end = RunEnd(RunStatus.STOPPED, step, stop_reason)

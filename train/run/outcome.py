@@ -14,11 +14,12 @@ class RunStatus(str, Enum):
     FINISHED = "finished"
     COLLAPSED = "collapsed"  # a collapse alarm with --stop-on-collapse
     STOPPED = "stopped"  # a signal or --time-limit: resumable
+    DIVERGED = "diverged"  # non-finite values kept coming after --max-rollbacks rollbacks
 
     @property
     def exit_code(self) -> int:
         # 75 is sysexits' EX_TEMPFAIL, "try again later": the launchers requeue or resume on it.
-        return {"finished": 0, "collapsed": 3, "stopped": 75}[self.value]
+        return {"finished": 0, "collapsed": 3, "diverged": 4, "stopped": 75}[self.value]
 
 
 @dataclass

@@ -17,6 +17,7 @@ class TrainState:
     def __init__(self, *, latent_rng: torch.Generator, stream: BatchStream, window: StatWindow,
                  objective: Objective, monitor: CollapseMonitor, run_id: str):
         self.step, self.skipped_steps = 0, 0
+        self.nonfinite_streak, self.rollbacks = 0, 0  # non-finite steps in a row; rollbacks so far
         self.latent_rng, self.stream, self.window = latent_rng, stream, window
         self.objective, self.monitor, self.run_id = objective, monitor, run_id
 
@@ -27,6 +28,8 @@ class TrainState:
             "data": self.stream.state_dict(),
             "window": self.window.state_dict(),
             "skipped": self.skipped_steps,
+            "nonfinite_streak": self.nonfinite_streak,
+            "rollbacks": self.rollbacks,
             "objective": self.objective.state_dict(),
             "monitor": self.monitor.state_dict(),
             "wandb_run_id": self.run_id,
@@ -38,6 +41,7 @@ class TrainState:
         self.stream.load_state_dict(state["data"])
         self.window.load_state_dict(state["window"], self.latent_rng.device)
         self.skipped_steps = int(state["skipped"])
+        self.nonfinite_streak, self.rollbacks = int(state["nonfinite_streak"]), int(state["rollbacks"])
         self.objective.load_state_dict(state["objective"])
         self.monitor.load_state_dict(state["monitor"])
         self.run_id = state["wandb_run_id"]

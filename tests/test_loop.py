@@ -1,0 +1,123 @@
+"""train/run/loop.py: non-finite gradients never reach the weights; the run rolls back, then stops."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from tests.conftest import run_script
+from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
+from train.gan.objectives import WGANGP
+from train.report.metrics import read_metrics
+from train.run.loop import adversarial_step
+from train.run.networks import build_networks
+from train.wgangp import WGANGPConfig
+
+CRITIC_STEPS = 2
+
+
+def toy_setup(scaler: torch.amp.GradScaler | None = None):
+    accelerator = Accelerator(cpu=True)
+    accelerator.scaler = scaler  # the fp16 path's GradScaler, which torch runs on the CPU (Accelerate will not)
+    config = WGANGPConfig(model="mlp", latent_dim=2, mlp_hidden=16, data="toy:8gaussians")
+    generator, critic = build_networks(config)
+    g_opt, d_opt = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (generator, critic))
+    prepared = accelerator.prepare(generator, critic, g_opt, d_opt)
+    stream = open_stream(DataOptions(parse_data_spec("toy:8gaussians"), 64), batch_size=16, seed=0, rank=0, world_size=1)
+    rng = torch.Generator().manual_seed(0)
+    objective = WGANGP(gp_weight=0.1, scaler=scaler, rng=rng)
+
+    def step(poison=None):
+        return adversarial_step(accelerator, *prepared, objective, lambda: to_model_input(next(stream), "cpu"),
+                                lambda: torch.randn(16, 2, generator=rng), CRITIC_STEPS, 1, lambda stats: None, poison)
+
+    return step, prepared
+
+
+def snapshot(prepared) -> list[torch.Tensor]:
+    generator, critic, g_opt, d_opt = prepared
+    tensors = [p.detach().clone() for m in (generator, critic) for p in m.parameters()]
+    for optimizer in (g_opt, d_opt):
+        tensors += [v.clone() for s in optimizer.state_dict()["state"].values() for v in s.values() if torch.is_tensor(v)]
+    return tensors
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad"])
+def test_a_non_finite_loss_or_gradient_leaves_weights_and_optimizer_state_untouched(poison):
+    step, prepared = toy_setup()
+    assert step().skipped_updates == 0  # the optimizers now hold state
+    before = snapshot(prepared)
+    result = step(poison)
+    assert (result.skipped_updates, result.generator_updated) == (CRITIC_STEPS + 1, False)
+    after = snapshot(prepared)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.isfinite(t).all() for t in after)
+    healthy = step()
+    assert (healthy.skipped_updates, healthy.generator_updated) == (0, True)
+    assert not all(torch.equal(a, b) for a, b in zip(after, snapshot(prepared)))
+
+
+def test_under_the_fp16_grad_scaler_a_non_finite_step_is_skipped_and_the_scale_lowered():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    step, prepared = toy_setup(scaler)
+    step()
+    before, scale = snapshot(prepared), scaler.get_scale()
+    result = step("loss")
+    assert (result.skipped_updates, result.generator_updated) == (CRITIC_STEPS + 1, False)
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot(prepared)))
+    assert scaler.get_scale() < scale  # halved once per skipped update
+    assert step().generator_updated and all(torch.isfinite(t).all() for t in snapshot(prepared))
+
+
+def finite_checkpoint(path: Path) -> bool:
+    tensors = [t for name in ("model.safetensors", "model_1.safetensors", "ema.safetensors") for t in load_file(path / name).values()]
+    optimizers = [torch.load(path / name, weights_only=True) for name in ("optimizer.bin", "optimizer_1.bin")]
+    tensors += [v for o in optimizers for s in o["state"].values() for v in s.values() if torch.is_tensor(v)]
+    return all(torch.isfinite(t).all() for t in tensors)
+
+
+DEBUG = ["--debug", "--log-every", "1", "--sample-every", "100", "--ckpt-every", "5", "--nonfinite-patience", "3"]
+
+
+def test_a_short_burst_is_skipped_and_counted_and_the_run_finishes(tmp_path):
+    out = tmp_path / "run"
+    env = {"FACEGAN_FAILPOINTS": "nonfinite_loss=7:2"}
+    result = run_script("train/wgangp.py", *DEBUG, "--max-steps", "12", "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
+    assert records[6]["skipped_steps"] == 0 and records[8]["skipped_steps"] == 2 * 6  # 5 critic + 1 generator each
+    assert records[12]["skipped_steps"] == 12 and "rolled back" not in result.stdout
+    assert finite_checkpoint(out / "checkpoints" / "step_000012")
+
+
+def test_a_lasting_divergence_rolls_back_then_stops_with_a_checkpoint_and_exit_code_4(tmp_path):
+    out = tmp_path / "run"
+    env = {"FACEGAN_FAILPOINTS": "nonfinite_loss=7:100"}
+    result = run_script("train/wgangp.py", *DEBUG, "--max-steps", "40", "--max-rollbacks", "2", "--out", str(out), env=env)
+    assert result.returncode == 4, result.stderr[-3000:]
+    # steps 7-9 non-finite: back to step 5; 10-12: back to step 10; 13-15: no rollbacks left
+    assert result.stdout.count("rolled back to") == 2
+    assert "rolled back to step_000005 (rollback 1 of at most 2)" in result.stdout
+    assert "rolled back to step_000010 (rollback 2 of at most 2)" in result.stdout
+    status = json.loads((out / "exit_status.json").read_text())
+    assert (status["status"], status["step"], status["exit_code"]) == ("diverged", 15, 4)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 16))  # each step once
+    assert finite_checkpoint(out / "checkpoints" / "step_000015")
+    state = torch.load(out / "checkpoints" / "step_000015" / "train_state_0.pt", weights_only=True)
+    assert (state["rollbacks"], state["nonfinite_streak"]) == (2, 3)
+
+
+def test_two_processes_take_the_same_decisions(tmp_path):
+    out = tmp_path / "run"
+    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]
+    env = {"FACEGAN_FAILPOINTS": "nonfinite_loss=6:100"}
+    result = run_script("train/wgangp.py", *DEBUG, "--max-steps", "20", "--max-rollbacks", "1", "--out", str(out),
+                        env=env, launcher=launcher)
+    status = json.loads((out / "exit_status.json").read_text())
+    assert (status["status"], status["step"]) == ("diverged", 11), result.stderr[-3000:]  # 6-8: back to 5; 9-11: stop
+    states = [torch.load(out / "checkpoints" / "step_000011" / f"train_state_{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [(s["rollbacks"], s["nonfinite_streak"], s["skipped"]) for s in states] == [(1, 3, 36)] * 2
+    assert finite_checkpoint(out / "checkpoints" / "step_000011")

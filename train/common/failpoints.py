@@ -1,0 +1,35 @@
+"""Test-only fault injection: inert unless $FACEGAN_FAILPOINTS names a failpoint.
+
+    FACEGAN_FAILPOINTS="checkpoint_pause=2;nonfinite_loss=5:3"
+
+`failpoint(name)` returns the named value (a string; "" for a bare name) or None. The variable is
+read once, at import; with it unset each call is one lookup in an empty dict, so the sites may sit
+on the hot path. The failpoints and what they do are listed in the README's Reliability section.
+"""
+import os
+
+VARIABLE = "FACEGAN_FAILPOINTS"
+
+
+def _parse(text: str) -> dict[str, str]:
+    points = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, _, value = item.partition("=")
+        points[name.strip()] = value.strip()
+    return points
+
+
+_ACTIVE = _parse(os.environ.get(VARIABLE, ""))
+
+
+def failpoint(name: str) -> str | None:
+    return _ACTIVE.get(name)
+
+
+def step_window(name: str) -> range:
+    """A failpoint whose value is `FIRST:COUNT` (or `FIRST`), as the steps it covers; empty if unset."""
+    value = failpoint(name)
+    if value is None:
+        return range(0)
+    first, _, count = value.partition(":")
+    return range(int(first), int(first) + int(count or 1))
