@@ -1,16 +1,31 @@
-"""train/run/checkpoint.py: atomic, pruned, safely loadable checkpoints."""
+"""train/run/checkpoint.py: atomic, durable, pruned, safely loadable checkpoints; damaged ones passed
+over on resume; a save that cannot be written removed whole, on every rank."""
+import errno
+import os
+from pathlib import Path
+
+import pytest
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from train.common import failpoints
 from train.data import DataOptions, open_stream, parse_data_spec
 from train.gan.objectives import WGANGP
 from train.report.metrics import StatWindow
 from train.report.monitor import CollapseMonitor, CollapseThresholds
 from train.run.checkpoint import (
+    CheckpointLayout,
+    CheckpointWriteError,
+    DamagedCheckpoint,
+    NoWholeCheckpoint,
+    checkpoint_damage,
+    checkpoint_to_resume,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    newest_whole_checkpoint,
+    remove_partial_checkpoints,
     save_checkpoint,
 )
 from train.run.state import TrainState
@@ -90,11 +105,229 @@ def test_load_restores_weights_optimizer_and_rank_state(tmp_path):
     torch.testing.assert_close(ema_state["module.weight"], torch.full((2,), 7.0))
 
 
-def test_a_rank_the_saved_run_did_not_have_continues_at_its_step_with_fresh_streams(tmp_path):
+def test_resumed_on_another_number_of_processes_the_run_goes_on_and_the_streams_start_afresh(tmp_path):
+    saved = train_state(seed=9)
+    saved.step, saved.skipped_steps, saved.rollbacks, saved.world_size = 9, 4, 1, 2  # made by 2 processes
+    saved.window.add({"d_loss": torch.tensor(3.0)})
+    next(saved.stream)
+    state = train_state(seed=1, run_id="fresh")  # one process now
+    state.load_state_dict(saved.state_dict())
+    assert not state.restored_streams
+    assert (state.step, state.skipped_steps, state.rollbacks, state.run_id) == (9, 4, 1, "abcd1234")
+    assert torch.equal(next(state.stream), next(train_state(seed=1).stream))  # its own share, from its start
+    assert state.window.counts == {}
+
+    same = train_state(seed=1)
+    saved.world_size = 1
+    same.load_state_dict(saved.state_dict())
+    assert same.restored_streams and same.window.counts == {"d_loss": 1}
+
+
+def test_a_resave_that_died_between_its_two_renames_gets_the_old_checkpoint_back(tmp_path):
     accelerator, _, _ = setup()
-    path = save(accelerator, tmp_path, 9)
-    (path / "train_state_0.pt").rename(path / "train_state_5.pt")  # as if this process were rank 0 of more
-    state = train_state(seed=1, run_id="fresh")
-    load_checkpoint(accelerator, path, state)
-    assert (state.step, state.run_id) == (9, "fresh")
-    assert torch.equal(next(state.stream), next(train_state(seed=1).stream))
+    path = save(accelerator, tmp_path, 10)
+    path.rename(path.with_name("step_000010.old"))  # killed after moving the old one aside...
+    (tmp_path / "checkpoints" / "step_000010.tmp").mkdir()  # ...before the new one took its name
+    remove_partial_checkpoints(tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000010"]
+    load_checkpoint(accelerator, path, train_state())
+
+
+# Durability: files, then their folder, fsynced before the rename; the rename fsynced after it.
+
+
+def setup_pair():
+    """Two models and two optimizers, as the loop prepares them: model_1.safetensors, optimizer_1.bin.
+    Big enough that half a file ends past the header, in the tensors."""
+    accelerator = Accelerator(cpu=True)
+    generator, critic = nn.Linear(64, 64), nn.Linear(64, 1)
+    g_opt, d_opt = torch.optim.Adam(generator.parameters()), torch.optim.Adam(critic.parameters())
+    accelerator.prepare(generator, critic, g_opt, d_opt)
+    return accelerator
+
+
+ONE_RANK_FILES = {
+    "model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin",
+    "random_states_0.pkl", "train_state_0.pt", "ema.safetensors",
+}
+
+
+def test_every_file_then_the_folder_is_fsynced_before_the_rename_and_the_rename_after_it(tmp_path, monkeypatch):
+    accelerator = setup_pair()
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+
+    def fsync(descriptor):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{descriptor}"))))
+        real_fsync(descriptor)
+
+    def rename(source, target, **kwargs):
+        events.append(("rename", Path(source).resolve(), Path(target).resolve()))
+        real_rename(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    final = save(accelerator, tmp_path, 10).resolve()
+    tmp = final.with_name("step_000010.tmp")
+    assert {p.name for p in final.iterdir()} == ONE_RANK_FILES
+    renames = [i for i, event in enumerate(events) if event[0] == "rename"]
+    assert [events[i] for i in renames] == [("rename", tmp, final)]
+    before, after = events[: renames[0]], events[renames[0] + 1 :]
+    assert {path.name for _, path in before[:-1]} == ONE_RANK_FILES  # every file, each in the folder
+    assert all(path.parent == tmp for _, path in before[:-1])
+    assert before[-1] == ("fsync", tmp) and after == [("fsync", final.parent)]
+
+    events.clear()  # the same step again: the old one is swapped out only by durable renames
+    save(accelerator, tmp_path, 10)
+    stale = final.with_name("step_000010.old")
+    assert [e for e in events if e[0] == "rename"] == [("rename", final, stale), ("rename", tmp, final)]
+    assert events[-1] == ("fsync", final.parent) and events[-4] == ("fsync", tmp)
+    assert not stale.exists()
+
+
+# Damaged checkpoints: the newest whole one is resumed; the damaged one is named and kept.
+
+
+def halve(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def zero(path: Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+def empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+def files_and_sizes(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "name, damage, reason",
+    [
+        ("model.safetensors", halve, "cannot be read (Error while deserializing header: incomplete metadata"),
+        ("ema.safetensors", zero, "cannot be read (Error while deserializing header"),
+        ("train_state_0.pt", delete, "is missing"),
+        ("model_1.safetensors", delete, "is missing"),
+        ("optimizer.bin", halve, "cannot be read (PytorchStreamReader failed reading zip archive"),
+        ("random_states_0.pkl", zero, "is not a torch archive"),
+        ("optimizer_1.bin", empty, "is empty"),
+    ],
+)
+def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_it_is_resumed(tmp_path, capsys, name, damage, reason):
+    accelerator = setup_pair()
+    older, latest = save(accelerator, tmp_path, 10), save(accelerator, tmp_path, 20)
+    assert checkpoint_damage(latest, CheckpointLayout.of(accelerator)) is None
+    damage(latest / name)
+    listing = files_and_sizes(tmp_path)
+    chosen, damaged = newest_whole_checkpoint(tmp_path, CheckpointLayout.of(accelerator))
+    assert chosen == older and [d.path for d in damaged] == [latest]
+    assert damaged[0].reason.startswith(f"{name} {reason}")
+    assert checkpoint_to_resume(accelerator, tmp_path) == older
+    warning = f"warning: checkpoint {latest} is damaged ({damaged[0].reason}); resuming from {older}\n"
+    assert capsys.readouterr().err == warning
+    state = train_state(seed=0, run_id="other")
+    load_checkpoint(accelerator, older, state)
+    assert state.step == 10
+    assert files_and_sizes(tmp_path) == listing  # the damaged checkpoint is kept as it was
+
+
+def test_a_rank_whose_train_state_is_there_but_not_its_random_states_makes_the_checkpoint_damaged(tmp_path):
+    accelerator = setup_pair()
+    path = save(accelerator, tmp_path, 10)
+    (path / "train_state_1.pt").write_bytes((path / "train_state_0.pt").read_bytes())  # a second rank's
+    assert checkpoint_damage(path, CheckpointLayout.of(accelerator)) == "random_states_1.pkl is missing"
+
+
+def test_a_checkpoint_without_the_files_of_ranks_its_train_state_records_is_damaged(tmp_path):
+    accelerator = setup_pair()
+    path = save(accelerator, tmp_path, 10)
+    saved = torch.load(path / "train_state_0.pt", weights_only=True)
+    torch.save({**saved, "world_size": 3}, path / "train_state_0.pt")  # rank 0 of three; ranks 1 and 2 lost
+    layout = CheckpointLayout.of(accelerator)
+    assert checkpoint_damage(path, layout) == "train_state_1.pt is missing (the run that saved it had 3 processes)"
+    torch.save({**saved, "world_size": 1}, path / "train_state_0.pt")
+    assert checkpoint_damage(path, layout) is None
+
+
+def test_with_no_whole_checkpoint_a_resume_is_refused_naming_each_and_nothing_is_deleted(tmp_path, capsys):
+    accelerator = setup_pair()
+    older, latest = save(accelerator, tmp_path, 10), save(accelerator, tmp_path, 20)
+    halve(latest / "model.safetensors")
+    delete(older / "ema.safetensors")
+    listing = files_and_sizes(tmp_path)
+    assert newest_whole_checkpoint(tmp_path, CheckpointLayout.of(accelerator)) == (None, [
+        DamagedCheckpoint(latest, checkpoint_damage(latest, CheckpointLayout.of(accelerator))),
+        DamagedCheckpoint(older, "ema.safetensors is missing"),
+    ])
+    with pytest.raises(NoWholeCheckpoint) as raised:
+        checkpoint_to_resume(accelerator, tmp_path)
+    message = str(raised.value)
+    assert message.startswith(f"--resume: no whole checkpoint in {tmp_path / 'checkpoints'} (step_000020: model.safetensors cannot be read")
+    assert "; step_000010: ema.safetensors is missing)" in message
+    assert message.endswith("nothing was deleted: restore the damaged files from a copy of the run, or start anew with another --out")
+    assert "\n" not in message and capsys.readouterr().err == ""  # the runner's one error line says it all
+    assert files_and_sizes(tmp_path) == listing
+
+
+# A save that cannot be written: gone whole, the one before it kept, CheckpointWriteError.
+
+
+def test_a_full_disk_fails_the_save_removes_its_folder_and_keeps_the_checkpoint_before_it(tmp_path, monkeypatch):
+    accelerator = setup_pair()
+    older = save(accelerator, tmp_path, 10)
+    monkeypatch.setitem(failpoints._ACTIVE, "checkpoint_enospc", "20")  # as FACEGAN_FAILPOINTS=checkpoint_enospc=20
+    with pytest.raises(CheckpointWriteError) as raised:
+        save(accelerator, tmp_path, 20)
+    error, folder = raised.value, tmp_path / "checkpoints"
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    message = str(error)
+    assert message.startswith(f"could not write checkpoint {folder / 'step_000020'}: No space left on device; the partial"
+                              " folder was removed, step_000010 and the checkpoints before it are untouched. To go on:"
+                              " free space on /")
+    assert " free; a checkpoint takes about " in message and message.endswith("), then continue with --resume")
+    assert [p.name for p in folder.iterdir()] == ["step_000010"]  # no step_000020.tmp left
+    assert newest_whole_checkpoint(tmp_path, CheckpointLayout.of(accelerator)) == (older, [])
+    load_checkpoint(accelerator, older, train_state())
+
+    monkeypatch.delitem(failpoints._ACTIVE, "checkpoint_enospc")  # space is back
+    assert save(accelerator, tmp_path, 20) == latest_checkpoint(tmp_path)
+
+
+def test_a_failing_fsync_fails_the_save_like_a_failing_write(tmp_path, monkeypatch):
+    # Where writes are cached (NFS, ext4's delayed allocation) a full disk or a lost device shows at fsync.
+    accelerator = setup_pair()
+    save(accelerator, tmp_path, 10)
+
+    def fsync(descriptor):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(CheckpointWriteError) as raised:
+        save(accelerator, tmp_path, 20)
+    assert raised.value.errno == errno.EIO
+    folder = tmp_path / "checkpoints"
+    assert str(raised.value) == (
+        f"could not write checkpoint {folder / 'step_000020'}: Input/output error; the partial folder was removed,"
+        f" step_000010 and the checkpoints before it are untouched. To go on: check that {folder} can be written,"
+        " then continue with --resume"
+    )
+    assert [p.name for p in folder.iterdir()] == ["step_000010"]
+
+
+def test_a_save_failing_for_another_reason_than_the_disk_raises_that_error_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    accelerator = setup_pair()
+    save(accelerator, tmp_path, 10)
+
+    def broken_save_file(tensors, path):
+        raise TypeError("a bug, not the disk")
+
+    monkeypatch.setattr("train.run.checkpoint.save_file", broken_save_file)
+    with pytest.raises(TypeError, match="a bug, not the disk"):  # no resumable exit for a bug
+        save(accelerator, tmp_path, 20)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000010"]

@@ -1,14 +1,20 @@
 """train/run/loop.py: non-finite gradients never reach the weights; the run rolls back, then stops."""
 import json
+import os
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
+from tests.fixtures import write_parquet_shards
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
 from train.gan.objectives import WGANGP
 from train.report.metrics import read_metrics
@@ -121,3 +127,59 @@ def test_two_processes_take_the_same_decisions(tmp_path):
     states = [torch.load(out / "checkpoints" / "step_000011" / f"train_state_{r}.pt", weights_only=True) for r in (0, 1)]
     assert [(s["rollbacks"], s["nonfinite_streak"], s["skipped"]) for s in states] == [(1, 3, 36)] * 2
     assert finite_checkpoint(out / "checkpoints" / "step_000011")
+
+
+def start_run(out: Path, *args: str) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "train/wgangp.py"), *args, "--out", str(out)]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_steps(process: subprocess.Popen, out: Path, steps: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ((out / "metrics.jsonl").exists() and len(read_metrics(out / "metrics.jsonl")) >= steps):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate(timeout=10)
+        time.sleep(0.2)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"no exit within {timeout:.0f} s: a hang")
+    return process.returncode, stderr
+
+
+def break_shard(shard: Path) -> None:
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+
+
+def kill_a_decoding_worker(process: subprocess.Popen) -> None:
+    workers = psutil.Process(process.pid).children()
+    assert workers, "no decoding worker to kill"
+    workers[0].kill()
+
+
+@pytest.mark.parametrize("fault", [lambda shard, process: shard.unlink(), lambda shard, process: break_shard(shard),
+                                   lambda shard, process: kill_a_decoding_worker(process)],
+                         ids=["shard deleted", "shard truncated", "worker killed"])
+def test_data_failing_mid_run_stops_with_a_checkpoint_and_one_line_never_a_hang(tmp_path, fault):
+    # 2 shards of 20 rows: each step reads 40 rows (8 x 5 critic steps), a whole pass.
+    glob = write_parquet_shards(tmp_path / "shards", rows=40, shards=2)
+    out = tmp_path / "run"
+    process = start_run(out, "--debug", "--data", f"parquet:{glob}", "--workers", "2", "--max-steps", "500",
+                        "--log-every", "1", "--ckpt-every", "1000", "--sample-every", "1000")
+    try:
+        wait_for_steps(process, out, 3)
+        fault(tmp_path / "shards" / "train-00001.parquet", process)
+        code, stderr = finish(process)
+    finally:
+        process.kill()
+    assert code == 2, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --data parquet:{glob}") and "stopped with a checkpoint at step" in last, stderr[-3000:]
+    step = int(re.search(r"checkpoint at step (\d+)", last).group(1))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, step + 1))
+    assert finite_checkpoint(out / "checkpoints" / f"step_{step:06d}")
+    assert json.loads((out / "exit_status.json").read_text())["status"] == "data_failed"

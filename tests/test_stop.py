@@ -19,7 +19,7 @@ from train.report.metrics import read_metrics
 from train.run.checkpoint import list_checkpoints
 from train.run.outcome import RunStatus
 from train.run.runner import main
-from train.run.stop import GracefulStop, parse_duration
+from train.run.stop import AFTER_END_GRACE_S, GracefulStop, parse_duration
 from train.wgangp import WGANGPConfig, make_objective
 
 RESUMABLE = RunStatus.STOPPED.exit_code
@@ -65,17 +65,21 @@ def own_handlers():
         signal.signal(sig, handler)
 
 
-def test_a_second_signal_changes_nothing_and_one_after_the_run_kills_nothing(own_handlers, capsys):
+def test_a_second_signal_changes_nothing_and_one_after_the_run_ends_the_process_only_later(own_handlers, capsys):
     with GracefulStop(Accelerator(cpu=True), time_limit_s=None) as stop:
         assert stop.agreed() is None
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.agreed() == "SIGUSR1"
+    assert stop.exit_timers == []
     os.kill(os.getpid(), signal.SIGTERM)
+    # Armed, not fired: this process (pytest) would end 5 s from now (tests/test_startup.py lets it).
+    assert [t.interval for t in stop.exit_timers] == [AFTER_END_GRACE_S] and stop.exit_timers[0].is_alive()
+    stop.exit_timers[0].cancel()
     printed = capsys.readouterr().out
     assert "rank 0: SIGUSR1 received; stopping after this step with a checkpoint" in printed
     assert "rank 0: SIGTERM received; a stop is already under way" in printed
-    assert "rank 0: SIGTERM received; the run has already ended" in printed
+    assert "rank 0: SIGTERM received; the run has already ended; the process ends within 5 s" in printed
 
 
 def test_the_time_limit_counts_from_the_process_start(own_handlers):

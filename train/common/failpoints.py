@@ -7,6 +7,8 @@ read once, at import; with it unset each call is one lookup in an empty dict, so
 on the hot path. The failpoints and what they do are listed in the README's Reliability section.
 """
 import os
+import sys
+import time
 
 VARIABLE = "FACEGAN_FAILPOINTS"
 
@@ -33,3 +35,16 @@ def step_window(name: str) -> range:
         return range(0)
     first, _, count = value.partition(":")
     return range(int(first), int(first) + int(count or 1))
+
+
+def pause(name: str, where: str, step: int | None = None) -> None:
+    """A failpoint whose value is `SECONDS` or `SECONDS@STEP`: sleep that long here (at `step` only,
+    when the value names one), announcing it first on stderr so that a test can act in the window."""
+    value = failpoint(name)
+    if value is None:
+        return
+    seconds, _, at = value.partition("@")
+    if at and int(at) != step:
+        return
+    print(f"failpoint {name}: pausing {float(seconds):g} s {where}", file=sys.stderr, flush=True)
+    time.sleep(float(seconds))

@@ -105,6 +105,9 @@ def _image_bytes(cell: dict) -> bytes:
         return f.read()
 
 
+EMPTY_PASSES_LIMIT = 3
+
+
 class DecodedBatches(IterableDataset):
     """Runs inside each DataLoader worker: endless epochs of the worker's shards, decoded into
     uint8 batches that carry how many rows were read and skipped to make them."""
@@ -119,7 +122,7 @@ class DecodedBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         flips = random.Random(stream_seed(self.seed, self.rank, SeedPurpose.DATA_WORKER + (worker.id if worker else 0)))
-        images, read, skipped = [], 0, 0
+        images, read, skipped, empty_passes = [], 0, 0, 0
         while True:
             self.source.set_epoch(self.epoch)
             decoded_this_epoch = 0
@@ -135,7 +138,11 @@ class DecodedBatches(IterableDataset):
                 if len(images) == self.batch_size:
                     yield {"images": torch.stack(images), "read": read, "skipped": skipped}
                     images, read, skipped = [], 0, 0
-            if not decoded_this_epoch:  # nothing readable at all: another pass would spin forever
+            # Passes in a row with nothing readable: another would spin forever. Not one pass: with
+            # every Nth row per process, a tiny source's share differs from pass to pass and one
+            # pass can hold only its broken files.
+            empty_passes = 0 if decoded_this_epoch else empty_passes + 1
+            if empty_passes == EMPTY_PASSES_LIMIT:
                 # Said in a batch, not raised: a worker's exception reaches the rank as a traceback.
                 yield {"unreadable": read}
                 return
@@ -189,7 +196,7 @@ class StreamingImages:
         batch = next(self._batches)
         if "unreadable" in batch:
             raise DataError(
-                f"--data {self.spec}: not one readable image in a whole pass over this process's share of it"
+                f"--data {self.spec}: not one readable image in {EMPTY_PASSES_LIMIT} passes over this process's share of it"
                 f" ({batch['unreadable']} rows tried: empty, truncated or not images); repair or remove those"
                 " files, or point --data at readable images"
             )

@@ -1,5 +1,7 @@
 """Scalars per log step: a window of on-device sums reduced across ranks, mirrored to metrics.jsonl."""
+import errno
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,19 +44,41 @@ class StatWindow:
 
 class MetricsFile:
     """metrics.jsonl, one JSON object per log step. A new run starts it empty; on resume, lines past
-    the checkpoint's step are dropped first, so a step logged before a crash is not logged twice."""
+    the checkpoint's step are dropped first, so a step logged before a crash is not logged twice.
+    Each line is written whole or not at all (a full disk leaves the file as it was)."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = Path(path)
         kept = []
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [line for line in read_lines(self.path) if json.loads(line)["step"] <= resume_step]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        data = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                if os.write(fd, data) != len(data):  # a short write: the disk filled up mid-line
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+
+def read_lines(path: Path) -> list[str]:
+    """The file's JSON lines; a last line cut short (a process killed mid-write) is left out."""
+    lines = [line for line in Path(path).read_text().splitlines() if line]
+    if lines:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return lines
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    return [json.loads(line) for line in read_lines(path)]

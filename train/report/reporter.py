@@ -2,6 +2,9 @@
 
 Every method is safe to call on every rank; only the main process writes or logs anything.
 """
+import contextlib
+import errno
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +12,7 @@ import torch
 
 from train.report.metrics import MetricsFile
 from train.report.mirror import Mirror
-from train.report.samples import image_grid, save_samples
+from train.report.samples import image_grid, samples_picture, save_png
 from train.report.tracking import WandbRun
 
 if TYPE_CHECKING:
@@ -18,11 +21,18 @@ if TYPE_CHECKING:
 COMPARISON_IMAGES = 8  # real and fake images side by side in the comparison grid
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
 class Reporter:
+    """A full disk does not stop the run here: what cannot be written is left out with one warning,
+    and the next checkpoint, which cannot be written either, stops the run resumably."""
+
     def __init__(self, accelerator: "Accelerator", out: Path, wandb_enabled: bool):
         self.accelerator = accelerator
         self.out = out
         self.main = accelerator.is_main_process
+        self.disk_full = False
         self.wandb = WandbRun(accelerator, wandb_enabled)
         self.metrics: MetricsFile | None = None
         self.mirror: Mirror | None = None
@@ -33,9 +43,21 @@ class Reporter:
             self.mirror = Mirror(self.out, resume_step)
         self.wandb.start(out=self.out, run_id=run_id, **wandb_options)
 
+    @contextlib.contextmanager
+    def _unless_disk_full(self, what: str):
+        try:
+            yield
+        except OSError as error:
+            if error.errno not in FULL_DISK:
+                raise
+            if not self.disk_full:
+                print(f"warning: {what} not written, the disk under {self.out} is full ({error.strerror})", file=sys.stderr)
+            self.disk_full = True
+
     def log(self, record: dict[str, Any]) -> None:
         if self.main:
-            self.metrics.write(record)
+            with self._unless_disk_full("metrics.jsonl line"):
+                self.metrics.write(record)
             self.mirror.add_record(record)
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
@@ -46,9 +68,11 @@ class Reporter:
         the grid and a real-vs-fake comparison (first row real, second fake)."""
         if not self.main:
             return
-        picture = save_samples(samples, self.out / "samples" / f"step_{step:06d}.png", modes, std)
-        self.mirror.add_grid(picture)
-        self.mirror.draw_losses()
+        picture = samples_picture(samples, modes, std)
+        with self._unless_disk_full("sample grid"):
+            save_png(picture, self.out / "samples" / f"step_{step:06d}.png")
+            self.mirror.add_grid(picture)
+            self.mirror.draw_losses()
         images = {"samples": picture}
         if real is not None and modes is None:
             n = min(COMPARISON_IMAGES, len(real), len(samples))
@@ -62,7 +86,8 @@ class Reporter:
 
     def finish(self, step: int, resumable: bool = False) -> None:
         if self.main:
-            self.mirror.draw_losses()
+            with self._unless_disk_full("loss plot"):
+                self.mirror.draw_losses()
             self.wandb.log_video("progress", self.mirror.gif, step)
             if resumable:
                 self.wandb.mark_preempting()

@@ -18,7 +18,14 @@ from tqdm.auto import tqdm
 
 from train.common.failpoints import step_window
 from train.common.seeds import SeedPurpose, stream_seed
-from train.data import check_skipped, open_stream, to_model_input, toy_modes
+from train.data import (
+    DataError,
+    DataSpec,
+    check_skipped,
+    open_stream,
+    to_model_input,
+    toy_modes,
+)
 from train.gan.objectives import Objective
 from train.report.fid import FIDEvaluator, FIDUnavailable
 from train.report.metrics import StatWindow
@@ -26,7 +33,9 @@ from train.report.monitor import CollapseMonitor
 from train.report.reporter import Reporter
 from train.report.tracking import WandbRun, new_run_id, resolve_wandb_mode
 from train.run.checkpoint import (
-    latest_checkpoint,
+    CheckpointWriteError,
+    agreed_whole_checkpoint,
+    checkpoint_to_resume,
     load_checkpoint,
     load_weights,
     remove_partial_checkpoints,
@@ -200,11 +209,11 @@ def _train(
         monitor = CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key)
         window = StatWindow()
         state = TrainState(latent_rng=latent_rng, stream=stream, window=window, objective=objective, monitor=monitor,
-                           run_id=new_run_id())
+                           run_id=new_run_id(), world_size=world)
         collapsed, end = False, RunEnd(RunStatus.FINISHED, config.max_steps)
         resumed = resuming(config)
         if resumed:
-            ema.load_state_dict(load_checkpoint(accelerator, latest_checkpoint(out), state))
+            ema.load_state_dict(load_checkpoint(accelerator, checkpoint_to_resume(accelerator, out), state))
             if state.step >= config.max_steps:  # a requeue or a rerun after the last step: nothing to do
                 accelerator.print(
                     f"the run in {out} already finished at step {state.step}; raise --max-steps to go on"
@@ -213,10 +222,20 @@ def _train(
                 _release(accelerator)
                 return RunEnd(RunStatus.FINISHED, state.step, "already finished")
             accelerator.print(f"resumed from step {state.step}")
+            if not state.restored_streams:
+                accelerator.print(
+                    f"the checkpoint was made by another number of processes: the weights, optimizers and step"
+                    f" continue; the data is split anew over {world} processes and each share read from its start"
+                )
         # The first batch proves the data can be read: until it has been decoded, nothing is
         # written to --out, so a bad start leaves no half-made run behind.
-        waited = time.perf_counter()
-        first_batch = [next(stream)]
+        waited, failure = time.perf_counter(), None
+        try:
+            pending = [next(stream)]  # this step's real batches, drawn before any update (below)
+        except DataError as error:
+            failure = error
+        if stop.any_rank(failure is not None):  # collective: every rank leaves, and rank 0 says why
+            raise failure or DataError(f"--data {data.spec}: no readable image on another process")
         data_wait = time.perf_counter() - waited
 
         if accelerator.is_main_process:
@@ -243,19 +262,38 @@ def _train(
         last_real = None
 
         def next_real() -> torch.Tensor:
-            nonlocal data_wait, last_real
-            waited = time.perf_counter()
-            batch = first_batch.pop() if first_batch else next(stream)
-            data_wait += time.perf_counter() - waited
-            last_real = to_model_input(batch, device)
+            nonlocal last_real
+            last_real = to_model_input(pending.pop(0), device)
             return last_real
 
-        real_per_step = config.batch_size * config.critic_steps * config.grad_accum * world
+        batches_per_step = config.critic_steps * config.grad_accum
+        real_per_step = config.batch_size * batches_per_step * world
         progress = tqdm(
             total=config.max_steps, initial=state.step, unit="step", disable=not accelerator.is_main_process
         )
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, session_start = time.perf_counter(), 0, state.step
         for step in range(state.step + 1, config.max_steps + 1):
+            # A step's batches are all drawn before its first update: should the data fail (a shard
+            # deleted or truncated, a decoding worker killed), every rank still holds the state
+            # after the previous step, and stops there with a checkpoint.
+            waited, data_failure = time.perf_counter(), None
+            try:
+                while len(pending) < batches_per_step:
+                    pending.append(next(stream))
+            except Exception as error:  # whatever the reader raised: it ends the run, named, below
+                data_failure = describe_data_failure(data.spec, error)
+            data_wait += time.perf_counter() - waited
+            if stop.any_rank(data_failure is not None):  # collective: every rank, every step
+                end = RunEnd(RunStatus.DATA_FAILED, state.step, data_failure or "reading the data failed on another rank")
+                if state.step > session_start:
+                    try:
+                        save_checkpoint(accelerator, out, state, ema.state_dict(), config.keep_checkpoints)
+                        end.reason += f"; stopped with a checkpoint at step {state.step}: fix the data, then --resume"
+                    except CheckpointWriteError as error:
+                        end.reason += f"; and the checkpoint at step {state.step} failed too: {error}"
+                else:
+                    end.reason += "; fix the data, then start again (or --resume)"
+                break
             state.step = step
             poison = "loss" if step in POISONED_LOSS_STEPS else "grad" if step in POISONED_GRAD_STEPS else None
             result = adversarial_step(
@@ -272,7 +310,7 @@ def _train(
                         RunStatus.DIVERGED, step,
                         f"{state.nonfinite_streak} non-finite steps in a row after {state.rollbacks} rollbacks",
                     )
-                elif (checkpoint := latest_checkpoint(out)) is None:
+                elif (checkpoint := agreed_whole_checkpoint(accelerator, out, "rolling back to")[0]) is None:
                     end = RunEnd(RunStatus.DIVERGED, step, f"{state.nonfinite_streak} non-finite steps in a row, no checkpoint to roll back to")
                 else:
                     # The weights go back; the step count, the data position and the latent stream
@@ -294,7 +332,10 @@ def _train(
                 if counters:  # rows read and skipped, summed over ranks: every rank takes the same decision
                     totals = accelerator.reduce(torch.tensor(list(counters.values()), device=device), reduction="sum")
                     counters = dict(zip(counters, totals.tolist()))
-                    check_skipped(data.spec, counters["data_read"], counters["data_skipped"])
+                    try:
+                        check_skipped(data.spec, counters["data_read"], counters["data_skipped"])
+                    except DataError as error:  # the same totals, so the same verdict, on every rank
+                        end = RunEnd(RunStatus.DATA_FAILED, step, f"{error}; stopped with a checkpoint at step {step}")
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": step,
@@ -336,14 +377,20 @@ def _train(
                 reporter.log({"step": step, **scores, "fid_samples": config.fid_samples})
             stop_reason = stop.agreed()  # collective: every rank, every step
             if end.status is not RunStatus.FINISHED:
-                pass  # diverged, above
+                pass  # diverged, or too many unreadable rows: above
             elif config.stop_on_collapse and collapsed:
                 end = RunEnd(RunStatus.COLLAPSED, step, "collapse alarm (--stop-on-collapse)")
             elif stop_reason and not last:
                 end = RunEnd(RunStatus.STOPPED, step, stop_reason)
             stopping = end.status is not RunStatus.FINISHED
             if step % config.ckpt_every == 0 or last or stopping:
-                save_checkpoint(accelerator, out, state, ema.state_dict(), config.keep_checkpoints)
+                try:
+                    save_checkpoint(accelerator, out, state, ema.state_dict(), config.keep_checkpoints)
+                except CheckpointWriteError as error:  # a full disk, say: the checkpoint before stays whole
+                    end = RunEnd(RunStatus.STOPPED, step, str(error))
+                    progress.close()  # the line goes below the progress bar, not after it
+                    accelerator.print(f"error: {error}", file=sys.stderr)
+                    break
             if stopping:
                 accelerator.print(f"stopped at step {step}: {end.reason}; checkpoint saved")
                 break
@@ -353,6 +400,15 @@ def _train(
         del generator, critic, g_opt, d_opt
         _release(accelerator)
         return end
+
+
+def describe_data_failure(spec: DataSpec, error: Exception) -> str:
+    """One line for a reader's failure: a DataError says it all; a worker's exception arrives as
+    its whole traceback, whose last line says what happened."""
+    if isinstance(error, DataError):
+        return str(error)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"--data {spec}: reading failed ({type(error).__name__}: {lines[-1] if lines else 'no message'})"
 
 
 def _release(accelerator: Accelerator) -> None:

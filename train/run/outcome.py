@@ -15,11 +15,12 @@ class RunStatus(str, Enum):
     COLLAPSED = "collapsed"  # a collapse alarm with --stop-on-collapse
     STOPPED = "stopped"  # a signal or --time-limit: resumable
     DIVERGED = "diverged"  # non-finite values kept coming after --max-rollbacks rollbacks
+    DATA_FAILED = "data_failed"  # the data could not be read mid-run: fix it, then resume
 
     @property
     def exit_code(self) -> int:
         # 75 is sysexits' EX_TEMPFAIL, "try again later": the launchers requeue or resume on it.
-        return {"finished": 0, "collapsed": 3, "diverged": 4, "stopped": 75}[self.value]
+        return {"finished": 0, "data_failed": BAD_INPUT, "collapsed": 3, "diverged": 4, "stopped": 75}[self.value]
 
 
 @dataclass

@@ -71,6 +71,7 @@ class GracefulStop:
         self.deadline = None if time_limit_s is None else started + time_limit_s
         self.signal_name: str | None = None
         self.ended = False
+        self.exit_timers: list[threading.Timer] = []  # armed by signals after the run ended
         self._pid_file: Path | None = None
         # The flag travels through a CPU (gloo) group: an NCCL all-reduce read back with .item()
         # would make every training step wait for the GPU. Collective: every rank builds its own.
@@ -100,6 +101,7 @@ class GracefulStop:
             timer = threading.Timer(AFTER_END_GRACE_S, os._exit, (128 + signum,))  # the shell's code for it
             timer.daemon = True
             timer.start()
+            self.exit_timers.append(timer)
         elif self.signal_name is None:
             self.signal_name = name
             message = "stopping after this step with a checkpoint"
@@ -113,6 +115,14 @@ class GracefulStop:
         if self.deadline is not None and time.time() >= self.deadline:
             return "--time-limit"
         return None
+
+    def any_rank(self, flag: bool) -> bool:
+        """Collective: whether `flag` is set on any rank (over the same CPU group as the stop flag)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(value.item())
 
     def agreed(self) -> str | None:
         """Collective, once per step on every rank: why the run stops now, or None to go on.

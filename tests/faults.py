@@ -1,0 +1,184 @@
+"""The fault-injection harness: runs killed or signalled at seeded-random moments, resumed with
+`--resume auto` until they finish, and judged against an uninterrupted run. Used by
+tests/test_reliability.py (few trials) and bench/reliability.py (the README's figures)."""
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+from train.report.metrics import read_metrics
+from train.run.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
+from train.run.outcome import EXIT_STATUS_FILE
+from train.run.stop import PID_DIR_VARIABLE
+
+TRAINER = ROOT / "train" / "wgangp.py"
+# Every step logged; checkpoints often, so that kills land around them.
+RUN_FLAGS = ["--debug", "--max-steps", "30", "--log-every", "1", "--ckpt-every", "5", "--sample-every", "10"]
+TWO_PROCESSES = ["accelerate", "launch", "--cpu", "--num_processes", "2"]
+
+
+@dataclass
+class Figures:
+    """One row of the README's Reliability table."""
+
+    fault: str
+    trials: int = 0
+    runs_finished: int = 0
+    runs: int = 0
+    steps_lost: int = 0  # beyond the last whole checkpoint, summed over trials
+    failed_loads: int = 0
+    identical: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def row(self) -> str:
+        same = {None: "n/a", True: "yes", False: "no"}[self.identical]
+        return (f"| {self.fault} | {self.trials} | {self.runs_finished}/{self.runs} | {self.steps_lost} |"
+                f" {self.failed_loads} | {same} |")
+
+
+def command(out: Path, processes: int, *extra: str) -> list[str]:
+    launcher = [str(Path(sys.executable).with_name(TWO_PROCESSES[0])), *TWO_PROCESSES[1:]] if processes > 1 else [sys.executable]
+    flags = RUN_FLAGS if "--debug" not in extra else []  # a caller's own flags replace the harness's
+    return [*launcher, str(TRAINER), *flags, *extra, "--out", str(out)]
+
+
+def start(out: Path, processes: int, env: dict | None = None, *extra: str) -> subprocess.Popen:
+    # Its own session, so that a kill reaches the launcher, every rank and every decoding worker.
+    return subprocess.Popen(
+        command(out, processes, *extra), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+    )
+
+
+def run_to_end(out: Path, processes: int, *extra: str, timeout: float = 300) -> tuple[int, str, float]:
+    began = time.monotonic()
+    process = start(out, processes, None, *extra)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+    return process.returncode, output, time.monotonic() - began
+
+
+def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def whole_checkpoints_load(out: Path) -> int:
+    """How many of the run's checkpoints fail to load (their safetensors and rank states)."""
+    failed = 0
+    for checkpoint in list_checkpoints(out):
+        try:
+            for file in checkpoint.glob("*.safetensors"):
+                load_file(file)
+            for file in checkpoint.glob("train_state_*.pt"):
+                torch.load(file, weights_only=True)
+        except Exception:
+            failed += 1
+    return failed
+
+
+def resumed_step(output: str) -> int | None:
+    match = re.search(r"resumed from step (\d+)", output)
+    return int(match.group(1)) if match else None
+
+
+def same_as(reference: Path, out: Path, keys=("d_loss", "g_loss", "gp", "wdist")) -> bool:
+    """Final EMA weights bit for bit, and every logged loss equal, step by step."""
+    final = f"step_{checkpoint_step(latest_checkpoint(reference)):06d}"
+    ema_a, ema_b = load_file(reference / "checkpoints" / final / "ema.safetensors"), load_file(out / "checkpoints" / final / "ema.safetensors")
+    weights = ema_a.keys() == ema_b.keys() and all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    losses_a = [{k: r[k] for k in keys} for r in read_metrics(reference / "metrics.jsonl")]
+    losses_b = [{k: r[k] for k in keys} for r in read_metrics(out / "metrics.jsonl")]
+    return weights and losses_a == losses_b
+
+
+def killed_and_resumed(
+    figures: Figures, reference: Path, out: Path, processes: int, moments: list[float], env: dict | None = None,
+    signals: list[int] | None = None, timeout: float = 300,
+) -> None:
+    """Start the run with `--resume auto`, send `signals[i]` (SIGKILL by default) `moments[i]`
+    seconds in, again and again, then let it finish; fold the outcome into `figures`. SIGKILL goes
+    to every process; a stop signal to the training ranks, as the launchers send it."""
+    deadline = time.monotonic() + timeout
+    pid_dir = out.parent / f"{out.name}-pids"
+    env = {**(env or {}), PID_DIR_VARIABLE: str(pid_dir)}
+    for moment, sig in zip(moments, signals or [signal.SIGKILL] * len(moments)):
+        expected = latest_checkpoint(out)
+        process = start(out, processes, env, "--resume", "auto")
+        time.sleep(moment)
+        if sig == signal.SIGKILL:
+            kill_group(process, sig)
+        else:  # as the Slurm scripts do: to the training processes, once their handlers are in
+            signal_ranks(pid_dir, processes, sig, process)
+        try:
+            output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            kill_group(process)
+        figures.trials += 1
+        if sig != signal.SIGKILL:
+            status = json.loads((out / EXIT_STATUS_FILE).read_text()) if (out / EXIT_STATUS_FILE).exists() else {}
+            stopped_whole = status.get("status") == "finished" or (
+                status.get("exit_code") == 75 and checkpoint_step(latest_checkpoint(out)) == status.get("step")
+            )
+            if not stopped_whole:
+                figures.notes.append(f"after {sig.name} at {moment} s: {status}; {output[-2000:]}")
+                figures.failed_loads += 1
+        resumed = resumed_step(output)
+        if expected is not None and resumed is not None:
+            figures.steps_lost += checkpoint_step(expected) - resumed
+        if "Traceback" in output and "load" in output and resumed is None and expected is not None:
+            figures.failed_loads += 1
+            figures.notes.append(output[-2000:])
+    expected = latest_checkpoint(out)
+    code, output, _ = run_to_end(out, processes, "--resume", "auto", timeout=max(30.0, deadline - time.monotonic()))
+    figures.runs += 1
+    if code == 0:
+        figures.runs_finished += 1
+    else:
+        figures.notes.append(output[-3000:])
+    if expected is not None and (resumed := resumed_step(output)) is not None:
+        figures.steps_lost += checkpoint_step(expected) - resumed
+    figures.failed_loads += whole_checkpoints_load(out)
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")] if (out / "metrics.jsonl").exists() else []
+    every_step_once = steps == list(range(1, steps[-1] + 1)) if steps else False
+    if not every_step_once:
+        figures.notes.append(f"logged steps: {steps}")
+    leftovers = [p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("step_") or p.suffix] if (out / "checkpoints").exists() else []
+    if leftovers:
+        figures.notes.append(f"left in checkpoints/: {leftovers}")
+    identical = code == 0 and every_step_once and same_as(reference, out)
+    figures.identical = identical if figures.identical is None else figures.identical and identical
+
+
+def signal_ranks(pid_dir: Path, processes: int, sig: int, process: subprocess.Popen, wait: float = 120) -> None:
+    """Send `sig` to every training rank listed in `pid_dir`, waiting for late starters."""
+    deadline, signalled = time.monotonic() + wait, set()
+    while len(signalled) < processes and process.poll() is None and time.monotonic() < deadline:
+        for pid_file in pid_dir.glob("rank*.pid") if pid_dir.is_dir() else []:
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(pid_file.read_text())
+                if pid not in signalled:
+                    os.kill(pid, sig)
+                    signalled.add(pid)
+        time.sleep(0.05)
+
+
+def moments(seed: int, count: int, span: float) -> list[float]:
+    """`count` seeded-random moments in (0, span): from start-up to shutdown."""
+    rng = random.Random(seed)
+    return [round(rng.uniform(0.3, span), 2) for _ in range(count)]
