@@ -193,6 +193,12 @@ class StreamingImages:
     def __next__(self) -> torch.Tensor:
         if self._batches is None:
             self._batches = iter(self.loader)
+            if self.workers:
+                # torch's SIGCHLD handler raises "DataLoader worker ... exited unexpectedly" from
+                # wherever the rank happens to be (a backward, a checkpoint write). Without it the
+                # loader finds the dead worker while waiting for its next batch, in __next__, where
+                # the loop stops the run cleanly at a step boundary.
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         batch = next(self._batches)
         if "unreadable" in batch:
             raise DataError(
