@@ -1,9 +1,11 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +32,16 @@ def completed(result: subprocess.CompletedProcess) -> subprocess.CompletedProces
 @pytest.fixture
 def run():
     return run_script
+
+
+@pytest.fixture
+def own_handlers():
+    """GracefulStop (and so an in-process run) leaves its signal handlers in place; this pytest
+    process gets its own back."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
 
 def finished(tmp_path_factory, script: str, *args: str) -> Path:
@@ -63,3 +75,21 @@ def debug_launch(target: str, *args, num_processes: int = 2, timeout: float = 24
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def assert_resumed_like_whole(whole: Path, split: Path, keys: tuple[str, ...], step: int = 6) -> None:
+    """A run interrupted at step 3 and resumed to `step` logged, drew and averaged exactly what the
+    uninterrupted one did: losses from the first log line after the resume (windows of 2 steps),
+    the final fixed-noise grid byte for byte, the EMA weights bit for bit."""
+    from safetensors.torch import load_file
+
+    from train.report.metrics import read_metrics
+
+    expected, got = read_metrics(whole / "metrics.jsonl"), read_metrics(split / "metrics.jsonl")
+    assert [r["step"] for r in got] == [2, 3, 4, 6]  # 3: the interrupted run's last line
+    for line, resumed in zip(expected[1:], got[2:]):
+        assert {k: resumed[k] for k in keys} == {k: line[k] for k in keys}
+    final = f"samples/step_{step:06d}.png"
+    assert (split / final).read_bytes() == (whole / final).read_bytes()
+    ema = [load_file(run / "checkpoints" / f"step_{step:06d}" / "ema.safetensors") for run in (whole, split)]
+    assert ema[0].keys() == ema[1].keys() and all(torch.equal(ema[0][k], ema[1][k]) for k in ema[0])

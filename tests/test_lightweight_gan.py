@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from tests.conftest import completed
+from tests.conftest import assert_resumed_like_whole, completed
 from train.lightweight_gan import LightweightGANConfig, make_objective
 from train.report.metrics import read_metrics
 from train.run.config import ConfigError, load_config
@@ -50,17 +49,7 @@ def test_resumed_run_continues_exactly_like_an_uninterrupted_one(run, tmp_path):
     resumed = completed(run(SCRIPT, "--resume", "--max-steps", "6", "--out", str(tmp_path / "split")))
     assert "resumed from step 3" in resumed.stdout
 
-    whole = read_metrics(tmp_path / "whole" / "metrics.jsonl")
-    split = read_metrics(tmp_path / "split" / "metrics.jsonl")
-    assert [r["step"] for r in split] == [2, 3, 4, 6]
-    for expected, got in zip(whole[1:], split[2:]):
-        assert {k: got[k] for k in LOSS_KEYS + ("gp",)} == {k: expected[k] for k in LOSS_KEYS + ("gp",)}
-    final = "samples/step_000006.png"
-    assert (tmp_path / "split" / final).read_bytes() == (tmp_path / "whole" / final).read_bytes()
-    ema_whole = load_file(tmp_path / "whole" / "checkpoints" / "step_000006" / "ema.safetensors")
-    ema_split = load_file(tmp_path / "split" / "checkpoints" / "step_000006" / "ema.safetensors")
-    for key in ema_whole:
-        torch.testing.assert_close(ema_split[key], ema_whole[key], rtol=0, atol=0)
+    assert_resumed_like_whole(tmp_path / "whole", tmp_path / "split", LOSS_KEYS + ("gp",))
 
 
 def test_accelerate_launch_cpu_with_two_processes_trains_on_two_ranks(run, tmp_path):

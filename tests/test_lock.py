@@ -63,13 +63,7 @@ time.sleep(600)
 """
 
 
-@pytest.fixture(autouse=True)
-def own_handlers():
-    """An in-process run leaves GracefulStop's handlers in place; this pytest process gets its own back."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
-    yield
-    for sig, handler in before.items():
-        signal.signal(sig, handler)
+pytestmark = pytest.mark.usefixtures("own_handlers")
 
 
 @contextlib.contextmanager

@@ -47,18 +47,11 @@ def judged(figures: Figures) -> None:
     assert figures.identical, figures.notes
 
 
-def test_sigkill_of_one_process_at_random_moments_loses_nothing(one_process, tmp_path):
-    reference_run, seconds = one_process
-    figures = Figures("SIGKILL, 1 process")
-    killed_and_resumed(figures, reference_run, tmp_path / "run", 1, moments(1, 3, seconds), PAUSED_CHECKPOINTS)
-    judged(figures)
-
-
-@pytest.mark.slow
-def test_sigkill_of_two_processes_at_random_moments_loses_nothing(two_processes, tmp_path):
-    reference_run, seconds = two_processes
-    figures = Figures("SIGKILL, 2 processes")
-    killed_and_resumed(figures, reference_run, tmp_path / "run", 2, moments(2, 3, seconds), PAUSED_CHECKPOINTS)
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigkill_at_random_moments_loses_nothing(request, tmp_path, processes):
+    reference_run, seconds = request.getfixturevalue({1: "one_process", 2: "two_processes"}[processes])
+    figures = Figures(f"SIGKILL, {processes} process{'es' if processes > 1 else ''}")
+    killed_and_resumed(figures, reference_run, tmp_path / "run", processes, moments(processes, 3, seconds), PAUSED_CHECKPOINTS)
     judged(figures)
 
 

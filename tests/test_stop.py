@@ -56,15 +56,6 @@ def test_a_bad_time_limit_is_refused_before_anything_is_written(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture
-def own_handlers():
-    """GracefulStop leaves its handlers in place; this pytest process gets its own back."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
-    yield
-    for sig, handler in before.items():
-        signal.signal(sig, handler)
-
-
 def test_a_second_signal_changes_nothing_and_one_after_the_run_ends_the_process_only_later(own_handlers, capsys):
     with GracefulStop(Accelerator(cpu=True), time_limit_s=None) as stop:
         assert stop.agreed() is None
