@@ -7,10 +7,19 @@ read once, at import; with it unset each call is one lookup in an empty dict, so
 on the hot path. The failpoints and what they do are listed in the README's Reliability section.
 """
 import os
+import re
 import sys
 import time
 
 VARIABLE = "FACEGAN_FAILPOINTS"
+# Every failpoint there is, and the form of its value.
+KNOWN = {
+    "checkpoint_pause": "SECONDS[@STEP]",
+    "checkpoint_enospc": "STEP[:COUNT]",
+    "nonfinite_loss": "FIRST[:COUNT]",
+    "nonfinite_grad": "FIRST[:COUNT]",
+}
+_FORMS = {"SECONDS[@STEP]": r"\d+(\.\d*)?(@\d+)?", "STEP[:COUNT]": r"\d+(:\d+)?", "FIRST[:COUNT]": r"\d+(:\d+)?"}
 
 
 def _parse(text: str) -> dict[str, str]:
@@ -22,6 +31,16 @@ def _parse(text: str) -> dict[str, str]:
 
 
 _ACTIVE = _parse(os.environ.get(VARIABLE, ""))
+
+
+def problem(text: str) -> str | None:
+    """What is wrong with a $FACEGAN_FAILPOINTS value, or None."""
+    for name, value in _parse(text).items():
+        if name not in KNOWN:
+            return f"{name!r} is no failpoint (there are {', '.join(KNOWN)})"
+        if not re.fullmatch(_FORMS[KNOWN[name]], value):
+            return f"{name}={value!r}: {name} takes {KNOWN[name]}"
+    return None
 
 
 def failpoint(name: str) -> str | None:

@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,13 +17,15 @@ if TYPE_CHECKING:
     from PIL import Image
 
 WANDB_MODES = ("online", "offline", "disabled")
+# The older names wandb still takes for $WANDB_MODE (wandb_settings.Settings.mode).
+WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 SECRET_NAMES = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 REDACTED = "<redacted>"
 
 
-def has_wandb_key() -> bool:
+def has_wandb_key(environ: Mapping[str, str] = os.environ) -> bool:
     """A W&B API key in the environment or in ~/.netrc (where `wandb login` puts it)."""
-    if os.environ.get("WANDB_API_KEY"):
+    if environ.get("WANDB_API_KEY"):
         return True
     try:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
@@ -30,15 +33,17 @@ def has_wandb_key() -> bool:
         return False
 
 
-def resolve_wandb_mode(requested: str | None) -> tuple[str, str | None]:
+def resolve_wandb_mode(requested: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str, str | None]:
     """(mode, a one-line hint for the user or None): the flag, else $WANDB_MODE, else online with a
-    key and offline without one."""
+    key and offline without one. An empty $WANDB_MODE counts as unset; train/run/environment.py has
+    removed it from os.environ by now, since wandb reads the variable itself and refuses ''."""
     if requested:
         return requested, None
-    from_env = os.environ.get("WANDB_MODE")
+    from_env = environ.get("WANDB_MODE") or None
+    from_env = WANDB_MODE_ALIASES.get(from_env, from_env)
     if from_env in WANDB_MODES:
         return from_env, None
-    if has_wandb_key():
+    if has_wandb_key(environ):
         return "online", None
     return "offline", "wandb: no API key found, logging offline; upload later with `wandb sync {dir}/wandb/offline-run-*`"
 

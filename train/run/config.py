@@ -6,10 +6,16 @@ run's saved config.json (with --resume), then the flags given on the command lin
 import argparse
 import dataclasses
 import functools
+import inspect
 import json
+import math
+import os
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from models import POINT_MODELS, ModelOptionError, check_model
 from train.common.atomic import atomic_write_text
@@ -19,12 +25,19 @@ from train.report.fid import INCEPTION_WEIGHTS, default_cache_dir
 from train.report.monitor import CollapseThresholds
 from train.report.tracking import WANDB_MODES
 from train.run.checkpoint import latest_checkpoint
+from train.run.environment import PRECISIONS, BadEnvironment, check_environment
 from train.run.stop import parse_duration
 
-PRECISIONS = ("no", "fp16", "bf16")
 RESUME_MODES = ("no", "yes", "auto")
 # How this invocation runs, not what the run is: never taken from a resumed run's config.json.
 SESSION_FIELDS = ("resume", "time_limit")
+# config.json's one entry that is not a flag: the recipe script that made the run.
+TRAINER_KEY = "trainer"
+# Text flags for which an empty value means nothing (an empty --out or --data would be the current folder).
+NON_EMPTY_FIELDS = ("data", "split", "image_column", "out", "wandb_project", "wandb_entity", "wandb_name", "fid_weights", "fid_cache")
+# wandb's own limits (wandb_settings.Settings.validate_project, validate_run_tags), refused at wandb.init.
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+WANDB_PROJECT_MAX, WANDB_TAG_MAX = 128, 64
 
 
 def flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -166,9 +179,17 @@ class ConfigError(ValueError):
     """A bad flag or run directory; the message names the input and the fix."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one `error:` line, like every other bad input (its usage, dozens of
+    lines for these flags, stays in --help); exit code 2, as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(config_cls: type[TrainConfig], description: str) -> argparse.ArgumentParser:
     # SUPPRESS defaults: the namespace then holds only the flags the user gave, which must win.
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         kwargs = {k: v for k, v in f.metadata.items()}
@@ -186,7 +207,12 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
     values = dataclasses.asdict(config_cls())
     out = Path(given.get("out", values["out"] if not given.get("debug") else config_cls.debug_preset["out"]))
     if _continues(given.get("resume", "no"), out):
-        saved = _saved_config(out)
+        saved = _saved_config(config_cls, out)
+        if given.get("debug") and not saved.get("debug"):  # the preset would be ignored: the run's settings win
+            raise ConfigError(
+                f"--debug: the run in {out} was not made with --debug, and --resume continues it with its own"
+                " settings; drop --debug"
+            )
         for name in config_cls.architecture_fields:
             if name in given and _plain(given[name]) != _plain(saved.get(name)):
                 raise ConfigError(
@@ -217,22 +243,117 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _saved_config(out: Path) -> dict[str, Any]:
+def trainer_script(config_cls: type[TrainConfig]) -> str:
+    """The recipe script a config class is defined in, from the repository's root: train/wgangp.py."""
+    try:
+        path = Path(inspect.getfile(config_cls))
+    except (TypeError, OSError):  # defined at a prompt
+        return config_cls.__qualname__
+    return f"{path.parent.name}/{path.name}"
+
+
+def _saved_config(config_cls: type[TrainConfig], out: Path) -> dict[str, Any]:
+    """A resumed run's config.json, refused when hand-editing broke it or another trainer made it."""
     path = out / "config.json"
     if not path.is_file():
         raise ConfigError(f"--resume: {out} holds no run (no config.json); start without --resume")
-    return json.loads(path.read_text())
+    repair = "config.json holds the run's settings and the checkpoints its weights"
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"--resume: {path} is not valid JSON ({error.msg} at line {error.lineno}); repair that line ({repair})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--resume: {path} is not text; restore it from a copy ({repair})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: {path} holds no {{\"setting\": value, ...}} object; restore it from a copy ({repair})")
+    trainer, made_by = trainer_script(config_cls), saved.pop(TRAINER_KEY, None)
+    if made_by is not None and made_by != trainer:
+        raise ConfigError(f"--resume: the run in {out} was made by {made_by}; resume it with that script, not {trainer}")
+    fields, hints = {f.name: f for f in dataclasses.fields(config_cls)}, typing.get_type_hints(config_cls)
+    models = fields["model"].metadata["choices"]
+    if made_by is None and saved.get("model", models[0]) not in models:  # a run saved before the trainer was
+        raise ConfigError(
+            f"--resume: the run in {out} was made by another trainer (its model, {saved['model']!r}, is not one of"
+            f" {trainer}'s: {', '.join(models)}); resume it with the script that made it"
+        )
+    for name, value in saved.items():
+        if name not in fields:
+            raise ConfigError(f"--resume: {path}: {name!r} is no setting of {trainer}; delete that line")
+        if not _fits(value, hints[name]):
+            raise ConfigError(
+                f"--resume: {path}: \"{name}\": {json.dumps(value)} is not {_describe(hints[name])}; fix that line ({repair})"
+            )
+    return saved
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field of type `hint` (JSON has lists where fields have tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # JSON's NaN and Infinity included: json.loads takes them
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, list):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args))
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).removeprefix('a ')}s"
+        return f"a list of {len(args)} {_describe(args[0]).removeprefix('a ')}s"
+    return {type(None): "null", bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}.get(
+        hint, str(hint)
+    )
 
 
 def check_config(config: TrainConfig) -> None:
     """Every check that needs no compute, so a bad start fails before touching --out."""
+    for f in dataclasses.fields(config):  # argparse's float() takes nan and inf, and so does JSON
+        value = getattr(config, f.name)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
+            raise ConfigError(f"--{f.name.replace('_', '-')} {_shown(value)}: must be a finite number")
+        if f.name in NON_EMPTY_FIELDS and isinstance(value, str) and not value.strip():
+            raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: empty; give a value, or leave the flag out for its default")
+    # shuffle_buffer: datasets' shuffle refuses an empty buffer ("high <= 0") once the first batch is read.
     for name in ("batch_size", "grad_accum", "critic_steps", "max_steps", "log_every", "sample_every",
-                 "ckpt_every", "keep_checkpoints", "num_samples", "latent_dim", "fid_samples", "nonfinite_patience"):
+                 "ckpt_every", "keep_checkpoints", "latent_dim", "fid_samples", "nonfinite_patience",
+                 "shuffle_buffer", "channel_base", "channel_max", "mlp_hidden"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be at least 1")
-    for name in ("workers", "celeba_crop", "shuffle_buffer", "fid_every", "max_rollbacks"):
+    for name in ("workers", "celeba_crop", "fid_every", "max_rollbacks", "seed"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be 0 or more")
+    if config.num_samples < 2:  # the collapse monitor measures each grid's diversity between pairs of samples
+        raise ConfigError(f"--num-samples {config.num_samples}: must be at least 2 (the diversity alarm compares pairs)")
+    if not config.lr > 0:
+        raise ConfigError(f"--lr {config.lr}: must be above 0")
+    if not all(0.0 <= beta < 1.0 for beta in config.betas):
+        raise ConfigError(f"--betas {_shown(config.betas)}: each must be in [0, 1), e.g. 0.0 0.9")
+    if config.fid_every and config.fid_samples < 4:
+        raise ConfigError(
+            f"--fid-samples {config.fid_samples}: FID and KID need at least 4 (10000+ for stable numbers); raise it, or"
+            " turn FID off with --fid-every 0"
+        )
+    check_wandb_names(config)
     if not all(0 <= value <= 255 for value in config.alpha_background):
         raise ConfigError(f"--alpha-background {' '.join(map(str, config.alpha_background))}: give three values in 0..255, e.g. 255 255 255")
     if not 0.0 <= config.ema_decay < 1.0:
@@ -269,7 +390,29 @@ def check_config(config: TrainConfig) -> None:
             raise ConfigError(
                 f"--time-limit {config.time_limit}: {error}; give a duration such as 11h30m, 45m, 90s, 5400 or 11:30:00"
             ) from None
+    # After the flags, whose errors answer without importing wandb (for its API-key rule).
+    try:
+        check_environment(wandb_mode=config.wandb_mode, mixed_precision=config.mixed_precision)
+    except BadEnvironment as error:
+        raise ConfigError(str(error)) from None
     check_run_dir(config)
+
+
+def check_wandb_names(config: TrainConfig) -> None:
+    """What wandb.init would refuse seconds into the run (its project-name and tag rules)."""
+    project = config.wandb_project
+    if len(project) > WANDB_PROJECT_MAX or any(char in project for char in WANDB_PROJECT_FORBIDDEN):
+        raise ConfigError(
+            f"--wandb-project {project!r}: W&B project names have at most {WANDB_PROJECT_MAX} characters and none of"
+            f" {' '.join(WANDB_PROJECT_FORBIDDEN)}; choose another name"
+        )
+    for tag in config.wandb_tags:
+        if not 1 <= len(tag) <= WANDB_TAG_MAX:
+            raise ConfigError(f"--wandb-tags {tag!r}: W&B tags have 1 to {WANDB_TAG_MAX} characters; shorten or drop it")
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def check_run_dir(config: TrainConfig) -> None:
@@ -277,6 +420,15 @@ def check_run_dir(config: TrainConfig) -> None:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; point --out at a folder (it is made if missing)")
+    # Where the run's first write lands: --out, or the folder it is made in. os.access answers
+    # for a read-only mount even as root, whom permission bits do not stop.
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, so --out cannot be made there; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        reason = f"{existing} is on a read-only file system" if read_only else f"no permission to write in {existing}"
+        raise ConfigError(f"--out {out}: not writable ({reason}); choose another --out")
     if config.resume == "yes" and latest_checkpoint(out) is None:
         raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
     # A run is there once it has a checkpoint: a start that died before its first one left nothing
@@ -309,4 +461,6 @@ def collapse_thresholds(config: TrainConfig) -> CollapseThresholds:
 
 
 def save_config(config: TrainConfig, out: Path) -> None:
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    """config.json: every flag's value, and which recipe made the run (--resume checks it)."""
+    saved = {TRAINER_KEY: trainer_script(type(config)), **dataclasses.asdict(config)}
+    atomic_write_text(out / "config.json", json.dumps(saved, indent=2) + "\n")
