@@ -18,8 +18,9 @@ KNOWN = {
     "checkpoint_enospc": "STEP[:COUNT]",
     "nonfinite_loss": "FIRST[:COUNT]",
     "nonfinite_grad": "FIRST[:COUNT]",
+    "step_pause": "SECONDS",
 }
-_FORMS = {"SECONDS[@STEP]": r"\d+(\.\d*)?(@\d+)?", "STEP[:COUNT]": r"\d+(:\d+)?", "FIRST[:COUNT]": r"\d+(:\d+)?"}
+_FORMS = {"SECONDS": r"\d+(\.\d*)?", "SECONDS[@STEP]": r"\d+(\.\d*)?(@\d+)?", "STEP[:COUNT]": r"\d+(:\d+)?", "FIRST[:COUNT]": r"\d+(:\d+)?"}
 
 
 def _parse(text: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import get_total_norm
 from tqdm.auto import tqdm
 
-from train.common.failpoints import step_window
+from train.common.failpoints import failpoint, step_window
 from train.common.seeds import SeedPurpose, stream_seed
 from train.data import (
     DataError,
@@ -57,6 +57,7 @@ from train.run.stop import GracefulStop
 
 # Test-only fault injection (train/common/failpoints.py): empty ranges unless set.
 POISONED_LOSS_STEPS, POISONED_GRAD_STEPS = step_window("nonfinite_loss"), step_window("nonfinite_grad")
+STEP_PAUSE = float(failpoint("step_pause") or 0)  # seconds added to every step: a run that lasts, on any machine
 
 ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.Generator], Objective]
 
@@ -322,6 +323,8 @@ def _train(
                         f" and EMA rolled back to {checkpoint.name} (rollback {state.rollbacks} of at most"
                         f" {config.max_rollbacks}); training goes on with new data"
                     ])
+            if STEP_PAUSE:
+                time.sleep(STEP_PAUSE)
             window_steps += 1
             progress.update()
 
