@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors.torch import load_file
 
@@ -72,10 +73,15 @@ def run_to_end(out: Path, processes: int, *extra: str, timeout: float = 300) -> 
 
 
 def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """`sig` to the process and all its descendants: torchrun starts each rank in a session of its own."""
     try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
+        tree = [psutil.Process(process.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(sig)
 
 
 def whole_checkpoints_load(out: Path) -> int:

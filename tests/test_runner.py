@@ -1,8 +1,10 @@
 """train/run/runner.py: the entry every trainer shares; flags are answered before heavy imports."""
+import contextlib
 import json
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from tests.conftest import ROOT
@@ -36,3 +38,33 @@ def test_each_ending_has_its_exit_code_in_exit_status_json(tmp_path, status, cod
     saved = json.loads((tmp_path / EXIT_STATUS_FILE).read_text())
     assert saved == {"exit_code": code, "status": status.value, "step": 12, "reason": "why"}
     assert [p.name for p in tmp_path.iterdir()] == [EXIT_STATUS_FILE]
+
+
+RANK = """
+import os, sys, time
+os.environ["TORCHELASTIC_RUN_ID"] = "test"
+from train.run.runner import end_with_launcher
+end_with_launcher(poll_s=0.2)
+print(os.getpid(), flush=True)
+time.sleep(120)
+"""
+LAUNCHER = """
+import subprocess, sys, time
+rank = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=sys.stdout, start_new_session=True)
+time.sleep(120)
+"""
+
+
+def test_a_rank_started_by_torchrun_ends_when_its_launcher_is_killed():
+    # torchrun starts each rank in a session of its own: a SIGKILL of the launcher reaches no rank.
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, RANK], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        rank = psutil.Process(int(launcher.stdout.readline()))
+        assert rank.is_running()
+        launcher.kill()
+        launcher.wait(timeout=10)
+        rank.wait(timeout=10)  # gone within the poll, not after its sleep (psutil.TimeoutExpired otherwise)
+    finally:
+        launcher.kill()
+        with contextlib.suppress(psutil.NoSuchProcess, NameError):
+            rank.kill()

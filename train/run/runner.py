@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
@@ -28,6 +29,7 @@ EXIT_GRACE_S = 30.0
 
 def main(config_cls: type[Config], make_objective: "ObjectiveFactory", description: str, argv: Sequence[str] | None = None) -> int:
     relaunch_on_cpu_processes()
+    end_with_launcher()
     main_process = os.environ.get("RANK", "0") == "0"
     try:
         config = load_config(config_cls, argv, description)
@@ -56,6 +58,23 @@ def main(config_cls: type[Config], make_objective: "ObjectiveFactory", descripti
     if main_process and end.status is RunStatus.STOPPED:
         print(f"exit code {end.status.exit_code}: stopped early and resumable; continue with --resume (or --resume auto)", flush=True)
     return end.status.exit_code
+
+
+def end_with_launcher(poll_s: float = 5.0) -> None:
+    """A rank that torchrun started (in a session of its own) ends when its launcher is gone:
+    killed launchers would otherwise leave ranks waiting in a collective for gloo's 30 minutes,
+    holding --out's lock. Watched by a daemon thread: the parent pid changes when the parent dies."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        print(f"rank {os.environ.get('RANK', '?')}: the launcher (pid {launcher}) is gone; ending", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
 def exit_promptly(code: int, grace_s: float = EXIT_GRACE_S) -> NoReturn:
