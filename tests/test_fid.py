@@ -255,6 +255,7 @@ def test_evaluate_needs_a_run_folder(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: --run {tmp_path}: no config.json there")
 
 
+@pytest.mark.slow
 def test_training_evaluates_fid_every_k_steps_and_evaluate_py_scores_the_run(tmp_path):
     weights = write_stand_in_inception_weights(tmp_path / INCEPTION_WEIGHTS)
     out, cache = tmp_path / "run", tmp_path / "cache"

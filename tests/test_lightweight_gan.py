@@ -52,6 +52,7 @@ def test_resumed_run_continues_exactly_like_an_uninterrupted_one(run, tmp_path):
     assert_resumed_like_whole(tmp_path / "whole", tmp_path / "split", LOSS_KEYS + ("gp",))
 
 
+@pytest.mark.slow
 def test_accelerate_launch_cpu_with_two_processes_trains_on_two_ranks(run, tmp_path):
     out = tmp_path / "ddp"
     launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]

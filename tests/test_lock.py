@@ -251,6 +251,7 @@ def test_a_second_start_or_resume_into_a_live_run_is_refused_and_touches_nothing
     assert latest_checkpoint(out).name == f"step_{steps[-1]:06d}"
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_take_the_lock_once_from_rank_0_and_refuse_a_concurrent_start(tmp_path, capsys):
     out, log = tmp_path / "two", tmp_path / "two.log"
     launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]

@@ -116,6 +116,7 @@ def test_a_lasting_divergence_rolls_back_then_stops_with_a_checkpoint_and_exit_c
     assert (state["rollbacks"], state["nonfinite_streak"]) == (2, 3)
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_same_decisions(tmp_path):
     out = tmp_path / "run"
     launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]
@@ -161,6 +162,7 @@ def kill_a_decoding_worker(process: subprocess.Popen) -> None:
     workers[0].kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", [lambda shard, process: shard.unlink(), lambda shard, process: break_shard(shard),
                                    lambda shard, process: kill_a_decoding_worker(process)],
                          ids=["shard deleted", "shard truncated", "worker killed"])

@@ -96,6 +96,7 @@ def execute(notebook: Path, output: Path, **parameters) -> str:
     return "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_the_kaggle_notebook_stops_at_its_time_limit_and_the_next_session_continues_from_its_output(tmp_path, no_wandb_env):
     first, second = tmp_path / "session1", tmp_path / "session2"
     flags = ["--debug", "--max-steps", "400", "--log-every", "1"]
@@ -114,6 +115,7 @@ def test_the_kaggle_notebook_stops_at_its_time_limit_and_the_next_session_contin
     assert [r["step"] for r in read_metrics(second / "run" / "metrics.jsonl")] == list(range(1, stopped + 3))
 
 
+@pytest.mark.slow
 def test_the_colab_notebook_continues_the_run_on_drive_after_a_disconnect(tmp_path, no_wandb_env):
     drive = tmp_path / "drive"
     drive.mkdir()

@@ -47,7 +47,8 @@ def judged(figures: Figures) -> None:
     assert figures.identical, figures.notes
 
 
-@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
 def test_sigkill_at_random_moments_loses_nothing(request, tmp_path, processes):
     reference_run, seconds = request.getfixturevalue({1: "one_process", 2: "two_processes"}[processes])
     figures = Figures(f"SIGKILL, {processes} process{'es' if processes > 1 else ''}")
@@ -80,6 +81,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_resumably_and_it_finishes_once_space_is_back(small_disk):
     mount, grow = small_disk
     out = mount / "run"

@@ -180,6 +180,7 @@ def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finis
     print(f"preempt -> requeue -> restart: {(restarted[0] - signalled[0]).total_seconds():.0f} s")
 
 
+@pytest.mark.slow
 def test_two_tasks_as_two_nodes_rendezvous_and_resume_after_the_batch_shell_is_signalled(slurm, tmp_path):
     out, log = tmp_path / "run", tmp_path / "slurm.out"
     job = slurm.sbatch(
