@@ -128,13 +128,17 @@ def _ddp_step_matches_full_batch(name: str, micro_batches: int) -> None:
             loss, _ = objective.generator_loss(critic, generator(micro["z_generator"][i]))
             accelerator.backward(loss / micro_batches)
 
-    critic_diff = _max_difference(accelerator.unwrap_model(critic), ref_critic)
-    generator_diff = _max_difference(accelerator.unwrap_model(generator), ref_generator)
-    assert critic_diff <= TOLERANCE, f"rank {rank}: critic gradients differ by {critic_diff:.2e}"
-    assert generator_diff <= TOLERANCE, f"rank {rank}: generator gradients differ by {generator_diff:.2e}"
+    _assert_full_batch_gradients(accelerator, rank, (critic, ref_critic), (generator, ref_generator))
     del generator, critic
     accelerator.free_memory()
     accelerator.end_training()
+
+
+def _assert_full_batch_gradients(accelerator, rank: int, *pairs) -> None:
+    """Each (DDP-wrapped model, its 1-process full-batch reference) holds the same gradients."""
+    for (model, reference), name in zip(pairs, ("critic", "generator")):
+        difference = _max_difference(accelerator.unwrap_model(model), reference)
+        assert difference <= TOLERANCE, f"rank {rank}: {name} gradients differ by {difference:.2e}"
 
 
 @pytest.mark.parametrize("name", ["mlp", "dcgan", "resnet"])
@@ -263,10 +267,7 @@ def _lightweight_ddp_step_matches_full_batch() -> None:
     loss, _ = objective.generator_loss(critic, generator(local["z_generator"]), half(generator_draw))
     accelerator.backward(loss)
 
-    critic_diff = _max_difference(accelerator.unwrap_model(critic), ref_critic)
-    generator_diff = _max_difference(accelerator.unwrap_model(generator), ref_generator)
-    assert critic_diff <= TOLERANCE, f"rank {rank}: critic gradients differ by {critic_diff:.2e}"
-    assert generator_diff <= TOLERANCE, f"rank {rank}: generator gradients differ by {generator_diff:.2e}"
+    _assert_full_batch_gradients(accelerator, rank, (critic, ref_critic), (generator, ref_generator))
     del generator, critic
     accelerator.free_memory()
     accelerator.end_training()
