@@ -49,10 +49,10 @@ from accelerate.state import AcceleratorState  # noqa: E402
 
 from train.gan.diffaugment import parse_policy  # noqa: E402
 from train.lightweight_gan import LightweightGANConfig, make_objective  # noqa: E402
-from train.run.config import PRECISIONS, resolve_config  # noqa: E402
+from train.run.config import resolve_config  # noqa: E402
 from train.run.loop import adversarial_step, make_accelerator  # noqa: E402
 from train.run.networks import build_networks  # noqa: E402
-from train.run.precision import resolve_mixed_precision  # noqa: E402
+from train.run.precision import PRECISIONS, resolve_mixed_precision  # noqa: E402
 
 LUCIDRAINS = "lightweight-gan==1.2.1"
 Step = Callable[[], None]

@@ -12,12 +12,12 @@ from train.report.mirror import (
     write_loss_plot,
     write_progress_gif,
 )
-from train.report.samples import save_samples
+from train.report.samples import samples_picture, save_png
 
 
 def test_progress_gif_has_one_frame_per_grid_in_step_order_and_is_shrunk(tmp_path):
     for step, value in ((200, 1.0), (100, -1.0), (300, 0.0)):
-        save_samples(torch.full((64, 3, 128, 128), value), tmp_path / "samples" / f"step_{step:06d}.png")
+        save_png(samples_picture(torch.full((64, 3, 128, 128), value)), tmp_path / "samples" / f"step_{step:06d}.png")
     assert write_progress_gif(tmp_path / "samples", tmp_path / "progress.gif") == 3
     with Image.open(tmp_path / "progress.gif") as gif:
         assert gif.n_frames == 3 and max(gif.size) == GIF_MAX_SIDE
@@ -44,7 +44,9 @@ def test_smoothing_keeps_a_constant_and_leaves_short_curves_alone():
 
 
 def grid(tmp_path, step: int, value: float) -> Image.Image:
-    return save_samples(torch.full((4, 3, 32, 32), value), tmp_path / "samples" / f"step_{step:06d}.png")
+    picture = samples_picture(torch.full((4, 3, 32, 32), value))
+    save_png(picture, tmp_path / "samples" / f"step_{step:06d}.png")
+    return picture
 
 
 def test_each_sample_step_appends_one_frame_without_rewriting_the_earlier_ones(tmp_path):

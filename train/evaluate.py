@@ -24,6 +24,7 @@ from train.report.fid import (  # noqa: E402
     FIDUnavailable,
     default_cache_dir,
 )
+from train.run.checkpoint import checkpoint_step  # noqa: E402
 from train.run.finished import FinishedRun, RunNotFound  # noqa: E402
 from train.run.multi_cpu import relaunch_on_cpu_processes  # noqa: E402
 from train.run.outcome import BAD_INPUT  # noqa: E402
@@ -47,7 +48,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     )
     scores = evaluator.evaluate(generator.to(accelerator.device), run.config.latent_dim)
     accelerator.end_training()
-    return {"step": run.step(checkpoint), **scores, "samples": args.fid_samples}
+    return {"step": checkpoint_step(checkpoint), **scores, "samples": args.fid_samples}
 
 
 def main(argv: list[str] | None = None) -> int:

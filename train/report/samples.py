@@ -42,10 +42,3 @@ def samples_picture(samples: torch.Tensor, modes: torch.Tensor | None = None, st
 
 def save_png(image: Image.Image, path: Path) -> None:
     atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"))
-
-
-def save_samples(samples: torch.Tensor, path: Path, modes: torch.Tensor | None = None, std: float = 0.0) -> Image.Image:
-    """Write the picture of the samples (a grid, or a scatter plot for points) and return it."""
-    image = samples_picture(samples, modes, std)
-    save_png(image, path)
-    return image

@@ -25,7 +25,8 @@ from train.report.fid import INCEPTION_WEIGHTS, default_cache_dir
 from train.report.monitor import CollapseThresholds
 from train.report.tracking import WANDB_MODES
 from train.run.checkpoint import latest_checkpoint
-from train.run.environment import PRECISIONS, BadEnvironment, check_environment
+from train.run.environment import BadEnvironment, check_environment
+from train.run.precision import PRECISIONS
 from train.run.stop import parse_duration
 
 RESUME_MODES = ("no", "yes", "auto")

@@ -16,12 +16,12 @@ from collections.abc import MutableMapping
 from train.common import failpoints
 from train.common.failpoints import VARIABLE as FAILPOINTS_VARIABLE
 from train.report.tracking import WANDB_MODE_ALIASES, WANDB_MODES, resolve_wandb_mode
+from train.run.precision import PRECISIONS
 from train.run.stop import PID_DIR_VARIABLE
 
 # Whose empty variables count as unset: W&B, Hugging Face (hub, datasets), Accelerate, this toolkit.
 FAMILIES = ("WANDB_", "HF_", "ACCELERATE_", "FACEGAN_")
 
-PRECISIONS = ("no", "fp16", "bf16")
 # accelerate.utils.str_to_bool, which raises on anything else (parse_flag_from_env).
 ACCELERATE_TRUTH = ("1", "0", "true", "false", "yes", "no", "on", "off", "y", "n", "t", "f")
 ACCELERATE_FLAGS = (

@@ -12,7 +12,6 @@ from torch import nn
 from train.data import DataOptions, parse_data_spec, toy_modes
 from train.run.checkpoint import (
     EMA_FILE,
-    checkpoint_step,
     list_checkpoints,
     load_ema_weights,
 )
@@ -72,6 +71,3 @@ class FinishedRun:
             return generator.to(device), candidate
         raise RunNotFound(f"--run {self.path}: no checkpoint with a readable {EMA_FILE}; train again or restore one")
 
-    @staticmethod
-    def step(checkpoint: Path) -> int | None:
-        return checkpoint_step(checkpoint)

@@ -4,6 +4,8 @@ import warnings
 
 import torch
 
+PRECISIONS = ("no", "fp16", "bf16")  # what --mixed-precision and ACCELERATE_MIXED_PRECISION may say
+
 
 def resolve_mixed_precision(requested: str | None, use_cpu: bool) -> str:
     """The flag, else the accelerate config (ACCELERATE_MIXED_PRECISION), downgraded where it would not run well."""
