@@ -4,7 +4,6 @@ import json
 import pytest
 
 from train.run.config import ConfigError, load_config, resuming, save_config
-from train.run.precision import resolve_mixed_precision
 from train.run.runner import main
 from train.wgangp import WGANGPConfig, make_objective
 
@@ -133,13 +132,6 @@ def test_the_cli_exits_non_zero_with_one_line_and_leaves_out_untouched(tmp_path,
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-
-
-def test_fp16_on_the_cpu_falls_back_to_fp32_with_a_warning():
-    with pytest.warns(UserWarning, match="fp16 needs a GPU"):
-        assert resolve_mixed_precision("fp16", use_cpu=True) == "no"
-    assert resolve_mixed_precision("bf16", use_cpu=True) == "bf16"
-    assert resolve_mixed_precision(None, use_cpu=True) in ("no", "bf16", "fp16")
 
 
 def test_config_json_holds_every_field(tmp_path):

@@ -51,7 +51,12 @@ from train.run.config import (
 from train.run.ema import GeneratorEMA
 from train.run.networks import build_networks, fixed_noise, render_samples
 from train.run.outcome import RunEnd, RunStatus
-from train.run.precision import resolve_mixed_precision
+from train.run.precision import (
+    accelerate_precision,
+    prepare,
+    resolve_mixed_precision,
+    use_cpu_fp16,
+)
 from train.run.state import TrainState
 from train.run.stop import GracefulStop
 
@@ -67,13 +72,17 @@ def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accele
     use_cpu = config.cpu or not torch.cuda.is_available()
     if not use_cpu:
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
-    return Accelerator(
+    precision = resolve_mixed_precision(config.mixed_precision, use_cpu)
+    accelerator = Accelerator(
         cpu=use_cpu,
-        mixed_precision=resolve_mixed_precision(config.mixed_precision, use_cpu),
+        mixed_precision=accelerate_precision(precision, use_cpu),
         # Default DDP flags on purpose: static_graph breaks the penalty's double backward.
         kwargs_handlers=[DistributedDataParallelKwargs(static_graph=False)],
         log_with=log_with,
     )
+    if accelerator.scaler is None and precision == "fp16":
+        use_cpu_fp16(accelerator)
+    return accelerator
 
 
 @dataclasses.dataclass
@@ -180,7 +189,7 @@ def _train(
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
     g_opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     d_opt = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
-    generator, critic, g_opt, d_opt = accelerator.prepare(generator, critic, g_opt, d_opt)
+    generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
 
     latent_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, SeedPurpose.LATENTS))
     stream = open_stream(
