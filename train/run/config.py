@@ -27,11 +27,12 @@ from train.report.tracking import WANDB_MODES
 from train.run.checkpoint import latest_checkpoint
 from train.run.environment import BadEnvironment, check_environment
 from train.run.precision import PRECISIONS
+from train.run.profiling import profile_steps_needed
 from train.run.stop import parse_duration
 
 RESUME_MODES = ("no", "yes", "auto")
 # How this invocation runs, not what the run is: never taken from a resumed run's config.json.
-SESSION_FIELDS = ("resume", "time_limit")
+SESSION_FIELDS = ("resume", "time_limit", "profile")
 # config.json's one entry that is not a flag: the recipe script that made the run.
 TRAINER_KEY = "trainer"
 # Text flags for which an empty value means nothing (an empty --out or --data would be the current folder).
@@ -145,6 +146,10 @@ class TrainConfig:
     max_rollbacks: int = flag(3, "rollbacks before a run that keeps diverging stops with a checkpoint, exit code 4")
     stop_on_collapse: bool = flag(False, "stop the run with a checkpoint (exit code 3) when a collapse or divergence alarm fires")
     debug: bool = flag(False, "tiny model on synthetic data (MLP on toy data), a few dozen steps, no network")
+    profile: int = flag(
+        0, "profile this many steps after a 3-step warm-up: a torch.profiler trace in --out/profile/ (open it in"
+        " ui.perfetto.dev or TensorBoard) and the top operators printed; 0: off"
+    )
 
     # Fields that shape the networks: a resumed run must keep them.
     architecture_fields: ClassVar[tuple[str, ...]] = (
@@ -340,9 +345,14 @@ def check_config(config: TrainConfig) -> None:
                  "shuffle_buffer", "channel_base", "channel_max", "mlp_hidden"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be at least 1")
-    for name in ("workers", "celeba_crop", "fid_every", "max_rollbacks", "seed"):
+    for name in ("workers", "celeba_crop", "fid_every", "max_rollbacks", "seed", "profile"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be 0 or more")
+    if config.profile and profile_steps_needed(config.profile) > config.max_steps:
+        raise ConfigError(
+            f"--profile {config.profile}: the profile ends at step {profile_steps_needed(config.profile)} (after a"
+            f" {profile_steps_needed(0)}-step warm-up), beyond --max-steps {config.max_steps}; raise --max-steps or lower --profile"
+        )
     if config.num_samples < 2:  # the collapse monitor measures each grid's diversity between pairs of samples
         raise ConfigError(f"--num-samples {config.num_samples}: must be at least 2 (the diversity alarm compares pairs)")
     if not config.lr > 0:

@@ -57,6 +57,7 @@ from train.run.precision import (
     resolve_mixed_precision,
     use_cpu_fp16,
 )
+from train.run.profiling import StepProfiler
 from train.run.state import TrainState
 from train.run.stop import GracefulStop
 
@@ -196,7 +197,8 @@ def _train(
         data, batch_size=config.batch_size, seed=config.seed, rank=rank, world_size=world, pin_memory=device.type == "cuda"
     )
     # Decoding workers are shut down on every way out, an error included, or the process cannot exit.
-    with contextlib.closing(stream):
+    profiler = StepProfiler(config.profile, out, rank, print_table=accelerator.is_main_process)
+    with contextlib.closing(stream), profiler:
         objective = make_objective(config, accelerator.scaler, latent_rng)
         eval_noise = fixed_noise(config.num_samples, config.latent_dim, config.seed)
         modes, std = toy_modes(data.spec.name) if data.spec.is_points else (None, 0.0)
@@ -332,6 +334,7 @@ def _train(
                         f" and EMA rolled back to {checkpoint.name} (rollback {state.rollbacks} of at most"
                         f" {config.max_rollbacks}); training goes on with new data"
                     ])
+            profiler.step()
             if STEP_PAUSE:
                 time.sleep(STEP_PAUSE)
             window_steps += 1
