@@ -1,5 +1,6 @@
 """Pure nn.Modules: generator/critic pairs built from a name and a resolution; no training logic."""
-from models.layers import CRITIC_NORMS, IMAGE_RESOLUTIONS
+from models.dcgan import DCGAN_CHOICES, DCGANOptions
+from models.layers import CRITIC_NORMS, IMAGE_RESOLUTIONS, PER_SAMPLE_NORMS
 from models.registry import (
     IMAGE_MODELS,
     MODEL_NAMES,
@@ -9,4 +10,16 @@ from models.registry import (
     check_model,
 )
 
-__all__ = ["CRITIC_NORMS", "IMAGE_MODELS", "IMAGE_RESOLUTIONS", "MODEL_NAMES", "POINT_MODELS", "ModelOptionError", "build_models", "check_model"]
+__all__ = [
+    "CRITIC_NORMS",
+    "DCGAN_CHOICES",
+    "IMAGE_MODELS",
+    "IMAGE_RESOLUTIONS",
+    "MODEL_NAMES",
+    "PER_SAMPLE_NORMS",
+    "POINT_MODELS",
+    "DCGANOptions",
+    "ModelOptionError",
+    "build_models",
+    "check_model",
+]

@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from models.packing import pack_samples
+
 TOY_DIM = 2
 
 
@@ -25,9 +27,12 @@ class MLPGenerator(nn.Module):
 
 
 class MLPCritic(nn.Module):
-    def __init__(self, hidden: int = 512):
+    """Scores points, or with `pack` > 1 packs of `pack` consecutive points (PacGAN): N / pack scores."""
+
+    def __init__(self, hidden: int = 512, pack: int = 1):
         super().__init__()
-        self.net = _mlp(TOY_DIM, hidden, 1)
+        self.pack = pack
+        self.net = _mlp(TOY_DIM * pack, hidden, 1)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        return self.net(points).flatten()
+        return self.net(pack_samples(points, self.pack)).flatten()

@@ -1,8 +1,15 @@
 """Generator/critic pairs by name: the one place that maps a name and a resolution to modules."""
+import dataclasses
+
 from torch import nn
 
-from models.dcgan import DCGANCritic, DCGANGenerator
-from models.layers import CRITIC_NORMS, IMAGE_RESOLUTIONS
+from models.dcgan import DCGAN_CHOICES, DCGANCritic, DCGANGenerator, DCGANOptions
+from models.layers import (
+    CRITIC_NORMS,
+    IMAGE_RESOLUTIONS,
+    PER_SAMPLE_NORMS,
+    spectral_normed,
+)
 from models.lightweight import (
     LightweightDiscriminator,
     LightweightGenerator,
@@ -24,8 +31,16 @@ class ModelOptionError(ValueError):
         self.option = option
 
 
-def check_model(name: str, resolution: int, critic_norm: str = "layer", attn_resolutions: tuple[int, ...] = ()) -> None:
-    """Raise ModelOptionError naming the bad value and the valid ones."""
+def check_model(
+    name: str,
+    resolution: int,
+    critic_norm: str = "layer",
+    attn_resolutions: tuple[int, ...] = (),
+    *,
+    dcgan: DCGANOptions | None = None,
+    pack: int = 1,
+) -> None:
+    """Raise ModelOptionError naming the bad value and the valid ones (`dcgan`: None is all defaults)."""
     if name not in MODEL_NAMES:
         raise ModelOptionError("model", f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if name in IMAGE_MODELS and resolution not in IMAGE_RESOLUTIONS:
@@ -33,6 +48,21 @@ def check_model(name: str, resolution: int, critic_norm: str = "layer", attn_res
         raise ModelOptionError("resolution", f"resolution {resolution} is not supported by {name!r}; choose one of {valid}")
     if critic_norm not in CRITIC_NORMS:
         raise ModelOptionError("critic_norm", f"unknown critic norm {critic_norm!r}; choose one of {', '.join(CRITIC_NORMS)}")
+    if critic_norm not in PER_SAMPLE_NORMS and name != "dcgan":
+        raise ModelOptionError(
+            "critic_norm",
+            f"critic norm {critic_norm!r} is a 'dcgan' model option, not {name!r}'s (it couples the samples of a batch);"
+            f" choose one of {', '.join(PER_SAMPLE_NORMS)}",
+        )
+    check_dcgan_options(name, dcgan or DCGANOptions())
+    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+        raise ModelOptionError("pack", f"pack {pack!r} is not a number of samples; choose a whole number >= 1 (1: no packing)")
+    if pack > 1 and name == "lightweight":
+        raise ModelOptionError(
+            "pack",
+            "packing is not possible for 'lightweight': its discriminator reconstructs each real image from that"
+            " image's own features; use pack 1",
+        )
     if attn_resolutions and name != "lightweight":
         raise ModelOptionError("attn_resolutions", f"attention resolutions are a 'lightweight' model option, not {name!r}'s; drop them")
     valid_sizes = attention_sizes(resolution)
@@ -42,6 +72,25 @@ def check_model(name: str, resolution: int, critic_norm: str = "layer", attn_res
                 "attn_resolutions",
                 f"attention at {size} px is not possible at resolution {resolution}; choose from {', '.join(map(str, valid_sizes))}",
             )
+
+
+def check_dcgan_options(name: str, options: DCGANOptions) -> None:
+    for option, choices in DCGAN_CHOICES.items():
+        value = getattr(options, option)
+        if value not in choices:
+            raise ModelOptionError(option, f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
+    for option in ("g_dropout", "d_dropout"):
+        value = getattr(options, option)
+        if not 0 <= value < 1:
+            raise ModelOptionError(option, f"{option} {value} is not a dropout probability; choose a value in [0, 1) (0: off)")
+    changed = options.changed()
+    if name != "dcgan" and changed:
+        option = changed[0]
+        default = next(f.default for f in dataclasses.fields(options) if f.name == option)
+        raise ModelOptionError(
+            option,
+            f"{option}={getattr(options, option)!r} is a 'dcgan' model option, not {name!r}'s; leave it at its default {default!r}",
+        )
 
 
 def build_models(
@@ -54,18 +103,52 @@ def build_models(
     critic_norm: str = "layer",
     mlp_hidden: int = 512,
     attn_resolutions: tuple[int, ...] = (),
+    g_norm: str = "batch",
+    d_first_norm: bool = False,
+    g_activation: str = "relu",
+    d_activation: str = "leaky_relu",
+    upsample: str = "k4s2",
+    downsample: str = "strided",
+    g_dropout: float = 0.0,
+    d_dropout: float = 0.0,
+    conv_bias: bool = True,
+    dcgan_init: bool = False,
+    g_spectral_norm: bool = False,
+    d_spectral_norm: bool = False,
+    pack: int = 1,
 ) -> tuple[nn.Module, nn.Module]:
-    """Return (generator, critic) for a model name; image generators emit [-1, 1] at `resolution`."""
-    check_model(name, resolution, critic_norm, attn_resolutions)
-    if name == "mlp":
-        return MLPGenerator(latent_dim, mlp_hidden), MLPCritic(mlp_hidden)
-    if name == "lightweight":
-        return (
-            LightweightGenerator(latent_dim, resolution, channel_base, channel_max, attn_resolutions),
-            LightweightDiscriminator(resolution, channel_base, channel_max, critic_norm, attn_resolutions),
-        )
-    generator_cls, critic_cls = {"dcgan": (DCGANGenerator, DCGANCritic), "resnet": (ResNetGenerator, ResNetCritic)}[name]
-    return (
-        generator_cls(latent_dim, resolution, channel_base, channel_max),
-        critic_cls(resolution, channel_base, channel_max, critic_norm),
+    """Return (generator, critic) for a model name; image generators emit [-1, 1] at `resolution`.
+
+    g_norm ... dcgan_init are 'dcgan' options (see DCGANOptions); spectral norm is for every model;
+    `pack` > 1 makes the critic score packs of that many consecutive samples (all but 'lightweight').
+    """
+    dcgan = DCGANOptions(
+        g_norm=g_norm,
+        d_first_norm=d_first_norm,
+        g_activation=g_activation,
+        d_activation=d_activation,
+        upsample=upsample,
+        downsample=downsample,
+        g_dropout=g_dropout,
+        d_dropout=d_dropout,
+        conv_bias=conv_bias,
+        dcgan_init=dcgan_init,
     )
+    check_model(name, resolution, critic_norm, attn_resolutions, dcgan=dcgan, pack=pack)
+    # Generator first, as always: with a fixed seed its initial weights do not depend on the critic's options.
+    if name == "mlp":
+        generator, critic = MLPGenerator(latent_dim, mlp_hidden), MLPCritic(mlp_hidden, pack)
+    elif name == "lightweight":
+        generator = LightweightGenerator(latent_dim, resolution, channel_base, channel_max, attn_resolutions)
+        critic = LightweightDiscriminator(resolution, channel_base, channel_max, critic_norm, attn_resolutions)
+    elif name == "resnet":
+        generator = ResNetGenerator(latent_dim, resolution, channel_base, channel_max)
+        critic = ResNetCritic(resolution, channel_base, channel_max, critic_norm, pack)
+    else:
+        generator = DCGANGenerator(latent_dim, resolution, channel_base, channel_max, dcgan)
+        critic = DCGANCritic(resolution, channel_base, channel_max, critic_norm, dcgan, pack)
+    if g_spectral_norm:
+        spectral_normed(generator)
+    if d_spectral_norm:
+        spectral_normed(critic)
+    return generator, critic

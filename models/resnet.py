@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.layers import channels_at, critic_norm, doublings
+from models.packing import pack_samples
 
 
 class UpBlock(nn.Module):
@@ -50,7 +51,7 @@ class DownBlock(nn.Module):
 class ResNetGenerator(nn.Module):
     def __init__(self, latent_dim: int, resolution: int, channel_base: int, channel_max: int):
         super().__init__()
-        width = lambda res: channels_at(res, channel_base, channel_max)  # noqa: E731
+        width = lambda res: channels_at(res, channel_base, channel_max)
         self.stem = nn.Linear(latent_dim, 4 * 4 * width(4))
         self.blocks = nn.Sequential(*(UpBlock(width(res), width(2 * res)) for res in doublings(4, resolution)))
         self.to_rgb = nn.Sequential(
@@ -66,15 +67,18 @@ class ResNetGenerator(nn.Module):
 
 
 class ResNetCritic(nn.Module):
-    def __init__(self, resolution: int, channel_base: int, channel_max: int, norm: str = "layer"):
+    """Scores images, or with `pack` > 1 packs of `pack` consecutive images (PacGAN): N / pack scores."""
+
+    def __init__(self, resolution: int, channel_base: int, channel_max: int, norm: str = "layer", pack: int = 1):
         super().__init__()
-        width = lambda res: channels_at(res, channel_base, channel_max)  # noqa: E731
-        self.from_rgb = nn.Conv2d(3, width(resolution), 3, padding=1)
+        self.pack = pack
+        width = lambda res: channels_at(res, channel_base, channel_max)
+        self.from_rgb = nn.Conv2d(3 * pack, width(resolution), 3, padding=1)
         self.blocks = nn.Sequential(
             *(DownBlock(width(res), width(res // 2), norm) for res in reversed(doublings(8, 2 * resolution)))
         )
         self.head = nn.Linear(4 * 4 * width(4), 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.blocks(self.from_rgb(images))
+        features = self.blocks(self.from_rgb(pack_samples(images, self.pack)))
         return self.head(rearrange(features, "n c h w -> n (c h w)")).flatten()
