@@ -25,15 +25,12 @@ import: without a GPU this script measures our trainer alone.
 """
 import argparse
 import contextlib
-import ctypes
-import gc
 import importlib.metadata
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -43,21 +40,27 @@ if __spec__ is None:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import accelerate  # noqa: E402
-import psutil  # noqa: E402
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
+from bench.measure import (  # noqa: E402
+    CUDA,
+    DEVICE,
+    PeakMemory,
+    memory_in_use,
+    release,
+    significant,
+    synchronize,
+)
 from train.gan.diffaugment import parse_policy  # noqa: E402
 from train.lightweight_gan import LightweightGANConfig, make_objective  # noqa: E402
 from train.run.config import resolve_config  # noqa: E402
 from train.run.loop import adversarial_step, make_accelerator  # noqa: E402
 from train.run.networks import build_networks  # noqa: E402
-from train.run.precision import PRECISIONS, resolve_mixed_precision  # noqa: E402
+from train.run.precision import PRECISIONS, prepare, resolve_mixed_precision  # noqa: E402
 
 LUCIDRAINS = "lightweight-gan==1.2.1"
 Step = Callable[[], None]
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda", 0) if CUDA else torch.device("cpu")
 
 
 def synthetic_reals(config: LightweightGANConfig) -> torch.Tensor:
@@ -72,7 +75,7 @@ def ours(config: LightweightGANConfig) -> tuple[Step, int]:
     generator, critic = build_networks(config)
     g_opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     d_opt = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
-    generator, critic, g_opt, d_opt = accelerator.prepare(generator, critic, g_opt, d_opt)
+    generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
     rng = torch.Generator(device=accelerator.device).manual_seed(config.seed)
     objective = make_objective(config, accelerator.scaler, rng)
     real = synthetic_reals(config)
@@ -148,49 +151,6 @@ def lucidrains(config: LightweightGANConfig, precision: str, folder: str) -> tup
     return step, batch
 
 
-def synchronize() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
-
-
-def memory_in_use() -> int:
-    return torch.cuda.memory_allocated() if CUDA else psutil.Process().memory_info().rss
-
-
-class PeakMemory:
-    """Peak memory in use during the block above its level at entry: CUDA allocations, or on the
-    CPU the process's resident set sampled every 5 ms (no allocator keeps a CPU peak)."""
-
-    def __enter__(self) -> "PeakMemory":
-        self.start, self.peak, self.done = memory_in_use(), 0, threading.Event()
-        if CUDA:
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.sampler = threading.Thread(target=self._sample, daemon=True)
-            self.sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.done.wait(0.005):
-            self.peak = max(self.peak, memory_in_use() - self.start)
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        if CUDA:
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self.sampler.join()
-            self.peak = max(self.peak, memory_in_use() - self.start)
-
-
-def release() -> None:
-    gc.collect()
-    if CUDA:
-        torch.cuda.empty_cache()
-    elif sys.platform == "linux":  # glibc keeps freed heap; hand it back so the next row's RSS rise starts low
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def compare(sides: dict[str, Callable[[], tuple[Step, int]]], args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     """{side: (img/s, peak MiB)}: built and warmed up in turn, then timed in alternation."""
     steps, resident, images = {}, {}, {}
@@ -250,10 +210,6 @@ def largest_batch(fits_at: Callable[[int], bool], start: int, cap: int = 4096) -
         mid = (low + high) // 2
         low, high = (mid, high) if fits_at(mid) else (low, mid)
     return low
-
-
-def significant(x: float) -> str:
-    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2g}"
 
 
 def row(resolution: int, precision: str, args: argparse.Namespace, tmp: str, with_theirs: bool) -> list[str]:

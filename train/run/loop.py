@@ -51,6 +51,7 @@ from train.run.config import (
 from train.run.ema import GeneratorEMA
 from train.run.networks import build_networks, fixed_noise, render_samples
 from train.run.outcome import RunEnd, RunStatus
+from train.run.performance import adam, configure_backends, memory_format
 from train.run.precision import (
     accelerate_precision,
     prepare,
@@ -92,6 +93,73 @@ class StepResult:
     generator_updated: bool
 
 
+class Phases:
+    """The two halves of an adversarial step, each usable alone (the GPU check times them apart).
+
+    `critic_steps` critic updates, then one generator update, each over `grad_accum` micro-batches.
+    An update whose gradients are not all finite is left out, so no NaN or Inf reaches the weights
+    or the optimizers' state. `poison` ("loss" or "grad") is the fault injection of
+    train.common.failpoints: a non-finite loss or gradient in every phase."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        generator: nn.Module,
+        critic: nn.Module,
+        g_opt: torch.optim.Optimizer,
+        d_opt: torch.optim.Optimizer,
+        objective: Objective,
+        next_real: Callable[[], torch.Tensor],
+        latents: Callable[[], torch.Tensor],
+        critic_steps: int,
+        grad_accum: int,
+        record: Callable[[dict], None],
+    ):
+        self.accelerator, self.generator, self.critic, self.g_opt, self.d_opt = accelerator, generator, critic, g_opt, d_opt
+        self.objective, self.next_real, self.latents, self.record = objective, next_real, latents, record
+        self.critic_steps, self.grad_accum = critic_steps, grad_accum
+
+    def _sync_unless_last(self, model: nn.Module, micro: int):
+        # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
+        return self.accelerator.no_sync(model) if micro < self.grad_accum - 1 else contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor, poison: str | None) -> None:
+        self.accelerator.backward((loss * float("nan") if poison == "loss" else loss) / self.grad_accum)
+
+    def critic_phase(self, poison: str | None = None) -> int:
+        """The critic updates; how many were left out."""
+        skipped = 0
+        self.generator.train()
+        self.critic.requires_grad_(True)
+        for _ in range(self.critic_steps):
+            for micro in range(self.grad_accum):
+                real = self.next_real()
+                with torch.no_grad():
+                    fake = self.generator(self.latents())
+                with self._sync_unless_last(self.critic, micro):
+                    loss, stats = self.objective.critic_loss(self.critic, real, fake)
+                    self._backward(loss, poison)
+                self.record(stats)
+            skipped += not _update(self.accelerator, self.d_opt, self.critic, poison)
+        return skipped
+
+    def generator_phase(self, poison: str | None = None) -> bool:
+        """The generator update; whether it was made."""
+        # Frozen, the critic's weights get no gradients from the generator's loss (and DDP expects none).
+        self.critic.requires_grad_(False)
+        for micro in range(self.grad_accum):
+            with self._sync_unless_last(self.generator, micro):
+                loss, stats = self.objective.generator_loss(self.critic, self.generator(self.latents()))
+                self._backward(loss, poison)
+            self.record(stats)
+        return _update(self.accelerator, self.g_opt, self.generator, poison)
+
+    def step(self, poison: str | None = None) -> StepResult:
+        skipped = self.critic_phase(poison)
+        generator_updated = self.generator_phase(poison)
+        return StepResult(skipped + (not generator_updated), generator_updated)
+
+
 def adversarial_step(
     accelerator: Accelerator,
     generator: nn.Module,
@@ -106,41 +174,10 @@ def adversarial_step(
     record: Callable[[dict], None],
     poison: str | None = None,
 ) -> StepResult:
-    """`critic_steps` critic updates, then one generator update, each over `grad_accum`
-    micro-batches. An update whose gradients are not all finite is left out, so no NaN or Inf
-    reaches the weights or the optimizers' state. `poison` ("loss" or "grad") is the fault
-    injection of train.common.failpoints: a non-finite loss or gradient in every phase."""
-
-    def sync_unless_last(model: nn.Module, micro: int):
-        # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
-        return accelerator.no_sync(model) if micro < grad_accum - 1 else contextlib.nullcontext()
-
-    def backward(loss: torch.Tensor) -> None:
-        accelerator.backward((loss * float("nan") if poison == "loss" else loss) / grad_accum)
-
-    skipped = 0
-    generator.train()
-    critic.requires_grad_(True)
-    for _ in range(critic_steps):
-        for micro in range(grad_accum):
-            real = next_real()
-            with torch.no_grad():
-                fake = generator(latents())
-            with sync_unless_last(critic, micro):
-                loss, stats = objective.critic_loss(critic, real, fake)
-                backward(loss)
-            record(stats)
-        skipped += not _update(accelerator, d_opt, critic, poison)
-
-    # Frozen, the critic's weights get no gradients from the generator's loss (and DDP expects none).
-    critic.requires_grad_(False)
-    for micro in range(grad_accum):
-        with sync_unless_last(generator, micro):
-            loss, stats = objective.generator_loss(critic, generator(latents()))
-            backward(loss)
-        record(stats)
-    generator_updated = _update(accelerator, g_opt, generator, poison)
-    return StepResult(skipped + (not generator_updated), generator_updated)
+    """One step of `Phases`: the critic's updates, then the generator's."""
+    return Phases(
+        accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents, critic_steps, grad_accum, record
+    ).step(poison)
 
 
 def _update(accelerator: Accelerator, optimizer: torch.optim.Optimizer, model: nn.Module, poison: str | None) -> bool:
@@ -182,14 +219,16 @@ def _train(
     data = config.data_options
 
     generator, critic = build_networks(config)
+    memory_format(config.channels_last, generator, critic)
     # From here torch's global generator (injected noise, dropout) differs per rank; Accelerate
     # saves and restores it per rank with each checkpoint.
     torch.manual_seed(stream_seed(config.seed, rank, SeedPurpose.TORCH_GLOBAL))
     ema = GeneratorEMA(generator, config.ema_decay, device=device)
     if config.sync_bn and world > 1 and device.type == "cuda":
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-    g_opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
-    d_opt = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
+    configure_backends(config.tf32, device)
+    g_opt = adam(generator.parameters(), config.lr, config.betas, config.fused_adam, device)
+    d_opt = adam(critic.parameters(), config.lr, config.betas, config.fused_adam, device)
     generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
 
     latent_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, SeedPurpose.LATENTS))

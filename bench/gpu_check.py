@@ -1,0 +1,475 @@
+"""The GPU acceptance check: one command, at most 8 minutes on one H100/H200.
+
+    python bench/gpu_check.py                      # on a GPU: every part, then the report
+    python bench/gpu_check.py --cpu-smoke          # every part at tiny sizes on the CPU, under 2 minutes
+    python bench/gpu_check.py --parts speed        # some parts only
+
+Parts, in order, each with its own time box (a part that runs out leaves its remaining rows
+"not measured", and the next part starts on time):
+1. environment: GPU, memory, driver, CUDA, cuDNN, torch, accelerate.
+2. correctness: tests/test_gpu.py (fp16 and bf16 runs of both trainers, the fp16 penalty against
+   fp32, bf16 kept only where native), then a forced fp16 overflow through the training step: the
+   step is skipped and counted, the scale lowered, and the steps after it update normally.
+3. speed: per trainer, resolution and precision, real images per second through the critic, the
+   step split into its critic and generator phases, peak memory, and model FLOP utilisation (the
+   FLOPs of one step, counted by torch.utils.flop_counter.FlopCounterMode, per second, over the
+   peak of a large bf16 matmul measured on the same device in the same run).
+4. options, each on and off in the same run: channels-last, fused Adam, TF32, torch.compile of the
+   generator and of the critic (or why not).
+5. lucidrains: bench/lightweight_vs_lucidrains.py side by side at 256 and 1024 px, and the largest
+   batch at 1024 px (needs `pip install lightweight-gan==1.2.1`; without it, ours alone).
+
+Writes report.json and report.md to --report (default bench/reports/<device>-<date>/) and prints
+the Markdown.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+if __spec__ is None:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import accelerate  # noqa: E402
+import torch  # noqa: E402
+from accelerate.state import AcceleratorState  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from bench.measure import CUDA, DEVICE, PeakMemory, release, significant, synchronize  # noqa: E402
+from train.lightweight_gan import LightweightGANConfig  # noqa: E402
+from train.lightweight_gan import make_objective as lightweight_objective  # noqa: E402
+from train.run.config import resolve_config  # noqa: E402
+from train.run.loop import Phases, make_accelerator  # noqa: E402
+from train.run.networks import build_networks  # noqa: E402
+from train.run.performance import adam, configure_backends, memory_format  # noqa: E402
+from train.run.precision import prepare, resolve_mixed_precision  # noqa: E402
+from train.wgangp import WGANGPConfig  # noqa: E402
+from train.wgangp import make_objective as wgangp_objective  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("environment", "correctness", "speed", "options", "lucidrains")
+# Seconds per part on a GPU (8 minutes in all) and in the CPU smoke run (under 2 minutes).
+BUDGETS = {
+    "gpu": {"environment": 15, "correctness": 170, "speed": 150, "options": 75, "lucidrains": 70},
+    "smoke": {"environment": 10, "correctness": 35, "speed": 30, "options": 15, "lucidrains": 25},
+}
+TRAINERS = {"wgangp": (WGANGPConfig, wgangp_objective), "lightweight": (LightweightGANConfig, lightweight_objective)}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured configuration: a trainer at a resolution and precision, with its options."""
+
+    trainer: str
+    resolution: int
+    precision: str
+    batch: int
+    options: tuple[tuple[str, Any], ...] = ()  # config flags on top of the trainer's defaults
+    compile: tuple[str, ...] = ()  # "generator" and/or "critic"
+
+    def label(self) -> str:
+        shown = [f"{k}={v}" for k, v in self.options] + [f"compile {m}" for m in self.compile]
+        return ", ".join(shown) or "defaults"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a run measures: the GPU's real sizes, or the smoke run's tiny ones."""
+
+    rows: tuple[Row, ...]
+    option_base: Row
+    channel_base: int | None  # None: each trainer's own widths
+    critic_steps: int | None
+    warmup: int
+    timed: int
+    matmul: int
+    lucidrains_args: tuple[str, ...]
+    compile_backend: str
+
+
+def gpu_sizes() -> Sizes:
+    rows = [Row("wgangp", r, p, 64) for r in (64, 128, 256) for p in ("no", "fp16", "bf16")]
+    rows += [Row("lightweight", r, p, 16 if r == 256 else 8) for r in (256, 1024) for p in ("no", "fp16", "bf16")]
+    return Sizes(
+        rows=tuple(rows), option_base=Row("wgangp", 128, "bf16", 64), channel_base=None, critic_steps=None,
+        warmup=3, timed=5, matmul=8192,
+        lucidrains_args=("--resolutions", "256", "1024", "--precisions", "fp16", "bf16", "--rounds", "3"),
+        compile_backend="inductor",
+    )
+
+
+def smoke_sizes() -> Sizes:
+    rows = [Row("wgangp", 64, p, 2) for p in ("no", "fp16", "bf16")] + [Row("lightweight", 64, "no", 2)]
+    return Sizes(
+        rows=tuple(rows), option_base=Row("wgangp", 64, "no", 2), channel_base=256, critic_steps=1,
+        warmup=1, timed=1, matmul=512,
+        lucidrains_args=("--resolutions", "64", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1"),
+        compile_backend="aot_eager",  # graph capture and AOTAutograd without a C++ compile
+    )
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's ModuleTracker: every FLOP counts towards the total alone."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class StepFlops(FlopCounterMode):
+    """FlopCounterMode, total only: its per-module tracker's backward hooks fail inside the
+    penalty's autograd.grad ("A leaf node was passed to _will_engine_execute_node", torch 2.14)."""
+
+    def __init__(self):
+        super().__init__(display=False)
+        self.mod_tracker = _GlobalOnly()
+
+
+class TimeBox:
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+# --- 1. environment -------------------------------------------------------------------------
+
+def environment(box: TimeBox, sizes: Sizes) -> dict:
+    info = {
+        "device": device_name(),
+        "torch": torch.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+    }
+    if CUDA:
+        props = torch.cuda.get_device_properties(0)
+        info |= {
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "compute_capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "bf16_native": torch.cuda.is_bf16_supported(including_emulation=False),
+            "driver": nvidia_smi("driver_version", box),
+        }
+    return info
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if CUDA else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def nvidia_smi(field: str, box: TimeBox) -> str:
+    try:
+        result = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=max(1.0, box.left()))
+        return result.stdout.strip().splitlines()[0] if result.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return "unknown"
+
+
+# --- 2. correctness -------------------------------------------------------------------------
+
+def correctness(box: TimeBox, sizes: Sizes) -> dict:
+    overflow = forced_overflow()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=max(5.0, box.left()))
+        summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-300:]
+        tests = {"exit_code": result.returncode, "summary": summary}
+        if result.returncode not in (0, 5):  # 5: every test skipped or none collected
+            tests["failures"] = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    except subprocess.TimeoutExpired:
+        tests = {"exit_code": None, "summary": "not finished: time box"}
+    return {"tests/test_gpu.py": tests, "fp16_overflow": overflow}
+
+
+def forced_overflow() -> dict:
+    """A scale of 2**24 makes the first fp16 backward overflow: the trainer's step must skip the
+    updates, count them, lower the scale, and update normally once the scale has come down."""
+    config = resolve_config(WGANGPConfig, {"data": "toy:8gaussians", "mixed_precision": "fp16", "batch_size": 64,
+                                           "critic_steps": 2, "mlp_hidden": 64, "out": tempfile.mkdtemp()})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = make_accelerator(config)
+    accelerator.scaler = torch.amp.GradScaler(accelerator.device.type, init_scale=2.0**24)
+    generator, critic = build_networks(config)
+    g_opt, d_opt = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (generator, critic))
+    generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
+    rng = torch.Generator(device=accelerator.device).manual_seed(0)
+    phases = Phases(accelerator, generator, critic, g_opt, d_opt, wgangp_objective(config, accelerator.scaler, rng),
+                    lambda: torch.randn(64, 2, device=accelerator.device, generator=rng),
+                    lambda: torch.randn(64, 2, device=accelerator.device, generator=rng), 2, 1, lambda stats: None)
+    results = [phases.step() for _ in range(30)]
+    skipped = sum(r.skipped_updates for r in results)
+    finite = all(torch.isfinite(p).all().item() for m in (generator, critic) for p in m.parameters())
+    checks = {
+        "first_step_skipped": results[0].skipped_updates == 3,
+        "scale_lowered": accelerator.scaler.get_scale() < 2.0**24,
+        "normal_steps_after": all(r.skipped_updates == 0 for r in results[-5:]),
+        "weights_finite": finite,
+    }
+    return {"skipped_steps": skipped, "final_scale": accelerator.scaler.get_scale(), **checks, "ok": all(checks.values())}
+
+
+# --- 3. speed ---------------------------------------------------------------------------------
+
+# The denominator of model FLOP utilisation: a large bf16 matmul on a GPU; on a CPU (the smoke run)
+# fp32, its fast path (without AVX512-BF16 a CPU's bf16 matmul is emulated and far slower).
+PEAK_DTYPE = torch.bfloat16 if CUDA else torch.float32
+
+
+def matmul_peak(n: int) -> float:
+    """FLOP/s of a large matmul in PEAK_DTYPE on this device."""
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=PEAK_DTYPE) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    synchronize()
+    reps, start = 10, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def build(row: Row, sizes: Sizes, out: str) -> tuple[Phases, Any]:
+    config_cls, make_objective = TRAINERS[row.trainer]
+    given = {"data": "synthetic", "resolution": row.resolution, "batch_size": row.batch,
+             "mixed_precision": resolve_mixed_precision(row.precision, use_cpu=not CUDA), "out": out, **dict(row.options)}
+    if sizes.channel_base:
+        given |= {"channel_base": sizes.channel_base, "channel_max": 32}
+    if sizes.critic_steps:
+        given["critic_steps"] = sizes.critic_steps
+    config = resolve_config(config_cls, given)
+    AcceleratorState._reset_state(reset_partial_state=True)  # one process, a new mixed precision per row
+    accelerator = make_accelerator(config)
+    generator, critic = build_networks(config)
+    memory_format(config.channels_last, generator, critic)
+    configure_backends(config.tf32, accelerator.device)
+    for name in row.compile:
+        compiled = torch.compile({"generator": generator, "critic": critic}[name], backend=sizes.compile_backend)
+        generator, critic = (compiled, critic) if name == "generator" else (generator, compiled)
+    g_opt = adam(generator.parameters(), config.lr, config.betas, config.fused_adam, accelerator.device)
+    d_opt = adam(critic.parameters(), config.lr, config.betas, config.fused_adam, accelerator.device)
+    generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
+    rng = torch.Generator(device=accelerator.device).manual_seed(0)
+    shape = (config.batch_size, 3, config.resolution, config.resolution)
+    real = torch.rand(shape, device=accelerator.device, generator=rng) * 2 - 1
+    if config.channels_last:
+        real = real.contiguous(memory_format=torch.channels_last)
+    phases = Phases(accelerator, generator, critic, g_opt, d_opt, make_objective(config, accelerator.scaler, rng),
+                    lambda: real, lambda: torch.randn(config.batch_size, config.latent_dim, device=accelerator.device,
+                                                      generator=rng), config.critic_steps, 1, lambda stats: None)
+    return phases, config
+
+
+def measure(row: Row, sizes: Sizes, peak: float) -> dict:
+    """One row: warm-up (compiles included, timed apart), then timed steps with each phase synced."""
+    with tempfile.TemporaryDirectory() as out:
+        phases, config = build(row, sizes, out)
+        start = time.perf_counter()
+        for _ in range(sizes.warmup):
+            phases.step()
+        synchronize()
+        warmup = time.perf_counter() - start
+        critic_s, generator_s = [], []
+        with PeakMemory() as memory:
+            for _ in range(sizes.timed):
+                synchronize()
+                t0 = time.perf_counter()
+                phases.critic_phase()
+                synchronize()
+                t1 = time.perf_counter()
+                phases.generator_phase()
+                synchronize()
+                critic_s.append(t1 - t0)
+                generator_s.append(time.perf_counter() - t1)
+        with StepFlops() as flops:
+            phases.step()
+        step = statistics.median(c + g for c, g in zip(critic_s, generator_s))
+        images = config.batch_size * config.critic_steps
+        result = {
+            "trainer": row.trainer, "resolution": row.resolution, "precision": config.mixed_precision, "batch": row.batch,
+            "options": row.label(), "img_per_s": images / step, "critic_ms": 1e3 * statistics.median(critic_s),
+            "generator_ms": 1e3 * statistics.median(generator_s), "peak_mem_mib": memory.peak / 2**20,
+            "tflop_per_step": flops.get_total_flops() / 1e12, "mfu": flops.get_total_flops() / step / peak,
+            "warmup_s": warmup,
+        }
+        del phases
+    release()
+    return result
+
+
+def measure_or_reason(row: Row, sizes: Sizes, peak: float) -> dict:
+    try:
+        return measure(row, sizes, peak)
+    except Exception as error:  # an option a model cannot take is a finding of the check, not its end
+        release()
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return {"trainer": row.trainer, "resolution": row.resolution, "precision": row.precision, "batch": row.batch,
+                "options": row.label(), "error": f"{type(error).__name__}: {first[:300]}"}
+
+
+def measured_rows(rows: tuple[Row, ...], box: TimeBox, sizes: Sizes, peak: float) -> list[dict]:
+    results = []
+    for row in rows:
+        if box.left() <= 0:
+            results.append({"trainer": row.trainer, "resolution": row.resolution, "precision": row.precision,
+                            "batch": row.batch, "options": row.label(), "error": "not measured: time box"})
+            continue
+        results.append(measure_or_reason(row, sizes, peak))
+    return results
+
+
+def speed(box: TimeBox, sizes: Sizes) -> dict:
+    peak = matmul_peak(sizes.matmul)
+    return {"matmul_peak_tflops": peak / 1e12, "matmul_dtype": str(PEAK_DTYPE).removeprefix("torch."), "rows": measured_rows(sizes.rows, box, sizes, peak)}
+
+
+def options(box: TimeBox, sizes: Sizes) -> dict:
+    base = sizes.option_base
+    fp32 = replace(base, precision="no")
+    rows = [
+        base,
+        replace(base, options=(("channels_last", True),)),
+        replace(base, options=(("fused_adam", False),)),
+        fp32,
+        replace(fp32, options=(("tf32", False),)),
+        replace(base, compile=("generator",)),
+        replace(base, compile=("critic",)),
+    ]
+    peak = matmul_peak(sizes.matmul)
+    results = measured_rows(tuple(rows), box, sizes, peak)
+    # Each option against its own baseline: channels-last, fused Adam and compile against the
+    # defaults in the base precision, TF32 off against the fp32 defaults.
+    baseline = {base.precision: results[0], "no": results[3]}
+    for result, row in zip(results, rows):
+        reference = baseline[row.precision]
+        if "img_per_s" in result and "img_per_s" in reference:
+            result["speed_vs_defaults"] = result["img_per_s"] / reference["img_per_s"]
+    return {"backend": sizes.compile_backend, "rows": results}
+
+
+# --- 5. lucidrains ----------------------------------------------------------------------------
+
+def lucidrains(box: TimeBox, sizes: Sizes) -> dict:
+    commands = [list(sizes.lucidrains_args)]
+    if CUDA:
+        commands.append(["--max-batch", "--resolutions", "1024", "--precisions", "fp16"])
+    tables = []
+    for args in commands:
+        if box.left() <= 5:
+            tables.append("not measured: time box")
+            continue
+        try:
+            result = subprocess.run([sys.executable, "bench/lightweight_vs_lucidrains.py", *args], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=box.left())
+            tables.append(result.stdout.strip() if result.returncode == 0 else f"failed: {result.stderr.strip()[-500:]}")
+        except subprocess.TimeoutExpired as error:
+            partial = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
+            tables.append(partial.strip() + "\n(not finished: time box)")
+    return {"tables": tables}
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def markdown(report: dict) -> str:
+    lines = [f"# GPU check: {report['environment'].get('device', device_name())}, {report['date']}", ""]
+    env = report.get("environment", {})
+    lines += ["| " + " | ".join(env) + " |", "|" + "---|" * len(env), "| " + " | ".join(map(str, env.values())) + " |", ""]
+    if "correctness" in report:
+        tests = report["correctness"]["tests/test_gpu.py"]
+        overflow = report["correctness"]["fp16_overflow"]
+        lines += ["## Correctness", f"- tests/test_gpu.py: {tests['summary']}"]
+        lines += [f"  - {failure}" for failure in tests.get("failures", [])]
+        lines += [f"- forced fp16 overflow: {'ok' if overflow['ok'] else 'FAILED'} ({overflow['skipped_steps']} updates"
+                  f" skipped and counted, scale 2^24 → {overflow['final_scale']:.0f}, normal steps after:"
+                  f" {overflow['normal_steps_after']})", ""]
+    for part, title in (("speed", "Speed"), ("options", "Options (each against the defaults in its precision)")):
+        if part not in report:
+            continue
+        lines += [f"## {title}"]
+        if part == "speed":
+            lines += [f"{report[part]['matmul_dtype']} matmul peak on this device (MFU's denominator):"
+                      f" {report[part]['matmul_peak_tflops']:.2f} TFLOP/s", ""]
+        else:
+            lines += [f"torch.compile backend: {report[part]['backend']}", ""]
+        header = ["trainer", "px", "precision", "batch", "options", "img/s", "critic ms", "generator ms",
+                  "peak MiB", "TFLOP/step", "MFU", "warm-up s"] + (["vs defaults"] if part == "options" else [])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in report[part]["rows"]:
+            head = [r["trainer"], str(r["resolution"]), r["precision"], str(r["batch"]), r["options"]]
+            if "error" in r:
+                cells = head + [r["error"]] + [""] * (len(header) - len(head) - 1)
+            else:
+                cells = head + [significant(r["img_per_s"]), significant(r["critic_ms"]), significant(r["generator_ms"]),
+                                significant(r["peak_mem_mib"]), f"{r['tflop_per_step']:.3g}", f"{100 * r['mfu']:.1f}%",
+                                significant(r["warmup_s"])]
+                if part == "options":
+                    cells.append(f"{r['speed_vs_defaults']:.2f}×" if "speed_vs_defaults" in r else "")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if "lucidrains" in report:
+        lines += ["## Lightweight GAN against lucidrains' lightweight-gan", ""]
+        lines += [table + "\n" for table in report["lucidrains"]["tables"]]
+    lines += ["## Time per part (s)", "", "| " + " | ".join(report["seconds"]) + " |", "|" + "---|" * len(report["seconds"]),
+              "| " + " | ".join(f"{s:.0f}" for s in report["seconds"].values()) + " |"]
+    return "\n".join(lines) + "\n"
+
+
+def default_report_dir() -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name().lower()).strip("-")
+    return ROOT / "bench" / "reports" / f"{slug}-{datetime.date.today().isoformat()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu-smoke", action="store_true", help="every part at tiny sizes, on the CPU, under 2 minutes")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--report", type=Path, default=None, help="folder for report.json and report.md")
+    args = parser.parse_args(argv)
+    if not CUDA and not args.cpu_smoke:
+        print("error: no CUDA GPU here; on a GPU run it as is, or check the command on the CPU with --cpu-smoke",
+              file=sys.stderr)
+        return 2
+    sizes, budgets = (smoke_sizes(), BUDGETS["smoke"]) if args.cpu_smoke else (gpu_sizes(), BUDGETS["gpu"])
+    parts: dict[str, Callable[[TimeBox, Sizes], dict]] = {
+        "environment": environment, "correctness": correctness, "speed": speed, "options": options, "lucidrains": lucidrains,
+    }
+    report: dict[str, Any] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu_smoke": args.cpu_smoke,
+                              "seconds": {}}
+    for name in PARTS:
+        if name not in args.parts:
+            continue
+        start = time.monotonic()
+        print(f"[gpu_check] {name} (time box {budgets[name]} s)", file=sys.stderr, flush=True)
+        report[name] = parts[name](TimeBox(budgets[name]), sizes)
+        report["seconds"][name] = time.monotonic() - start
+    folder = args.report or default_report_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    text = markdown(report)
+    (folder / "report.md").write_text(text)
+    print(text)
+    print(f"[gpu_check] report in {folder}", file=sys.stderr)
+    failed = report.get("correctness", {}).get("tests/test_gpu.py", {}).get("exit_code") not in (0, 5, None) or not report.get(
+        "correctness", {}).get("fp16_overflow", {}).get("ok", True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
