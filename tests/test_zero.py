@@ -1,0 +1,362 @@
+"""train/run/zero.py: DeepSpeed ZeRO-1/2 for the generator/critic pair equals the DDP path on
+2 gloo processes (real DeepSpeed, no mocks), and every refused configuration says why in one line.
+
+The multi-process checks run under torchrun (not accelerate's debug_launcher, which sets
+ACCELERATE_USE_CPU, the very setting that makes Accelerate drop DeepSpeed). Each launch runs ZeRO-1
+and ZeRO-2, each with 1 and 2 micro-batches, resetting Accelerate's state in between. On each rank
+the reference is the plain DDP step (torch's DistributedDataParallel on the same gloo group, this
+rank's half of the global batch, `no_sync` and loss / micro-batches as the loop does), and the
+engines must give its full gradients (deepspeed.utils.safe_get_full_grad) and, after an Adam
+step, its weights.
+"""
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from train.run.zero import ZeroOptions, ZeroRefused, check_zero
+
+GLOBAL_BATCH = 8
+LR = 1e-3
+# fp32: the same sums in another order (DDP's bucketed all-reduce vs DeepSpeed's reduce-scatter);
+# measured: 0 at one micro-batch, 3e-8 at two.
+FP32_TOLERANCE = 1e-6
+# bf16 (autocast, fp32 weights): the same, because both paths run each forward call under its own
+# autocast (Accelerate's prepare, zero.critic_module) on the same half-batch and reduce fp32
+# gradients (lower_precision_safe_modules is empty); measured: 0, and 4e-8 at two micro-batches.
+# What it does catch: one autocast around the whole critic loss (as a first version of this test
+# had) shares the weight casts between the two critic calls and sums their gradients in bf16,
+# 1.6e-3 away, i.e. bf16's unit roundoff (2**-8); a real divergence is larger still.
+BF16_TOLERANCE = 1e-6
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- refusals, in-process ------------------------------------------------------------------
+
+def test_zero_0_is_refused_because_it_is_ddp():
+    with pytest.raises(ZeroRefused, match=r"^--deepspeed 0: .*DDP is the same thing"):
+        check_zero(0, "no", use_cpu=True, environ={})
+
+
+def test_zero_3_is_refused_because_partitioned_weights_break_ema_sampling_fid_and_checkpoints():
+    with pytest.raises(ZeroRefused, match=r"^--deepspeed 3: .*EMA, sampling, FID and checkpoints; use --deepspeed 2"):
+        check_zero(3, "no", use_cpu=False, environ={})
+
+
+def test_zero_3_from_an_accelerate_config_is_refused_too():
+    environ = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+    with pytest.raises(ZeroRefused, match=r"^--deepspeed 3: "):
+        check_zero(None, "no", use_cpu=False, environ=environ)
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"])
+@pytest.mark.parametrize("device", ["cpu", "nvme"])
+def test_offload_from_an_accelerate_config_is_refused(variable, device):
+    environ = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", variable: device}
+    with pytest.raises(ZeroRefused, match=rf"^--deepspeed 2: offload_\w+_device: {device} .*offload is not supported"):
+        check_zero(None, "no", use_cpu=False, environ=environ)
+
+
+def test_offload_in_a_deepspeed_json_is_refused(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}')
+    with pytest.raises(ZeroRefused, match=r"offload_optimizer in .*ds.json: CPU/NVMe offload is not supported"):
+        check_zero(2, "no", use_cpu=False, environ={"ACCELERATE_DEEPSPEED_CONFIG_FILE": str(path)})
+
+
+def test_gradient_clipping_auto_is_refused_because_accelerate_fills_in_1():
+    environ = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1", "ACCELERATE_GRADIENT_CLIPPING": "auto"}
+    with pytest.raises(ZeroRefused, match=r"^--deepspeed 1: gradient_clipping: auto .*1\.0.*gradient_clipping: 0\.0"):
+        check_zero(None, "no", use_cpu=False, environ=environ)
+
+
+def test_deepspeed_with_accelerate_use_cpu_is_refused_because_the_plugins_are_dropped():
+    with pytest.raises(ZeroRefused, match=r"^--deepspeed 2: ACCELERATE_USE_CPU .*drop the DeepSpeed plugins"):
+        check_zero(2, "no", use_cpu=True, environ={"ACCELERATE_USE_CPU": "yes"})
+
+
+def test_fp16_on_a_cpu_is_refused():
+    with pytest.raises(ZeroRefused, match=r"^--deepspeed 1 --mixed-precision fp16: .*needs a GPU; use bf16"):
+        check_zero(1, "fp16", use_cpu=True, environ={})
+
+
+def test_every_refusal_is_one_line():
+    for stage in (0, 3):
+        with pytest.raises(ZeroRefused) as refused:
+            check_zero(stage, "no", use_cpu=True, environ={})
+        assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("stage,precision", [(1, "no"), (2, "bf16"), (1, "fp16")])
+def test_sound_configurations_pass(stage, precision):
+    check_zero(stage, precision, use_cpu=False, environ={})
+    check_zero(None, precision, use_cpu=True, environ={})  # no DeepSpeed at all
+
+
+def test_every_deepspeed_setting_is_written_and_none_is_auto():
+    config = ZeroOptions(stage=2, micro_batch=4, grad_accum=2, precision="bf16").deepspeed_config()
+    assert config["train_micro_batch_size_per_gpu"] == 4 and config["gradient_accumulation_steps"] == 2
+    assert config["gradient_clipping"] == 0.0 and config["zero_optimization"]["stage"] == 2
+    assert config["bf16"] == {"enabled": False} and config["torch_autocast"]["enabled"]
+
+    def values(node):
+        for value in node.values():
+            yield from values(value) if isinstance(value, dict) else [value]
+
+    assert "auto" not in list(values(config))
+
+
+def test_fp16_is_torch_autocast_with_fp32_weights():
+    config = ZeroOptions(stage=1, micro_batch=2, precision="fp16").deepspeed_config()
+    assert config["fp16"] == {"enabled": False}
+    assert config["torch_autocast"]["dtype"] == "float16" and config["torch_autocast"]["enabled"]
+
+
+# --- 2 gloo processes ----------------------------------------------------------------------
+
+def torchrun(worker: str, *args: str, timeout: float = 420) -> str:
+    """This file's `worker(*args)` on 2 CPU processes; its stdout. DS_ACCELERATOR=cpu: DeepSpeed's
+    CPU accelerator without the warning."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "tests" / "test_zero.py"), worker, *args]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for variable in ("ACCELERATE_USE_CPU", "ACCELERATE_MIXED_PRECISION"):
+        env.pop(variable, None)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-6000:])
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def deepspeed_op_compiled():
+    """The first `deepspeed.init_distributed` compiles the deepspeed_shm_comm op (about 45-80 s on
+    2 cores, cached in ~/.cache/torch_extensions): paid here, once, so no test times out on it."""
+    torchrun("warm_up", timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_wgangp_step_under_zero_1_and_2_gives_the_ddp_gradients_and_weights(deepspeed_op_compiled, precision):
+    out = torchrun("wgangp_matches_ddp", precision)
+    assert out.count("OK") == 2 * 4, out  # 2 ranks x (ZeRO-1, ZeRO-2) x (1, 2 micro-batches)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_fastgan_step_with_r1_under_zero_1_and_2_gives_the_ddp_gradients_and_weights(deepspeed_op_compiled, precision):
+    out = torchrun("fastgan_matches_ddp", precision)
+    assert out.count("OK") == 2 * 4, out
+
+
+@pytest.mark.slow
+def test_accelerate_sees_two_cpu_processes_under_deepspeed(deepspeed_op_compiled):
+    out = torchrun("world_size")
+    assert sorted(out.split()) == ["DEEPSPEED:0/2:cpu", "DEEPSPEED:1/2:cpu"], out
+
+
+# --- the workers (run under torchrun) --------------------------------------------------------
+
+def _start(options: ZeroOptions):
+    from accelerate import Accelerator
+
+    return Accelerator(**__import__("train.run.zero", fromlist=["accelerator_options"]).accelerator_options(options, use_cpu=True))
+
+
+def _finish(accelerator) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    accelerator.free_memory()
+    AcceleratorState._reset_state()  # keeps the process group: the next configuration joins it
+    GradientState._reset_state()
+
+
+def warm_up() -> None:
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
+def world_size() -> None:
+    accelerator = _start(ZeroOptions(stage=2, micro_batch=1))
+    state = accelerator.state
+    print(f"{state.distributed_type.value}:{accelerator.process_index}/{accelerator.num_processes}:{accelerator.device.type}")
+
+
+def _fix_injected_noise(generator: nn.Module) -> None:
+    from models.lightweight import NoiseInjection
+
+    # Per-rank noise cannot equal another rank's; a fixed pattern keeps the weights in the graph.
+    for module in generator.modules():
+        if isinstance(module, NoiseInjection):
+            module.forward = lambda x, m=module: x + m.weight * torch.linspace(-1, 1, x.shape[-1]).view(1, 1, 1, -1)
+
+
+def _pair(kind: str) -> tuple[nn.Module, nn.Module]:
+    from models import build_models
+
+    torch.manual_seed(0)
+    if kind == "mlp":
+        generator, critic = build_models("mlp", resolution=64, latent_dim=8, mlp_hidden=64)
+    else:
+        generator, critic = build_models(
+            "lightweight", resolution=64, latent_dim=8, channel_base=512, channel_max=16,
+            critic_norm="none", attn_resolutions=(8,),
+        )
+        _fix_injected_noise(generator)
+    generator.eval()  # per-rank BatchNorm statistics cannot be compared; fixed ones can (as in test_objectives)
+    return generator, critic
+
+
+def _global_batch(kind: str, objective) -> dict:
+    torch.manual_seed(1)
+    cpu = torch.device("cpu")
+    if kind == "mlp":
+        batch = {"real": torch.randn(GLOBAL_BATCH, 2), "alpha": torch.rand(GLOBAL_BATCH)}
+    else:
+        coarse = torch.rand(GLOBAL_BATCH, 3, 8, 8) * 2 - 1
+        batch = {"real": F.interpolate(coarse, size=64, mode="bilinear", align_corners=False)}
+        batch |= {f"critic_{k}": v for k, v in objective.draw_critic(GLOBAL_BATCH, 64, cpu).items()}
+        batch |= {f"generator_{k}": v for k, v in objective.draw_generator(GLOBAL_BATCH, 64, cpu).items()}
+    batch["z_critic"], batch["z_generator"] = torch.randn(GLOBAL_BATCH, 8), torch.randn(GLOBAL_BATCH, 8)
+    return batch
+
+
+def _objective(kind: str):
+    from train.gan.objectives import WGANGP, FastGANHinge
+
+    if kind == "mlp":
+        return WGANGP(gp_weight=10.0)
+    return FastGANHinge(gp_weight=1.0, gp_every=1, rng=torch.Generator().manual_seed(7))
+
+
+def _critic_loss(objective, critic, micro: dict, fake: torch.Tensor):
+    if "alpha" in micro:
+        return objective.critic_loss(critic, micro["real"], fake, micro["alpha"])[0]
+    draw = {k.removeprefix("critic_"): v for k, v in micro.items() if k.startswith("critic_")}
+    loss, stats = objective.critic_loss(critic, micro["real"], fake, draw)
+    assert "gp" in stats
+    return loss
+
+
+def _generator_loss(objective, critic, micro: dict, fake: torch.Tensor):
+    if "alpha" in micro:
+        return objective.generator_loss(critic, fake)[0]
+    draw = {k.removeprefix("generator_"): v for k, v in micro.items() if k.startswith("generator_")}
+    return objective.generator_loss(critic, fake, draw)[0]
+
+
+def _micro_batches(batch: dict, rank: int, world: int, micro_batches: int) -> list[dict]:
+    local = {k: v.chunk(world)[rank] for k, v in batch.items()}
+    return [{k: v.chunk(micro_batches)[i] for k, v in local.items()} for i in range(micro_batches)]
+
+
+def _ddp_reference(kind: str, precision: str, micro: list[dict]):
+    """The loop's DDP step: gradients (per network, before the update) and the weights after Adam."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    generator, critic = _pair(kind)
+    objective = _objective(kind)
+    generator, critic = DistributedDataParallel(generator), DistributedDataParallel(critic)
+    if precision == "bf16":  # as Accelerate's prepare does: each forward call under its own autocast
+        for model in (generator, critic):
+            model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
+    g_opt, d_opt = torch.optim.Adam(generator.parameters(), LR), torch.optim.Adam(critic.parameters(), LR)
+    n = len(micro)
+    for i, batch in enumerate(micro):
+        with torch.no_grad():
+            fake = generator(batch["z_critic"])
+        with critic.no_sync() if i < n - 1 else torch.enable_grad():
+            loss = _critic_loss(objective, critic, batch, fake)
+        (loss / n).backward()
+    critic_grads = [p.grad.clone() for p in critic.parameters()]
+    d_opt.step()
+    d_opt.zero_grad(set_to_none=True)
+    critic.requires_grad_(False)
+    for i, batch in enumerate(micro):
+        with generator.no_sync() if i < n - 1 else torch.enable_grad():
+            loss = _generator_loss(objective, critic, batch, generator(batch["z_generator"]))
+        (loss / n).backward()
+    generator_grads = [p.grad.clone() for p in generator.parameters()]
+    g_opt.step()
+    return (critic_grads, [p.detach().clone() for p in critic.module.parameters()],
+            generator_grads, [p.detach().clone() for p in generator.module.parameters()])
+
+
+def _zero_step(kind: str, options: ZeroOptions, micro: list[dict]):
+    """The same step through train.run.zero's helpers, as the loop is to take it."""
+    from deepspeed.utils import safe_get_full_grad
+
+    from train.run import zero
+
+    accelerator = _start(options)
+    generator, critic = _pair(kind)
+    objective = _objective(kind)
+    g_opt, d_opt = torch.optim.Adam(generator.parameters(), LR), torch.optim.Adam(critic.parameters(), LR)
+    generator, critic, g_opt, d_opt = zero.prepare_pair(accelerator, generator, critic, g_opt, d_opt)
+    run_generator, run_critic = zero.generator_module(generator), zero.critic_module(critic)
+    n = len(micro)
+    for i, batch in enumerate(micro):
+        with torch.no_grad():
+            fake = run_generator(batch["z_critic"])
+        zero.backward(critic, _critic_loss(objective, run_critic, batch, fake), last_micro_batch=i == n - 1)
+    critic_grads = [safe_get_full_grad(p).clone() for p in critic.module.parameters()]
+    assert zero.step(critic)
+    critic.requires_grad_(False)
+    for i, batch in enumerate(micro):
+        loss = _generator_loss(objective, run_critic, batch, run_generator(batch["z_generator"]))
+        zero.backward(generator, loss, last_micro_batch=i == n - 1)
+    generator_grads = [safe_get_full_grad(p).clone() for p in generator.module.parameters()]
+    assert zero.step(generator)
+    result = (critic_grads, [p.detach().clone() for p in critic.module.parameters()],
+              generator_grads, [p.detach().clone() for p in generator.module.parameters()])
+    del generator, critic, g_opt, d_opt
+    _finish(accelerator)
+    return result
+
+
+def _relative(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """Largest difference, relative to the tensor's largest value when that exceeds 1 (test_objectives' measure)."""
+    return max(((g.float() - e.float()).abs().max() / e.float().abs().max().clamp(min=1.0)).item() for g, e in zip(got, expected))
+
+
+def _matches_ddp(kind: str, precision: str) -> None:
+    import torch.distributed as dist
+
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    tolerance = BF16_TOLERANCE if precision == "bf16" else FP32_TOLERANCE
+    batch = _global_batch(kind, _objective(kind))
+    for micro_batches in (1, 2):
+        micro = _micro_batches(batch, rank, world, micro_batches)
+        expected = _ddp_reference(kind, precision, micro)
+        for stage in (1, 2):
+            options = ZeroOptions(stage=stage, micro_batch=len(micro[0]["real"]), grad_accum=micro_batches, precision=precision)
+            got = _zero_step(kind, options, micro)
+            differences = {}
+            for name, g, e in zip(("critic grads", "critic weights", "generator grads", "generator weights"), got, expected):
+                differences[name] = _relative(g, e)
+                assert differences[name] <= tolerance, (
+                    f"rank {rank} ZeRO-{stage} x{micro_batches} {precision}: {name} differ by {differences[name]:.2e}"
+                )
+            worst = ", ".join(f"{name} {value:.1e}" for name, value in differences.items())
+            print(f"OK rank {rank} ZeRO-{stage} micro-batches {micro_batches} {precision}: {worst}", flush=True)
+
+
+def wgangp_matches_ddp(precision: str) -> None:
+    _matches_ddp("mlp", precision)
+
+
+def fastgan_matches_ddp(precision: str) -> None:
+    _matches_ddp("lightweight", precision)
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1]](*sys.argv[2:])
