@@ -16,7 +16,7 @@ from train.run.checkpoint import checkpoint_step, latest_checkpoint
 from train.run.outcome import EXIT_STATUS_FILE, RunStatus
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINERS = ("wgangp", "lightweight_gan")
+TRAINERS = ("wgangp", "lightweight_gan", "dcgan")
 KAGGLE_INPUT, KAGGLE_WORKING = Path("/kaggle/input"), Path("/kaggle/working")
 COLAB_DRIVE = Path("/content/drive/MyDrive")
 

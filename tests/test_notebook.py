@@ -60,7 +60,7 @@ def test_the_wandb_key_comes_from_the_secret_into_the_environment_only(monkeypat
 
 
 def test_a_bad_trainer_is_named(tmp_path):
-    with pytest.raises(SessionError, match="trainer='stylegan': use one of wgangp, lightweight_gan"):
+    with pytest.raises(SessionError, match="trainer='stylegan': use one of wgangp, lightweight_gan, dcgan"):
         kaggle_session("stylegan", working=tmp_path)
 
 
@@ -84,6 +84,9 @@ def test_dry_runs_print_the_command_of_each_notebook_path(tmp_path, capsys, no_w
     assert f"train/lightweight_gan.py --out {tmp_path}/content/r --resume auto" in printed
     assert "Google Drive is not mounted" in printed
     assert not (tmp_path / "working").exists()  # a dry run touches nothing
+    dcgan = kaggle_session("dcgan", "d", ["--label-jitter", "0.1"], None, inputs=tmp_path / "in", working=tmp_path / "working")
+    assert run(dcgan, dry_run=True) == 0
+    assert f"train/dcgan.py --out {tmp_path}/working/d --resume auto --label-jitter 0.1" in capsys.readouterr().out
 
 
 def execute(notebook: Path, output: Path, **parameters) -> str:

@@ -49,6 +49,14 @@ def test_single_node_dry_run_prints_the_launch_with_the_allocation_and_the_train
     )
 
 
+def test_the_dcgan_trainer_launches_like_the_others():
+    result = bash("single_node.sbatch", "--dry-run", "--trainer", "dcgan", "--out", "runs/d", "--", "--pack", "2",
+                  env={"SLURM_GPUS_ON_NODE": "2", "SLURM_JOB_ID": "7"})
+    assert result.returncode == 0, result.stderr
+    assert f"--num_processes 2 --main_process_ip 127.0.0.1 --main_process_port 20007 {ROOT}/train/dcgan.py" in result.stdout
+    assert result.stdout.strip().endswith("--pack 2")
+
+
 def test_a_rerun_resumes_and_fp16_picks_the_t4_config():
     result = bash("single_node.sbatch", "--trainer", "lightweight_gan", "--out", "/r", "--mixed-precision", "fp16",
                   env={"DRY_RUN": "1", "SLURM_GPUS_ON_NODE": "2", "SLURM_RESTART_COUNT": "1"})
@@ -75,7 +83,7 @@ def test_the_cpu_variant_asks_accelerate_for_cpu_processes():
     "script, args, env, message",
     [
         ("single_node.sbatch", ["--trainer", "stylegan", "--out", "/r"], {},
-         "error: unknown trainer 'stylegan' (--trainer / TRAINER): use one of: wgangp lightweight_gan"),
+         "error: unknown trainer 'stylegan' (--trainer / TRAINER): use one of: wgangp lightweight_gan dcgan"),
         ("single_node.sbatch", [], {"TRAINER": "wgangp"}, "error: no output directory: add --out DIR or set OUT"),
         ("single_node.sbatch", ["--trainer", "wgangp", "--out", "/r", "--gpus-per-node", "4"], {"SLURM_GPUS_ON_NODE": "2"},
          "error: --gpus-per-node / GPUS_PER_NODE 4: more GPUs than Slurm allocated on this node (2)"),

@@ -61,6 +61,11 @@ class LightweightGANConfig(TrainConfig):
         for name in ("gp_weight", "recon_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
+        if self.instance_noise:
+            raise ConfigError(
+                f"--instance-noise {self.instance_noise}: the discriminator's decoders would learn to reconstruct the"
+                " noise; DiffAugment (--diffaug-policy) is this model's regulariser: use --instance-noise 0"
+            )
         if self.gp_every < 1:
             raise ConfigError(f"--gp-every {self.gp_every}: must be at least 1")
         if self.recon_loss == "lpips":

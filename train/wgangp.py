@@ -19,6 +19,11 @@ class WGANGPConfig(TrainConfig):
     def check_recipe(self) -> None:
         if self.gp_weight < 0:
             raise ConfigError(f"--gp-weight {self.gp_weight}: must be 0 or more")
+        if self.pack > 1:
+            raise ConfigError(
+                f"--pack {self.pack}: the gradient penalty takes each sample's own input gradient, not a pack's;"
+                " pack with train/dcgan.py (non-saturating loss), or use --pack 1"
+            )
 
 
 def make_objective(config: WGANGPConfig, scaler, rng) -> WGANGP:

@@ -2,7 +2,7 @@
 # and the requeue on the trainers' resumable exit code. Sourced, never run.
 #
 # Settings, as flags after the script's name or as environment variables (flags win):
-#   --trainer NAME          TRAINER          wgangp or lightweight_gan (required)
+#   --trainer NAME          TRAINER          wgangp, lightweight_gan or dcgan (required)
 #   --out DIR               OUT              the run directory, on storage every node sees (required)
 #   --gpus-per-node N       GPUS_PER_NODE    training processes per node, one per GPU (default: every GPU
 #                                            Slurm allocated on the node)
@@ -16,7 +16,7 @@
 #   -- FLAGS...             TRAINER_FLAGS    the trainer's own flags (see `python train/wgangp.py --help`)
 # Nodes, partition, time and GPUs are sbatch's own options: sbatch --nodes 2 --gres gpu:4 --time 24:00:00 ...
 
-TRAINERS="wgangp lightweight_gan"
+TRAINERS="wgangp lightweight_gan dcgan"
 RESUMABLE_EXIT=75  # RunStatus.STOPPED.exit_code in train/run/outcome.py
 BAD_INPUT_EXIT=2
 

@@ -14,6 +14,7 @@ from models.lightweight import crop_quarter
 from train.gan.diffaugment import DiffAugment, Draw
 from train.gan.penalty import gradient_penalty, interpolate, zero_centred_penalty
 from train.gan.reconstruction import ReconLoss, mse
+from train.gan.unrolled import Unrolling
 
 Stats = dict[str, torch.Tensor]
 
@@ -141,3 +142,74 @@ class FastGANHinge:
 
     def load_state_dict(self, state: dict) -> None:
         self.critic_calls = int(state["critic_calls"])
+
+
+@dataclass(frozen=True)
+class LabelSmoothing:
+    """The discriminator's targets: fixed (one-sided: real 0.9; two-sided: real 0.95, fake 0.15),
+    drawn per sample from a range (real in [0.8, 1.1], fake in [0, 0.3]), or jittered with Gaussian
+    noise (std 0.15); and, with `generator`, the generator's target drawn as the real one."""
+
+    real: float = 1.0
+    fake: float = 0.0
+    jitter: float = 0.0
+    real_range: tuple[float, float] | None = None
+    fake_range: tuple[float, float] | None = None
+    generator: bool = False
+
+    def targets(self, kind: str, n: int, device: torch.device, rng: torch.Generator | None) -> torch.Tensor:
+        value, span = (self.real, self.real_range) if kind == "real" else (self.fake, self.fake_range)
+        if span is not None:
+            low, high = span
+            target = low + (high - low) * torch.rand(n, device=device, generator=rng)
+        else:
+            target = torch.full((n,), value, device=device)
+        if self.jitter:
+            target = target + self.jitter * torch.randn(n, device=device, generator=rng)
+        return target
+
+    def generator_targets(self, n: int, device: torch.device, rng: torch.Generator | None) -> torch.Tensor:
+        return self.targets("real", n, device, rng) if self.generator else torch.ones(n, device=device)
+
+
+@dataclass
+class NonSaturating:
+    """The original GAN's discriminator loss and the non-saturating generator loss (Goodfellow et al.
+    2014), as binary cross-entropy on logits: the numerically stable form of sigmoid + BCE.
+
+    Real and fake go through the discriminator apart, as in the DCGAN tutorial: with BatchNorm in
+    the discriminator a batch's statistics would otherwise mix the two. `unrolling` takes the
+    generator's loss against the discriminator after k further updates (train/gan/unrolled.py),
+    on the last real batch the critic phase saw."""
+
+    labels: LabelSmoothing = field(default_factory=LabelSmoothing)
+    unrolling: Unrolling | None = None
+    scaler: torch.amp.GradScaler | None = None
+    rng: torch.Generator | None = None
+    last_real: torch.Tensor | None = None
+
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        self.last_real = real.detach()
+        return self.discriminator_loss(critic, real, fake.detach())
+
+    def discriminator_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        """The discriminator's loss, differentiable in `fake` too (the exact unrolled updates need that)."""
+        d_real, d_fake = critic(real).float(), critic(fake).float()
+        real_targets = self.labels.targets("real", len(d_real), d_real.device, self.rng)
+        fake_targets = self.labels.targets("fake", len(d_fake), d_fake.device, self.rng)
+        loss = F.binary_cross_entropy_with_logits(d_real, real_targets) + F.binary_cross_entropy_with_logits(d_fake, fake_targets)
+        stats = {"d_loss": loss, "d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
+        return loss, {k: v.detach() for k, v in stats.items()}
+
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        if self.unrolling is not None and self.last_real is not None:
+            critic = self.unrolling.critic_after(critic, self.last_real, fake, self.discriminator_loss)
+        logits = critic(fake).float()
+        loss = F.binary_cross_entropy_with_logits(logits, self.labels.generator_targets(len(logits), logits.device, self.rng))
+        return loss, {"g_loss": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
 
-from models import POINT_MODELS, ModelOptionError, check_model
+from models import POINT_MODELS, DCGANOptions, ModelOptionError, check_model
 from train.common.atomic import atomic_write_text
 from train.data import DataOptions, parse_data_spec
 from train.data.specs import DEFAULT_HUB_DATASET
@@ -100,8 +100,21 @@ class TrainConfig:
     batch_size: int = flag(64, "samples per process per forward")
     grad_accum: int = flag(1, "micro-batches accumulated per optimizer step (both models)")
     critic_steps: int = flag(5, "critic updates per generator update, each on a fresh real batch")
-    lr: float = flag(1e-4, "Adam learning rate, both models")
-    betas: tuple[float, float] = flag((0.0, 0.9), "Adam betas", nargs=2, type=float, metavar=("BETA1", "BETA2"))
+    lr: float = flag(1e-4, "Adam learning rate, both models (--g-lr / --d-lr set one)")
+    betas: tuple[float, float] = flag((0.0, 0.9), "Adam betas, both models (--g-betas / --d-betas set one)", nargs=2, type=float, metavar=("BETA1", "BETA2"))
+    g_lr: float | None = flag(None, "the generator's Adam learning rate (default: --lr)", type=float)
+    d_lr: float | None = flag(None, "the critic's Adam learning rate (default: --lr)", type=float)
+    g_betas: tuple[float, float] | None = flag(None, "the generator's Adam betas (default: --betas)", nargs=2, type=float, metavar=("BETA1", "BETA2"))
+    d_betas: tuple[float, float] | None = flag(None, "the critic's Adam betas (default: --betas)", nargs=2, type=float, metavar=("BETA1", "BETA2"))
+    g_spectral_norm: bool = flag(False, "spectral normalisation of every generator layer (Miyato et al. 2018)")
+    d_spectral_norm: bool = flag(False, "spectral normalisation of every critic layer (Miyato et al. 2018)")
+    pack: int = flag(1, "PacGAN packing (Lin et al. 2018): the critic judges this many samples at once; 1: off")
+    instance_noise: float = flag(
+        0.0, "instance noise: Gaussian noise of std A*exp(-k*t/T) added to what the critic sees (Sonderby et al. 2017); A, 0: off"
+    )
+    instance_noise_decay: float = flag(4.0, "instance noise: k in A*exp(-k*t/T)")
+    instance_noise_steps: int = flag(8000, "instance noise: T in A*exp(-k*t/T), in generator steps")
+    instance_noise_real_only: bool = flag(False, "instance noise on real samples only (the sound form adds it to real and fake)")
     ema_decay: float = flag(0.999, "decay of the generator EMA used for samples (warmed up over the first steps)")
     max_steps: int = flag(100_000, "generator steps to train for")
     seed: int = flag(0, "base seed; each rank draws latents from its own stream derived from it")
@@ -156,7 +169,8 @@ class TrainConfig:
 
     # Fields that shape the networks: a resumed run must keep them.
     architecture_fields: ClassVar[tuple[str, ...]] = (
-        "model", "resolution", "latent_dim", "channel_base", "channel_max", "critic_norm", "mlp_hidden"
+        "model", "resolution", "latent_dim", "channel_base", "channel_max", "critic_norm", "mlp_hidden",
+        "g_spectral_norm", "d_spectral_norm", "pack",
     )
     collapse_critic_key: ClassVar[str] = "d_loss"  # the statistic that sits near 0 when the critic wins outright
     debug_preset: ClassVar[dict[str, Any]] = DEBUG_PRESET
@@ -164,6 +178,13 @@ class TrainConfig:
 
     def check_recipe(self) -> None:
         """A recipe's own checks of its own fields; raise ConfigError."""
+
+    def optimizer_settings(self) -> tuple[tuple[float, tuple[float, float]], tuple[float, tuple[float, float]]]:
+        """((generator lr, betas), (critic lr, betas)): each network's own, else the shared --lr / --betas."""
+        return (
+            (self.g_lr if self.g_lr is not None else self.lr, self.g_betas if self.g_betas is not None else self.betas),
+            (self.d_lr if self.d_lr is not None else self.lr, self.d_betas if self.d_betas is not None else self.betas),
+        )
 
     @functools.cached_property
     def data_options(self) -> DataOptions:
@@ -236,7 +257,7 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
             values.update({k: v for k, v in config_cls.toy_preset.items() if k in values})
     values.update(given)
     for f in dataclasses.fields(config_cls):  # JSON and argparse give lists
-        if isinstance(f.default, tuple):
+        if isinstance(values[f.name], list):
             values[f.name] = tuple(values[f.name])
     config = config_cls(**values)
     check_config(config)
@@ -358,10 +379,21 @@ def check_config(config: TrainConfig) -> None:
         )
     if config.num_samples < 2:  # the collapse monitor measures each grid's diversity between pairs of samples
         raise ConfigError(f"--num-samples {config.num_samples}: must be at least 2 (the diversity alarm compares pairs)")
-    if not config.lr > 0:
-        raise ConfigError(f"--lr {config.lr}: must be above 0")
-    if not all(0.0 <= beta < 1.0 for beta in config.betas):
-        raise ConfigError(f"--betas {_shown(config.betas)}: each must be in [0, 1), e.g. 0.0 0.9")
+    for name in ("lr", "g_lr", "d_lr"):
+        if getattr(config, name) is not None and not getattr(config, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)}: must be above 0")
+    for name in ("betas", "g_betas", "d_betas"):
+        if getattr(config, name) is not None and not all(0.0 <= beta < 1.0 for beta in getattr(config, name)):
+            raise ConfigError(f"--{name.replace('_', '-')} {_shown(getattr(config, name))}: each must be in [0, 1), e.g. 0.0 0.9")
+    if config.batch_size % config.pack:
+        raise ConfigError(
+            f"--pack {config.pack}: --batch-size {config.batch_size} must be a multiple of it (real and fake are packed apart)"
+        )
+    if config.instance_noise < 0 or config.instance_noise_decay < 0 or config.instance_noise_steps < 1:
+        raise ConfigError(
+            f"--instance-noise {config.instance_noise} / --instance-noise-decay {config.instance_noise_decay} /"
+            f" --instance-noise-steps {config.instance_noise_steps}: A and k must be 0 or more, T at least 1"
+        )
     if config.fid_every and config.fid_samples < 4:
         raise ConfigError(
             f"--fid-samples {config.fid_samples}: FID and KID need at least 4 (10000+ for stable numbers); raise it, or"
@@ -377,7 +409,9 @@ def check_config(config: TrainConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     try:
-        check_model(config.model, config.resolution, config.critic_norm, getattr(config, "attn_resolutions", ()))
+        dcgan = DCGANOptions(**{f.name: getattr(config, f.name) for f in dataclasses.fields(DCGANOptions) if hasattr(config, f.name)})
+        check_model(config.model, config.resolution, config.critic_norm, getattr(config, "attn_resolutions", ()),
+                    dcgan=dcgan, pack=config.pack)
     except ModelOptionError as error:
         raise ConfigError(f"--{error.option.replace('_', '-')}: {error}") from None
     models = next(f for f in dataclasses.fields(config) if f.name == "model").metadata["choices"]

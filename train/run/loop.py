@@ -26,6 +26,7 @@ from train.data import (
     to_model_input,
     toy_modes,
 )
+from train.gan.instance_noise import InstanceNoise
 from train.gan.objectives import Objective
 from train.report.fid import FIDEvaluator, FIDUnavailable
 from train.report.metrics import StatWindow
@@ -114,10 +115,13 @@ class Phases:
         critic_steps: int,
         grad_accum: int,
         record: Callable[[dict], None],
+        perturb: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
     ):
         self.accelerator, self.generator, self.critic, self.g_opt, self.d_opt = accelerator, generator, critic, g_opt, d_opt
         self.objective, self.next_real, self.latents, self.record = objective, next_real, latents, record
         self.critic_steps, self.grad_accum = critic_steps, grad_accum
+        # What the critic sees, "real" or "fake" (instance noise); the identity unless given.
+        self.perturb = perturb or (lambda samples, kind: samples)
 
     def _sync_unless_last(self, model: nn.Module, micro: int):
         # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
@@ -133,9 +137,9 @@ class Phases:
         self.critic.requires_grad_(True)
         for _ in range(self.critic_steps):
             for micro in range(self.grad_accum):
-                real = self.next_real()
+                real = self.perturb(self.next_real(), "real")
                 with torch.no_grad():
-                    fake = self.generator(self.latents())
+                    fake = self.perturb(self.generator(self.latents()), "fake")
                 with self._sync_unless_last(self.critic, micro):
                     loss, stats = self.objective.critic_loss(self.critic, real, fake)
                     self._backward(loss, poison)
@@ -149,7 +153,7 @@ class Phases:
         self.critic.requires_grad_(False)
         for micro in range(self.grad_accum):
             with self._sync_unless_last(self.generator, micro):
-                loss, stats = self.objective.generator_loss(self.critic, self.generator(self.latents()))
+                loss, stats = self.objective.generator_loss(self.critic, self.perturb(self.generator(self.latents()), "fake"))
                 self._backward(loss, poison)
             self.record(stats)
         return _update(self.accelerator, self.g_opt, self.generator, poison)
@@ -227,8 +231,9 @@ def _train(
     if config.sync_bn and world > 1 and device.type == "cuda":
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
     configure_backends(config.tf32, device)
-    g_opt = adam(generator.parameters(), config.lr, config.betas, config.fused_adam, device)
-    d_opt = adam(critic.parameters(), config.lr, config.betas, config.fused_adam, device)
+    (g_lr, g_betas), (d_lr, d_betas) = config.optimizer_settings()
+    g_opt = adam(generator.parameters(), g_lr, g_betas, config.fused_adam, device)
+    d_opt = adam(critic.parameters(), d_lr, d_betas, config.fused_adam, device)
     generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
 
     latent_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, SeedPurpose.LATENTS))
@@ -317,6 +322,12 @@ def _train(
             last_real = to_model_input(pending.pop(0), device)
             return last_real
 
+        noise = InstanceNoise(config.instance_noise, config.instance_noise_decay, config.instance_noise_steps,
+                              config.instance_noise_real_only)
+        phases = Phases(
+            accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents, config.critic_steps,
+            config.grad_accum, window.add, perturb=lambda samples, kind: noise(samples, kind, state.step, latent_rng),
+        )
         batches_per_step = config.critic_steps * config.grad_accum
         real_per_step = config.batch_size * batches_per_step * world
         progress = tqdm(
@@ -347,10 +358,7 @@ def _train(
                 break
             state.step = step
             poison = "loss" if step in POISONED_LOSS_STEPS else "grad" if step in POISONED_GRAD_STEPS else None
-            result = adversarial_step(
-                accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents,
-                config.critic_steps, config.grad_accum, window.add, poison,
-            )
+            result = phases.step(poison)
             state.skipped_steps += result.skipped_updates
             if result.generator_updated:
                 ema.update(accelerator.unwrap_model(generator))
@@ -397,6 +405,7 @@ def _train(
                     "img_per_s": real_per_step * window_steps / elapsed,
                     "data_wait_frac": data_wait / elapsed,
                     "lr": config.lr,
+                    **({"instance_noise_std": noise.sigma(step)} if config.instance_noise else {}),
                     "skipped_steps": state.skipped_steps,
                     "world_size": world,
                     **counters,

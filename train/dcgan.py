@@ -1,0 +1,92 @@
+"""Train a DCGAN (Radford et al. 2016), the PyTorch tutorial's networks by default, with the
+stabilisers of the usual experiments: `accelerate launch train/dcgan.py [flags]`."""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from models import DCGAN_CHOICES  # noqa: E402
+from train.gan.objectives import LabelSmoothing, NonSaturating  # noqa: E402
+from train.gan.unrolled import Unrolling  # noqa: E402
+from train.run.config import DEBUG_PRESET, TOY_PRESET, ConfigError, TrainConfig, flag  # noqa: E402
+from train.run.runner import run_trainer  # noqa: E402
+
+UNROLL_MODES = ("exact", "lookahead")
+
+
+@dataclass
+class DCGANConfig(TrainConfig):
+    model: str = flag("dcgan", "generator/discriminator pair (mlp: the toy data's)", choices=("dcgan", "mlp"))
+    latent_dim: int = flag(100, "size of the generator's input noise (the tutorial's nz)")
+    channel_base: int = flag(2048, "conv width rule: channels = channel_base / resolution, within [16, channel-max] (2048: the tutorial's ngf = ndf = 64 at 64 px)")
+    critic_norm: str = flag("batch", "normalisation in the discriminator", choices=("batch", "layer", "instance", "none"))
+    batch_size: int = flag(128, "samples per process per forward")
+    critic_steps: int = flag(1, "discriminator updates per generator update")
+    lr: float = flag(2e-4, "Adam learning rate, both models (--g-lr / --d-lr set one)")
+    betas: tuple[float, float] = flag((0.5, 0.999), "Adam betas, both models (--g-betas / --d-betas set one)", nargs=2, type=float, metavar=("BETA1", "BETA2"))
+    # The architecture switches of the usual ablations (models/dcgan.py).
+    g_norm: str = flag("batch", "normalisation in the generator", choices=DCGAN_CHOICES["g_norm"])
+    d_first_norm: bool = flag(False, "normalise the discriminator's first layer too (the tutorial does not)")
+    g_activation: str = flag("relu", "the generator's activation", choices=DCGAN_CHOICES["g_activation"])
+    d_activation: str = flag("leaky_relu", "the discriminator's activation (leaky slope 0.2)", choices=DCGAN_CHOICES["d_activation"])
+    upsample: str = flag("k4s2", "generator upsampling: ConvTranspose k4 s2 p1, or k2 s2 (no checkerboard overlap)", choices=DCGAN_CHOICES["upsample"])
+    downsample: str = flag("strided", "discriminator downsampling: strided conv, or 3x3 conv + 2x2 max-pooling", choices=DCGAN_CHOICES["downsample"])
+    g_dropout: float = flag(0.0, "Dropout2d probability after each generator block")
+    d_dropout: float = flag(0.0, "Dropout2d probability after each discriminator block")
+    conv_bias: bool = flag(False, "conv biases where no BatchNorm follows (the tutorial has none)")
+    dcgan_init: bool = flag(True, "weights N(0, 0.02), BatchNorm weights N(1, 0.02) (the tutorial's)")
+    # Label smoothing (Salimans et al. 2016; the "GAN hacks").
+    real_label: float = flag(1.0, "the discriminator's target for real samples (one-sided smoothing: 0.9)")
+    fake_label: float = flag(0.0, "the discriminator's target for fakes (two-sided smoothing, e.g. 0.15)")
+    label_jitter: float = flag(0.0, "std of Gaussian noise added to every target (e.g. 0.15)")
+    real_label_range: tuple[float, float] | None = flag(None, "draw each real target uniformly from [LOW, HIGH], e.g. 0.8 1.1", nargs=2, type=float, metavar=("LOW", "HIGH"))
+    fake_label_range: tuple[float, float] | None = flag(None, "draw each fake target uniformly from [LOW, HIGH], e.g. 0.0 0.3", nargs=2, type=float, metavar=("LOW", "HIGH"))
+    smooth_generator_target: bool = flag(False, "the generator's target drawn as the real one (else 1)")
+    # Unrolled discriminator (Metz et al. 2017).
+    unrolled_steps: int = flag(0, "take the generator's loss against the discriminator after this many further updates; 0: off")
+    unroll_mode: str = flag("exact", "exact: gradients through the unrolled updates; lookahead: first-order, on a copy", choices=UNROLL_MODES)
+    out: str = flag("runs/dcgan", "run directory: config, metrics, samples, checkpoints")
+
+    architecture_fields: ClassVar[tuple[str, ...]] = TrainConfig.architecture_fields + (
+        "g_norm", "d_first_norm", "g_activation", "d_activation", "upsample", "downsample", "g_dropout", "d_dropout",
+        "conv_bias", "dcgan_init",
+    )
+    debug_preset: ClassVar[dict[str, Any]] = {**DEBUG_PRESET, "out": "runs/debug-dcgan"}
+    # The toy MLPs know none of the conv switches: their defaults, so that the 'mlp' pair takes them.
+    toy_preset: ClassVar[dict[str, Any]] = {
+        **{k: v for k, v in TOY_PRESET.items() if k != "gp_weight"},
+        "critic_norm": "none", "conv_bias": True, "dcgan_init": False, "betas": (0.5, 0.999),
+    }
+
+    def check_recipe(self) -> None:
+        for name in ("real_label_range", "fake_label_range"):
+            span = getattr(self, name)
+            if span is not None and not span[0] < span[1]:
+                raise ConfigError(f"--{name.replace('_', '-')} {span[0]} {span[1]}: LOW must be below HIGH, e.g. 0.8 1.1")
+        if self.label_jitter < 0:
+            raise ConfigError(f"--label-jitter {self.label_jitter}: must be 0 or more")
+        if self.unrolled_steps < 0:
+            raise ConfigError(f"--unrolled-steps {self.unrolled_steps}: must be 0 or more")
+        if self.unrolled_steps and self.grad_accum > 1:
+            raise ConfigError(
+                f"--unrolled-steps {self.unrolled_steps}: unrolls on the last micro-batch only; use --grad-accum 1"
+            )
+
+    def labels(self) -> LabelSmoothing:
+        return LabelSmoothing(self.real_label, self.fake_label, self.label_jitter, self.real_label_range,
+                              self.fake_label_range, self.smooth_generator_target)
+
+
+def make_objective(config: DCGANConfig, scaler, rng) -> NonSaturating:
+    unrolling = None
+    if config.unrolled_steps:
+        _, (d_lr, d_betas) = config.optimizer_settings()
+        unrolling = Unrolling(config.unrolled_steps, d_lr, d_betas, exact=config.unroll_mode == "exact")
+    return NonSaturating(labels=config.labels(), unrolling=unrolling, scaler=scaler, rng=rng)
+
+
+if __name__ == "__main__":
+    run_trainer(DCGANConfig, make_objective, __doc__)
