@@ -156,8 +156,40 @@ def test_fastgan_step_with_r1_under_zero_1_and_2_gives_the_ddp_gradients_and_wei
 
 @pytest.mark.slow
 def test_accelerate_sees_two_cpu_processes_under_deepspeed(deepspeed_op_compiled):
+    """gloo named as the backend (zero.accelerator_options), cpu=False: 2 processes, DeepSpeed, the CPU."""
     out = torchrun("world_size")
-    assert sorted(out.split()) == ["DEEPSPEED:0/2:cpu", "DEEPSPEED:1/2:cpu"], out
+    assert sorted(_worlds(out)) == ["DEEPSPEED:0/2:cpu:zero2", "DEEPSPEED:1/2:cpu:zero2"], out
+
+
+@pytest.mark.slow
+def test_the_shipped_deepspeed_config_launches_two_cpu_processes(deepspeed_op_compiled):
+    """`accelerate launch --config_file launch/accelerate/deepspeed_zero1.yaml`: its stage and
+    clipping reach the plugins, and check_zero accepts what it sets."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "launch/accelerate/deepspeed_zero1.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+               str(ROOT / "tests" / "test_zero.py"), "world_size"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert sorted(_worlds(result.stdout)) == ["DEEPSPEED:0/2:cpu:zero1", "DEEPSPEED:1/2:cpu:zero1"], result.stdout
+
+
+def _worlds(stdout: str) -> list[str]:
+    return [line for line in stdout.split() if line.startswith("DEEPSPEED:")]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_accelerate_reads_the_shipped_deepspeed_configs(stage):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    config = load_config_from_file(str(ROOT / f"launch/accelerate/deepspeed_zero{stage}.yaml"))
+    assert config.distributed_type == DistributedType.DEEPSPEED and not config.use_cpu
+    assert config.deepspeed_config == {
+        "zero_stage": stage, "gradient_clipping": 0.0, "offload_optimizer_device": "none",
+        "offload_param_device": "none", "zero3_init_flag": False,
+    }
 
 
 # --- the workers (run under torchrun) --------------------------------------------------------
@@ -183,9 +215,14 @@ def warm_up() -> None:
 
 
 def world_size() -> None:
-    accelerator = _start(ZeroOptions(stage=2, micro_batch=1))
+    from train.run.zero import zero_from_environment
+
+    stage, clipping = zero_from_environment()  # from `accelerate launch --config_file ...`, else --deepspeed 2
+    check_zero(stage or 2, "bf16", use_cpu=True)
+    accelerator = _start(ZeroOptions(stage=stage or 2, micro_batch=1, gradient_clipping=clipping))
     state = accelerator.state
-    print(f"{state.distributed_type.value}:{accelerator.process_index}/{accelerator.num_processes}:{accelerator.device.type}")
+    stage = state.deepspeed_plugin.zero_stage
+    print(f"{state.distributed_type.value}:{accelerator.process_index}/{accelerator.num_processes}:{accelerator.device.type}:zero{stage}")
 
 
 def _fix_injected_noise(generator: nn.Module) -> None:

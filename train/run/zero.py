@@ -74,6 +74,10 @@ class ZeroOptions:
                 "overlap_comm": False,  # CPU/gloo has no second stream; on a GPU it would only overlap
                 "reduce_scatter": True,
                 "allgather_partitions": True,
+                # Elements per communication bucket (DeepSpeed's default, 5e8, is a 2 GB fp32 buffer
+                # per engine, larger than both networks together: 27 M parameters at 1024 px).
+                "reduce_bucket_size": 50_000_000,
+                "allgather_bucket_size": 50_000_000,
                 "offload_optimizer": {"device": "none"},
                 "offload_param": {"device": "none"},
             },
