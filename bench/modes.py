@@ -1,0 +1,118 @@
+"""Mode coverage of each recipe on the toy mixtures: did a stabiliser matter?
+
+    python bench/modes.py --quick                        # 300 steps, one seed, the grid: a few minutes
+    python bench/modes.py                                # 3,000 steps, 3 seeds, ring and grid
+    python bench/modes.py --recipes gan gan+pack4 --seeds 5 --steps 5000
+
+The PacGAN protocol (Lin et al. 2018, Table 1; train/report/modes.py): 2,500 samples from the EMA
+generator; high quality within 3 standard deviations of the nearest mode; a mode covered by at
+least one high-quality sample; reverse KL of the samples' distribution over modes from the uniform
+one. Each recipe runs its trainer script as the CLI does (a subprocess, the toy preset, the run's
+own checkpoint), `--jobs` at a time with one thread each; wall time includes its start-up.
+Published anchor (PacGAN, about 400k generator steps, 10 trials): grid: GAN 17.3 modes / 94.8% HQ,
+PacGAN4 24.8 ± 0.2 / 93.6%; ring: PacGAN2 7.9 / 95.6%.
+"""
+import argparse
+import concurrent.futures
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __spec__ is None:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch  # noqa: E402
+
+from train.report.modes import mode_coverage  # noqa: E402
+from train.run.finished import FinishedRun  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = 2500
+# name: (trainer script, its flags). "{steps}" is the run's length (instance noise's T).
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "wgangp": ("train/wgangp.py", []),  # the toy preset: lambda 0.1, 5 critic steps
+    "gan": ("train/dcgan.py", []),  # non-saturating GAN on the toy MLPs
+    "gan+smooth": ("train/dcgan.py", ["--real-label", "0.9"]),
+    "gan+noise": ("train/dcgan.py", ["--instance-noise", "0.5", "--instance-noise-steps", "{steps}"]),
+    "gan+unrolled5": ("train/dcgan.py", ["--unrolled-steps", "5"]),
+    "gan+lookahead5": ("train/dcgan.py", ["--unrolled-steps", "5", "--unroll-mode", "lookahead"]),
+    "gan+sn": ("train/dcgan.py", ["--d-spectral-norm"]),
+    "gan+pack4": ("train/dcgan.py", ["--pack", "4"]),
+    "gan+pack4+sn": ("train/dcgan.py", ["--pack", "4", "--d-spectral-norm"]),
+}
+
+
+def command(recipe: str, data: str, steps: int, seed: int, out: Path) -> list[str]:
+    script, flags = RECIPES[recipe]
+    return [
+        sys.executable, script, "--data", f"toy:{data}", "--max-steps", str(steps), "--seed", str(seed),
+        "--out", str(out), "--cpu", "--wandb-mode", "disabled", "--fid-every", "0", "--log-every", str(steps),
+        "--sample-every", str(steps), "--ckpt-every", str(steps), *[f.format(steps=steps) for f in flags],
+    ]
+
+
+def run_one(recipe: str, data: str, steps: int, seed: int, folder: Path) -> dict:
+    out = folder / f"{recipe}-{data}-{seed}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # --jobs processes share the cores
+    start = time.perf_counter()
+    result = subprocess.run(command(recipe, data, steps, seed, out), cwd=ROOT, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        return {"recipe": recipe, "data": data, "seed": seed, "error": result.stderr.strip().splitlines()[-1]}
+    run = FinishedRun(out)
+    generator, _ = run.ema_generator()
+    centres, std = run.modes()
+    noise = torch.randn(SAMPLES, run.config.latent_dim, generator=torch.Generator().manual_seed(10_000 + seed))
+    with torch.no_grad():
+        samples = generator.eval()(noise)
+    coverage = mode_coverage(samples, centres, std)
+    return {"recipe": recipe, "data": data, "seed": seed, "modes": coverage.modes, "total": coverage.total_modes,
+            "hq": coverage.high_quality, "kl": coverage.reverse_kl, "wall": wall}
+
+
+def spread(values: list[float], fmt: str) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}" if len(values) > 1 else f"{mean:{fmt}}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="300 steps, one seed, the grid only")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--datasets", nargs="+", default=["25gaussians", "8gaussians"], choices=["25gaussians", "8gaussians"])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time, one thread each")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seeds, args.datasets = 300, 1, ["25gaussians"]
+
+    print(f"{args.steps} generator steps, seeds 0..{args.seeds - 1}, {SAMPLES} EMA samples per run, {args.jobs} runs at a time",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        jobs = [pool.submit(run_one, recipe, data, args.steps, seed, Path(tmp))
+                for data in args.datasets for recipe in args.recipes for seed in range(args.seeds)]
+        results = [job.result() for job in jobs]
+    print("| data | recipe | modes | high quality % | reverse KL | wall s per run | steps |")
+    print("|---|---|---|---|---|---|---|")
+    for data in args.datasets:
+        for recipe in args.recipes:
+            runs = [r for r in results if r["recipe"] == recipe and r["data"] == data]
+            failed = [r for r in runs if "error" in r]
+            if failed:
+                print(f"| {data} | {recipe} | failed: {failed[0]['error']} | | | | {args.steps} |")
+                continue
+            modes = spread([r["modes"] for r in runs], ".1f") + f" / {runs[0]['total']}"
+            kls = [r["kl"] for r in runs]
+            kl = spread(kls, ".3f") if all(k != float("inf") for k in kls) else "inf"
+            print(f"| {data} | {recipe} | {modes} | {spread([100 * r['hq'] for r in runs], '.1f')} | {kl}"
+                  f" | {spread([r['wall'] for r in runs], '.0f')} | {args.steps} |")
+    print("\nrecipes: " + "; ".join(f"{name}: {script} {' '.join(flags)}".strip() for name, (script, flags) in RECIPES.items()))
+
+
+if __name__ == "__main__":
+    main()
