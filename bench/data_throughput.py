@@ -1,13 +1,21 @@
 """Decoded images per second from local parquet shards of 1024x1024 JPEGs.
 
-    python bench/data_throughput.py [--images 96] [--workers 1 2]
+    python bench/data_throughput.py [--images 96] [--timed 192] [--repeats 3] [--workers 1 2]
 
-Rows: output resolution. Columns: one decoding core in a plain loop (no DataLoader), then the
-training pipeline (StreamingImages: datasets streaming + StatefulDataLoader workers) per process
-and per worker. The shards are drawn here (smooth random colour fields with detail), never downloaded.
+Rows: output resolution. Columns: one decoding core in a plain loop (decode_image over the JPEG
+bytes in memory, no DataLoader), then the training pipeline (StreamingImages: datasets streaming +
+StatefulDataLoader workers) per process and per worker, and per worker as a fraction of the loop.
+Loop and pipelines are timed in turns, `--repeats` times: each cell is the median, the range
+follows in brackets, and each ratio pairs a pipeline with the loop timed just before it, so load
+from other processes on the machine moves both (and no timing overlaps a pipeline's prefetching,
+see `Pipeline`). Both are timed once warm (`--warmup` images): for
+its first few hundred images a freshly forked worker pays copy-on-write faults on its parent's
+heap (once per run), and so does the parent's loop after the fork. The shards are drawn here
+(smooth random colour fields with detail), never downloaded.
 """
 import argparse
 import io
+import statistics
 import sys
 import tempfile
 import time
@@ -44,42 +52,80 @@ def write_shards(folder: Path, images: int, shards: int = 2) -> tuple[str, list[
     return str(folder / "*.parquet"), blobs
 
 
-def loop_rate(blobs: list[bytes], resolution: int) -> float:
+def loop_rate(blobs: list[bytes], resolution: int, images: int) -> float:
     start = time.perf_counter()
-    for blob in blobs:
-        decode_image(blob, resolution)
-    return len(blobs) / (time.perf_counter() - start)
+    for i in range(images):
+        decode_image(blobs[i % len(blobs)], resolution)
+    return images / (time.perf_counter() - start)
 
 
-def pipeline_rate(glob: str, resolution: int, workers: int, images: int, batch: int = 8) -> float:
-    options = DataOptions(parse_data_spec(f"parquet:{glob}"), resolution, workers=workers, shuffle_buffer=16)
-    stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1)
-    next(stream)  # workers started, buffers filled
-    batches = max(1, images // batch)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    return batches * batch / (time.perf_counter() - start)
+class Pipeline:
+    """One StreamingImages, warmed up, timed over as many windows as asked for. Between windows its
+    workers fill their prefetch queues; those batches are taken before the clock starts, and the
+    workers are left to refill before anything else is timed, so no window gets work done in
+    another's time."""
+
+    def __init__(self, glob: str, resolution: int, workers: int, warmup: int, batch: int):
+        options = DataOptions(parse_data_spec(f"parquet:{glob}"), resolution, workers=workers, shuffle_buffer=16)
+        self.stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1)
+        self.batch, self.workers = batch, workers
+        self.prefetched = workers * self.stream.loader.prefetch_factor
+        self.rate(warmup)
+
+    def rate(self, images: int) -> float:
+        for _ in range(self.prefetched):
+            next(self.stream)
+        batches = max(1, images // self.batch)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(self.stream)
+        rate = batches * self.batch / (time.perf_counter() - start)
+        time.sleep(2 * self.prefetched * self.batch / rate)
+        return rate
+
+
+def spread(values: list[float], form: str) -> str:
+    median = format(statistics.median(values), form)
+    return median if len(values) == 1 else f"{median} ({format(min(values), form)}-{format(max(values), form)})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=96, help="JPEGs in the shards")
+    parser.add_argument("--timed", type=int, default=192, help="images decoded per timing")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per cell, taken in turns")
+    parser.add_argument("--warmup", type=int, default=384, help="images a pipeline yields before it is timed")
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256, 1024])
     args = parser.parse_args()
     datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory() as tmp:
         glob, blobs = write_shards(Path(tmp), args.images, shards=max(args.workers))
-        print(f"{args.images} JPEGs of 1024x1024, {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each on average")
-        header = ["output", "1 core, loop"] + [f"{w} worker{'s' if w > 1 else ''}: per process / per worker" for w in args.workers]
+        rows = []
+        for resolution in args.resolutions:
+            pipelines = [Pipeline(glob, resolution, w, args.warmup, args.batch) for w in args.workers]
+            loop_rate(blobs, resolution, args.warmup)  # after the forks: the parent's heap is copy-on-write too
+            loop, rates, ratios = [], [[] for _ in pipelines], [[] for _ in pipelines]
+            for _ in range(args.repeats):
+                loop.append(loop_rate(blobs, resolution, args.timed))
+                for pipeline, rate, ratio in zip(pipelines, rates, ratios):
+                    rate.append(pipeline.rate(args.timed))
+                    ratio.append(rate[-1] / pipeline.workers / loop[-1])
+            cells = [f"{resolution}", f"{spread(loop, '.0f')} img/s"]
+            for pipeline, rate, ratio in zip(pipelines, rates, ratios):
+                per_worker = [r / pipeline.workers for r in rate]
+                cells += [f"{spread(rate, '.0f')} / {spread(per_worker, '.0f')} img/s", f"{spread(ratio, '.2f')}"]
+                pipeline.stream.close()
+            rows.append(cells)
+        print(f"{args.images} JPEGs of 1024x1024, {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each on average;"
+              f" {args.timed} images a timing, {args.repeats} timings a cell: median (min-max)")
+        header = ["output", "1 core, plain decode loop"]
+        for w in args.workers:
+            header += [f"{w} worker{'s' if w > 1 else ''}: per process / per worker", "per worker / loop"]
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
-        for resolution in args.resolutions:
-            cells = [f"{resolution}", f"{loop_rate(blobs, resolution):.0f} img/s"]
-            for workers in args.workers:
-                rate = pipeline_rate(glob, resolution, workers, args.images)
-                cells.append(f"{rate:.0f} / {rate / workers:.0f} img/s")
+        for cells in rows:
             print("| " + " | ".join(cells) + " |")
 
 

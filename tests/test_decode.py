@@ -84,6 +84,13 @@ def test_unreadable_bytes_raise(data):
 SIDE = 64  # decoded at resolution SIDE: no resize, so pixels compare exactly
 
 
+def test_an_rgb_image_comes_out_channels_first_and_contiguous_with_its_own_pixels():
+    pixels = np.random.default_rng(0).integers(0, 256, (SIDE, SIDE + 8, 3), dtype=np.uint8)  # not square: cropped
+    out = decode_image(png_bytes(Image.fromarray(pixels)), resolution=SIDE)
+    assert out.is_contiguous() and out.shape == (3, SIDE, SIDE)
+    assert np.array_equal(out.numpy(), pixels[:, 4:-4].transpose(2, 0, 1))
+
+
 @pytest.mark.parametrize("format", ["PNG", "PPM"])  # Pillow opens a 16-bit PGM as int32 "I": the file says 16 bits
 def test_a_16bit_gradient_spans_the_8bit_range(format):
     gradient = np.tile(np.linspace(0, 65535, SIDE).round().astype(np.uint16), (SIDE, 1))

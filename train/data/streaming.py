@@ -14,7 +14,7 @@ import datasets
 import pyarrow.parquet as pq
 import torch
 from datasets.distributed import split_dataset_by_node
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from train.common.seeds import SeedPurpose, stream_seed
@@ -136,7 +136,9 @@ class DecodedBatches(IterableDataset):
                 decoded_this_epoch += 1
                 images.append(image.flip(-1) if self.hflip and flips.random() < 0.5 else image)
                 if len(images) == self.batch_size:
-                    yield {"images": torch.stack(images), "read": read, "skipped": skipped}
+                    # In a worker, default_collate stacks straight into shared memory; a torch.stack
+                    # here would be copied there once more when the batch is sent to the rank.
+                    yield {"images": default_collate(images), "read": read, "skipped": skipped}
                     images, read, skipped = [], 0, 0
             # Passes in a row with nothing readable: another would spin forever. Not one pass: with
             # every Nth row per process, a tiny source's share differs from pass to pass and one
