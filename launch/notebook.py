@@ -34,10 +34,15 @@ class Session:
     time_limit: str | None
     flags: list[str] = field(default_factory=list)
     restored_from: Path | None = None
+    deepspeed: int | None = None  # ZeRO stage 1 or 2 (README, "DeepSpeed"); None: DDP
 
     def command(self) -> list[str]:
         launch = ["accelerate", "launch"]
-        if self.precision == "no":
+        if self.deepspeed:
+            # Never --cpu: it drops DeepSpeed; the config runs on the CPU too where there is no GPU.
+            config = ROOT / "launch" / "accelerate" / f"deepspeed_zero{self.deepspeed}.yaml"
+            launch += ["--config_file", str(config), "--num_processes", str(self.processes), "--mixed_precision", self.precision]
+        elif self.precision == "no":
             launch += ["--cpu", "--mixed_precision", "no", "--num_processes", str(self.processes)]
         elif self.processes > 1:
             config = ROOT / "launch" / "accelerate" / f"multi_gpu_{self.precision}.yaml"
@@ -93,9 +98,11 @@ def find_previous_run(inputs: Path, name: str) -> Path | None:
     return max(runs, key=lambda run: checkpoint_step(latest_checkpoint(run)), default=None)
 
 
-def check_trainer(trainer: str) -> None:
+def check_trainer(trainer: str, deepspeed: int | None = None) -> None:
     if trainer not in TRAINERS:
         raise SessionError(f"trainer={trainer!r}: use one of {', '.join(TRAINERS)}")
+    if deepspeed not in (None, 1, 2):
+        raise SessionError(f"deepspeed={deepspeed!r}: use 1 or 2 (ZeRO stage), or None for DDP")
 
 
 def kaggle_session(
@@ -106,10 +113,12 @@ def kaggle_session(
     processes: int | None = None,
     inputs: Path = KAGGLE_INPUT,
     working: Path = KAGGLE_WORKING,
+    deepspeed: int | None = None,
 ) -> Session:
     """A Kaggle session: both T4s with fp16, the run in /kaggle/working/<run_name>, and, when a
-    previous session's output is attached as input, that run copied back to continue it."""
-    check_trainer(trainer)
+    previous session's output is attached as input, that run copied back to continue it.
+    `deepspeed`: ZeRO stage 1 or 2 for both networks (off by default: DDP)."""
+    check_trainer(trainer, deepspeed)
     out = Path(working) / run_name
     restored = None
     if not has_checkpoint(out):
@@ -124,7 +133,7 @@ def kaggle_session(
     except ImportError:
         use_wandb_secret(lambda name: None)
     count, precision = gpu_setup(processes)
-    return Session(trainer, out, count, precision, time_limit, list(flags), restored)
+    return Session(trainer, out, count, precision, time_limit, list(flags), restored, deepspeed)
 
 
 def colab_session(
@@ -134,10 +143,12 @@ def colab_session(
     time_limit: str | None = "11h30m",
     drive: Path = COLAB_DRIVE,
     fallback: Path = Path("/content/facegan"),
+    deepspeed: int | None = None,
 ) -> Session:
     """A Colab session: one GPU, fp16 on a T4 and bf16 on an A100 or L4, the run on Google Drive
-    when it is mounted (so a disconnect loses nothing), resumed from there on the next session."""
-    check_trainer(trainer)
+    when it is mounted (so a disconnect loses nothing), resumed from there on the next session.
+    `deepspeed`: ZeRO stage 1 or 2 (off by default: DDP)."""
+    check_trainer(trainer, deepspeed)
     if Path(drive).is_dir():
         out = Path(drive) / "facegan" / run_name
     else:
@@ -150,7 +161,7 @@ def colab_session(
     except ImportError:
         use_wandb_secret(lambda name: None)
     _, precision = gpu_setup(1)
-    return Session(trainer, out, 1, precision, time_limit, list(flags))
+    return Session(trainer, out, 1, precision, time_limit, list(flags), deepspeed=deepspeed)
 
 
 def run(session: Session, dry_run: bool = False) -> int:

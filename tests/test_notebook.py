@@ -47,6 +47,19 @@ def test_one_a100_trains_with_bf16_and_the_cpu_with_cpu_processes():
     assert cpu[:7] == ["accelerate", "launch", "--cpu", "--mixed_precision", "no", "--num_processes", "2"]
 
 
+def test_deepspeed_is_off_by_default_and_when_asked_launches_the_zero_config_without_cpu(tmp_path, capsys, no_wandb_env):
+    assert kaggle_session(inputs=tmp_path / "in", working=tmp_path / "w").deepspeed is None
+    session = kaggle_session("lightweight_gan", inputs=tmp_path / "in", working=tmp_path / "w", processes=2, deepspeed=2)
+    assert run(session, dry_run=True) == 0
+    printed = capsys.readouterr().out.splitlines()[-1].split()
+    assert printed[:5] == ["accelerate", "launch", "--config_file", str(ROOT / "launch/accelerate/deepspeed_zero2.yaml"), "--num_processes"]
+    assert "--cpu" not in printed and printed[printed.index("--mixed_precision") + 1] == session.precision
+    colab = colab_session(drive=tmp_path / "drive", fallback=tmp_path / "c", deepspeed=1).command()
+    assert str(ROOT / "launch/accelerate/deepspeed_zero1.yaml") in colab
+    with pytest.raises(SessionError, match=r"deepspeed=3: use 1 or 2"):
+        colab_session(drive=tmp_path / "drive", fallback=tmp_path / "c", deepspeed=3)
+
+
 def test_the_wandb_key_comes_from_the_secret_into_the_environment_only(monkeypatch, no_wandb_env):
     assert use_wandb_secret(lambda name: {"WANDB_API_KEY": "k" * 40}[name]) == "online"
     assert os.environ["WANDB_API_KEY"] == "k" * 40

@@ -23,7 +23,7 @@ RESUMABLE = RunStatus.STOPPED.exit_code
 ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
 
 
-SETTINGS = {"TRAINER", "OUT", "GPUS_PER_NODE", "CPU_PROCESSES", "MIXED_PRECISION", "ACCELERATE_CONFIG", "MAX_RESTARTS",
+SETTINGS = {"TRAINER", "OUT", "GPUS_PER_NODE", "CPU_PROCESSES", "MIXED_PRECISION", "DEEPSPEED", "ACCELERATE_CONFIG", "MAX_RESTARTS",
             "RESUME", "DRY_RUN", "TRAINER_FLAGS", "CUDA_VISIBLE_DEVICES"}
 
 
@@ -79,6 +79,33 @@ def test_the_cpu_variant_asks_accelerate_for_cpu_processes():
     assert "--cpu --mixed_precision no --num_machines 1 --machine_rank 0 --num_processes 2" in result.stdout
 
 
+def test_deepspeed_picks_the_zero_config_on_gpus_and_on_cpus_without_cpu():
+    gpus = bash("single_node.sbatch", "--dry-run", "--trainer", "wgangp", "--out", "/r", "--deepspeed", "2",
+                env={"SLURM_GPUS_ON_NODE": "4"})
+    assert gpus.returncode == 0, gpus.stderr
+    assert f"--config_file {ROOT}/launch/accelerate/deepspeed_zero2.yaml --num_machines 1" in gpus.stdout
+    assert "--num_processes 4" in gpus.stdout and gpus.stdout.rstrip().endswith("train/wgangp.py --out /r")
+    cpus = bash("single_node.sbatch", "--dry-run", "--trainer", "lightweight_gan", "--out", "/r", "--cpu", "2", "--deepspeed", "1",
+                env={"SLURM_CPUS_ON_NODE": "2"})
+    assert cpus.returncode == 0, cpus.stderr
+    assert "deepspeed_zero1.yaml --mixed_precision no --num_machines 1 --machine_rank 0 --num_processes 2" in cpus.stdout
+    assert " --cpu " not in cpus.stdout  # Accelerate drops DeepSpeed under --cpu
+
+
+def test_deepspeed_with_an_own_accelerate_config_passes_the_flag_and_several_nodes_use_torchrun(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("distributed_type: MULTI_GPU\n")
+    own = bash("single_node.sbatch", "--dry-run", "--trainer", "dcgan", "--out", "/r", "--accelerate-config", str(config),
+               "--deepspeed", "2", "--", "--batch-size", "32", env={"SLURM_GPUS_ON_NODE": "2"})
+    assert own.returncode == 0, own.stderr
+    assert own.stdout.rstrip().endswith("train/dcgan.py --out /r --deepspeed 2 --batch-size 32")
+    nodes = bash("multi_node.sbatch", "--dry-run", "--trainer", "wgangp", "--out", "/r", "--gpus-per-node", "4", "--deepspeed", "1")
+    assert nodes.returncode == 0, nodes.stderr
+    assert "deepspeed_zero1.yaml --num_machines 2 --machine_rank 1" in nodes.stdout
+    assert "--deepspeed_multinode_launcher standard" in nodes.stdout
+    assert "--deepspeed 1" in nodes.stdout.splitlines()[0]  # srun passes it on to each node's node.sh
+
+
 @pytest.mark.parametrize(
     "script, args, env, message",
     [
@@ -97,6 +124,8 @@ def test_the_cpu_variant_asks_accelerate_for_cpu_processes():
          "error: multi_node.sbatch runs inside a Slurm allocation, where srun starts one task per node"),
         ("node.sh", ["--trainer", "wgangp", "--out", "/r", "--cpu", "1"], {"FACEGAN_MACHINES": "2"},
          "error: node.sh runs as one srun task per node (SLURM_PROCID unset)"),
+        ("single_node.sbatch", ["--trainer", "wgangp", "--out", "/r", "--deepspeed", "3"], {"SLURM_GPUS_ON_NODE": "2"},
+         "error: --deepspeed / DEEPSPEED '3': use 1 or 2 (the ZeRO stage; 0 is DDP, the default, and 3 is refused"),
         ("single_node.sbatch", ["--trainer", "wgangp", "--out", "/r", "--resolution", "128"], {},
          "error: unknown option --resolution (the trainer's own flags go after --"),
     ],

@@ -10,6 +10,8 @@ engines must give its full gradients (deepspeed.utils.safe_get_full_grad) and, a
 step, its weights.
 """
 import copy
+import json
+import math
 import os
 import subprocess
 import sys
@@ -190,6 +192,189 @@ def test_accelerate_reads_the_shipped_deepspeed_configs(stage):
         "zero_stage": stage, "gradient_clipping": 0.0, "offload_optimizer_device": "none",
         "offload_param_device": "none", "zero3_init_flag": False,
     }
+
+
+# --- the trainers: refusals in-process, before anything is written -----------------------------
+
+def _trainer(name: str):
+    import importlib
+
+    module = importlib.import_module(f"train.{name}")
+    config_cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k != "TrainConfig" and isinstance(v, type))
+    return config_cls, module.make_objective
+
+
+LAUNCHED_ZERO_2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
+REFUSED = [
+    ("wgangp", ["--deepspeed", "0"], {}, "--deepspeed 0: ZeRO-0 partitions nothing and is plain data parallelism"),
+    ("wgangp", ["--deepspeed", "3"], {}, "--deepspeed 3: ZeRO-3 partitions the weights"),
+    ("lightweight_gan", ["--deepspeed", "3"], {}, "--deepspeed 3: ZeRO-3 partitions the weights"),
+    ("lightweight_gan", ["--deepspeed", "1", "--mixed-precision", "fp16"], {}, "--deepspeed 1 --mixed-precision fp16: DeepSpeed's fp16 needs a GPU"),
+    ("wgangp", ["--deepspeed", "2"], {"ACCELERATE_USE_CPU": "true"}, "--deepspeed 2: ACCELERATE_USE_CPU (accelerate launch --cpu)"),
+    ("wgangp", [], {**LAUNCHED_ZERO_2, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "--deepspeed 3: ZeRO-3 partitions the weights"),
+    ("wgangp", [], {**LAUNCHED_ZERO_2, "ACCELERATE_GRADIENT_CLIPPING": "auto"}, "--deepspeed 2: gradient_clipping: auto"),
+    ("dcgan", [], {**LAUNCHED_ZERO_2, "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"},
+     "--deepspeed 2: offload_optimizer_device: cpu in the accelerate config"),
+    ("wgangp", ["--gradient-clipping", "1"], {}, "--gradient-clipping 1.0: a value of 0 or more, and only with --deepspeed"),
+    ("dcgan", ["--deepspeed", "2", "--unrolled-steps", "2"], {}, "--deepspeed 2 --unrolled-steps 2: the unrolled discriminator is not supported under DeepSpeed"),
+]
+
+
+def _refusal(trainer: str, argv: list[str], env: dict, out: Path, monkeypatch, capsys, cpu: bool = True) -> str:
+    """main's one `error:` line for a refused start; exit code 2."""
+    from train.run.runner import main
+
+    for name in [name for name in os.environ if name.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    code = main(*_trainer(trainer), "test", ["--debug", *(["--cpu"] if cpu else []), *argv, "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("trainer,argv,env,fragment", REFUSED, ids=[" ".join([t, *a, *e.values()]) for t, a, e, _ in REFUSED])
+def test_a_refused_deepspeed_start_says_why_in_one_line_exits_2_and_writes_nothing(trainer, argv, env, fragment, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = _refusal(trainer, argv, env, tmp_path / "run", monkeypatch, capsys)
+    assert fragment in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sync_bn_on_a_gpu_is_refused_under_deepspeed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the check reads no more of the GPU than that
+    line = _refusal("wgangp", ["--deepspeed", "2"], {}, tmp_path / "run", monkeypatch, capsys, cpu=False)
+    assert "--deepspeed 2 --sync-bn: SyncBatchNorm under DeepSpeed engines is untested here; add --no-sync-bn" in line
+    assert not (tmp_path / "run").exists()
+
+
+def _made_run(out: Path, deepspeed: int | None) -> dict:
+    """A run's folder as a trainer leaves it (config.json, a checkpoint), without training."""
+    from train.run.config import save_config
+    from train.wgangp import WGANGPConfig
+
+    config = WGANGPConfig(**{**WGANGPConfig.debug_preset, "out": str(out), "deepspeed": deepspeed, "cpu": True, "debug": True})
+    (out / "checkpoints" / "step_000003").mkdir(parents=True)
+    save_config(config, out)
+    return {p: p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))}
+
+
+@pytest.mark.parametrize("made,argv,env,fragment", [
+    (None, ["--deepspeed", "2"], {}, "--deepspeed 2: the run in {out} was trained with DDP (no DeepSpeed)"),
+    (None, [], LAUNCHED_ZERO_2, "--deepspeed 2: the run in {out} was trained with DDP (no DeepSpeed)"),
+    (2, ["--deepspeed", "1"], {}, "--deepspeed 1: the run in {out} was trained with DeepSpeed ZeRO-2"),
+], ids=["ddp run, --deepspeed 2", "ddp run, a DeepSpeed accelerate config", "zero-2 run, --deepspeed 1"])
+def test_a_checkpoint_resumed_under_another_deepspeed_setting_is_refused(made, argv, env, fragment, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    before = _made_run(out, made)
+    line = _refusal("wgangp", ["--resume", *argv], env, out, monkeypatch, capsys)
+    assert fragment.format(out=out) in line and "resume it as it was made" in line
+    assert {p: p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))} == before
+
+
+def test_a_deepspeed_run_resumes_as_deepspeed_without_the_flag(tmp_path, monkeypatch):
+    from train.run.config import load_config
+    from train.wgangp import WGANGPConfig
+
+    for name in [name for name in os.environ if name.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(name)
+    _made_run(tmp_path / "run", 2)
+    config = load_config(WGANGPConfig, ["--resume", "--out", str(tmp_path / "run")], "test")
+    assert config.deepspeed == 2 and config.gradient_clipping == 0.0
+
+
+def test_an_accelerate_deepspeed_config_sets_the_stage_and_clipping(tmp_path, monkeypatch):
+    from train.run.config import load_config
+    from train.wgangp import WGANGPConfig
+
+    for name in [name for name in os.environ if name.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**LAUNCHED_ZERO_2, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1", "ACCELERATE_GRADIENT_CLIPPING": "0.5"}.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(WGANGPConfig, ["--debug", "--cpu", "--out", str(tmp_path / "run")], "test")
+    assert (config.deepspeed, config.gradient_clipping) == (1, 0.5)
+    config = load_config(WGANGPConfig, ["--debug", "--cpu", "--deepspeed", "2", "--out", str(tmp_path / "run")], "test")
+    assert (config.deepspeed, config.gradient_clipping) == (2, 0.5)  # the flag wins the stage
+
+
+# --- the trainers end to end on 2 processes ----------------------------------------------------
+
+def _torchrun_trainer(script: str, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(ROOT / script), *args]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for variable in [name for name in env if name.startswith("ACCELERATE_")]:
+        env.pop(variable)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _trained_and_resumed(script: str, stage: int, tmp_path: Path) -> tuple[Path, Path]:
+    """The whole run to step 6 and the same run stopped at 3 and resumed, both under ZeRO-`stage` on 2 processes."""
+    from tests.conftest import completed
+
+    common = ["--debug", "--deepspeed", str(stage), "--ckpt-every", "3", "--log-every", "2", "--sample-every", "100"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    completed(_torchrun_trainer(script, *common, "--max-steps", "6", "--out", str(whole)))
+    completed(_torchrun_trainer(script, *common, "--max-steps", "3", "--out", str(split)))
+    resumed = completed(_torchrun_trainer(script, "--resume", "--max-steps", "6", "--out", str(split)))
+    assert "resumed from step 3" in resumed.stdout
+    return whole, split
+
+
+def _assert_deepspeed_run(run: Path, stage: int) -> None:
+    from train.report.metrics import read_metrics
+
+    records = read_metrics(run / "metrics.jsonl")
+    assert {r["world_size"] for r in records} == {2} and records[-1]["skipped_steps"] == 0
+    assert json.loads((run / "config.json").read_text())["deepspeed"] == stage
+    checkpoint = run / "checkpoints" / "step_000006"
+    for engine in ("pytorch_model", "pytorch_model_1"):  # the critic's engine, the generator's
+        names = {p.name for p in (checkpoint / engine).iterdir()}
+        assert {"mp_rank_00_model_states.pt", *(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1))} <= names
+
+
+@pytest.mark.slow
+def test_wgangp_under_zero_2_on_two_processes_logs_world_size_2_and_resumes_exactly(deepspeed_op_compiled, tmp_path):
+    from tests.conftest import assert_resumed_like_whole
+
+    whole, split = _trained_and_resumed("train/wgangp.py", 2, tmp_path)
+    _assert_deepspeed_run(whole, 2)
+    assert_resumed_like_whole(whole, split, ("d_loss", "g_loss", "gp", "wdist"))
+
+
+@pytest.mark.slow
+def test_lightweight_gan_under_zero_1_on_two_processes_logs_world_size_2_and_resumes_exactly(deepspeed_op_compiled, tmp_path):
+    from tests.conftest import assert_resumed_like_whole
+
+    whole, split = _trained_and_resumed("train/lightweight_gan.py", 1, tmp_path)
+    _assert_deepspeed_run(whole, 1)
+    assert_resumed_like_whole(whole, split, ("d_loss", "g_loss", "d_real", "d_fake", "hinge", "recon"))
+    # ZeRO's optimizer states are split over the 2 ranks that saved them: 1 process is refused in one line.
+    # The runner's own files aside: it clears the previous ending before it trains and, after a
+    # refused start, removes the (empty) lock file it took (runner.py, lock.py).
+    before = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.name not in ("exit_status.json", "run.lock"))
+    refused = _torchrun_trainer("train/lightweight_gan.py", "--resume", "--max-steps", "9", "--out", str(whole), processes=1)
+    assert "exitcode: 2" in refused.stderr, refused.stderr[-3000:]  # the rank's; torchrun itself answers 1
+    assert "error: --resume: " in refused.stderr and "saved by 2 DeepSpeed processes" in refused.stderr
+    assert sorted(p.relative_to(whole) for p in whole.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_non_finite_updates_are_left_out_by_the_engines_on_every_rank(deepspeed_op_compiled, tmp_path, monkeypatch):
+    """The gradient failpoint (a non-finite loss under DeepSpeed) at steps 2 and 3: their 5 critic and
+    1 generator updates each are skipped, and the run goes on with finite weights."""
+    from tests.conftest import completed
+    from train.report.metrics import read_metrics
+
+    out = tmp_path / "run"
+    monkeypatch.setenv("FACEGAN_FAILPOINTS", "nonfinite_grad=2:2")
+    completed(_torchrun_trainer("train/wgangp.py", "--debug", "--deepspeed", "2", "--max-steps", "4", "--log-every", "1",
+                                "--sample-every", "100", "--out", str(out)))
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["skipped_steps"] for r in records] == [0, 6, 12, 12]
+    assert all(math.isfinite(records[-1][k]) for k in ("d_loss", "g_loss", "gp"))
 
 
 # --- the workers (run under torchrun) --------------------------------------------------------

@@ -70,6 +70,13 @@ class DCGANConfig(TrainConfig):
             raise ConfigError(f"--label-jitter {self.label_jitter}: must be 0 or more")
         if self.unrolled_steps < 0:
             raise ConfigError(f"--unrolled-steps {self.unrolled_steps}: must be 0 or more")
+        if self.unrolled_steps and self.deepspeed:
+            # The unrolled updates call the critic's parameters by name (train/gan/unrolled.py), which the
+            # engine's module wrapper (train/run/zero.py) does not expose; not built for ZeRO.
+            raise ConfigError(
+                f"--deepspeed {self.deepspeed} --unrolled-steps {self.unrolled_steps}: the unrolled discriminator is not"
+                " supported under DeepSpeed; use --unrolled-steps 0, or train with DDP"
+            )
         if self.unrolled_steps and self.grad_accum > 1:
             raise ConfigError(
                 f"--unrolled-steps {self.unrolled_steps}: unrolls on the last micro-batch only; use --grad-accum 1"

@@ -8,6 +8,9 @@
 #                                            Slurm allocated on the node)
 #   --cpu N                 CPU_PROCESSES    the CPU variant: N CPU processes per node, no GPUs
 #   --mixed-precision P     MIXED_PRECISION  no, fp16 or bf16 (default: the accelerate config's)
+#   --deepspeed N           DEEPSPEED        DeepSpeed ZeRO stage 1 or 2 for both networks (default: off, DDP):
+#                                            launch/accelerate/deepspeed_zeroN.yaml, or with --accelerate-config
+#                                            the trainer's --deepspeed N (GPUs and --cpu alike)
 #   --accelerate-config F   ACCELERATE_CONFIG  (default: launch/accelerate/multi_gpu_<precision>.yaml on
 #                                            one node, launch/accelerate/multi_node.yaml on several)
 #   --max-restarts N        MAX_RESTARTS     requeues after a resumable stop (default 3)
@@ -47,6 +50,7 @@ parse_settings() {
     GPUS_PER_NODE=${GPUS_PER_NODE:-}
     CPU_PROCESSES=${CPU_PROCESSES:-}
     MIXED_PRECISION=${MIXED_PRECISION:-}
+    DEEPSPEED=${DEEPSPEED:-}
     ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-}
     MAX_RESTARTS=${MAX_RESTARTS:-3}
     RESUME=${RESUME:-0}
@@ -60,6 +64,7 @@ parse_settings() {
             --gpus-per-node) GPUS_PER_NODE=${2:-}; shift ;;
             --cpu) CPU_PROCESSES=${2:-}; shift ;;
             --mixed-precision) MIXED_PRECISION=${2:-}; shift ;;
+            --deepspeed) DEEPSPEED=${2:-}; shift ;;
             --accelerate-config) ACCELERATE_CONFIG=${2:-}; shift ;;
             --max-restarts) MAX_RESTARTS=${2:-}; shift ;;
             --resume) RESUME=1 ;;
@@ -81,6 +86,7 @@ check_settings() {
     [ -n "$OUT" ] || die "no output directory: add --out DIR or set OUT (on storage every node sees)"
     [[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "--max-restarts / MAX_RESTARTS '$MAX_RESTARTS': give a whole number"
     case "$MIXED_PRECISION" in "" | no | fp16 | bf16) ;; *) die "--mixed-precision / MIXED_PRECISION '$MIXED_PRECISION': use no, fp16 or bf16" ;; esac
+    case "$DEEPSPEED" in "" | 1 | 2) ;; *) die "--deepspeed / DEEPSPEED '$DEEPSPEED': use 1 or 2 (the ZeRO stage; 0 is DDP, the default, and 3 is refused: see the README's DeepSpeed section)" ;; esac
     if [ -n "$ACCELERATE_CONFIG" ] && [ ! -f "$ACCELERATE_CONFIG" ]; then
         die "--accelerate-config / ACCELERATE_CONFIG $ACCELERATE_CONFIG: no such file"
     fi
@@ -136,7 +142,9 @@ rendezvous_port() {
 build_launch_command() {
     local machines=$1 machine_rank=$2 head=$3
     local config=$ACCELERATE_CONFIG
-    if [ -z "$config" ]; then
+    if [ -z "$config" ] && [ -n "$DEEPSPEED" ]; then
+        config=$ROOT/launch/accelerate/deepspeed_zero$DEEPSPEED.yaml
+    elif [ -z "$config" ]; then
         if [ "$machines" -gt 1 ]; then
             config=$ROOT/launch/accelerate/multi_node.yaml
         else
@@ -145,16 +153,25 @@ build_launch_command() {
         fi
     fi
     LAUNCH=(accelerate launch --config_file "$config")
-    if [ -n "$CPU_PROCESSES" ]; then
+    if [ -n "$CPU_PROCESSES" ] && [ -n "$DEEPSPEED" ]; then
+        # Never --cpu under DeepSpeed: Accelerate would drop it; without CUDA it runs on the CPU anyway.
+        LAUNCH+=(--mixed_precision "${MIXED_PRECISION:-no}")
+    elif [ -n "$CPU_PROCESSES" ]; then
         LAUNCH+=(--cpu --mixed_precision "${MIXED_PRECISION:-no}")
     elif [ -n "$MIXED_PRECISION" ]; then
         LAUNCH+=(--mixed_precision "$MIXED_PRECISION")
     fi
     LAUNCH+=(--num_machines "$machines" --machine_rank "$machine_rank" --num_processes $((machines * PER_NODE)))
     LAUNCH+=(--main_process_ip "$head" --main_process_port "$(rendezvous_port)")
+    if [ -n "$DEEPSPEED" ] && [ "$machines" -gt 1 ]; then
+        LAUNCH+=(--deepspeed_multinode_launcher standard)  # torchrun on each node, as for DDP, not pdsh
+    fi
     LAUNCH+=("$ROOT/train/$TRAINER.py" --out "$OUT")
     if resuming; then
         LAUNCH+=(--resume auto)
+    fi
+    if [ -n "$DEEPSPEED" ] && [ -n "$ACCELERATE_CONFIG" ]; then
+        LAUNCH+=(--deepspeed "$DEEPSPEED")  # the user's own accelerate config: the trainer's flag says it
     fi
     LAUNCH+=("${FLAGS[@]}")
 }

@@ -50,6 +50,9 @@ def _random_states_file(rank: int) -> str:
     return f"random_states_{rank}.pkl"  # accelerate's RNG_STATE_NAME, one per rank
 
 
+_ENGINE_FOLDER = "pytorch_model"  # accelerate's MODEL_NAME: a DeepSpeed engine's checkpoint tag
+
+
 def _numbered(stem: str, index: int, suffix: str) -> str:
     return f"{stem}{f'_{index}' if index else ''}{suffix}"  # accelerate's model.safetensors, model_1.safetensors, ...
 
@@ -128,7 +131,7 @@ def save_checkpoint(
         else:
             # On a filesystem shared by several nodes a rank's dirty pages are its own node's: only its
             # own fsync commits them. The main process fsyncs every file again before the rename.
-            for name in (_rank_file(rank), _random_states_file(rank), "scaler.pt"):
+            for name in (_rank_file(rank), _random_states_file(rank), "scaler.pt", *CheckpointLayout.of(accelerator).rank_files(rank)):
                 if (tmp / name).is_file():
                     _fsync(tmp / name)
     except Exception as error:  # torch.save and safetensors report a full disk as RuntimeError / SafetensorError
@@ -291,27 +294,42 @@ def _first_line(error: BaseException) -> str:
 class CheckpointLayout:
     """The files accelerator.save_state writes (and load_state reads back) for one Accelerator:
     one model file and one optimizer file per prepared pair, schedulers, the GradScaler's under fp16.
-    DDP and single-process layouts only (no FSDP or DeepSpeed here)."""
+    Under DeepSpeed (`engines`) each model is an engine that saves itself into a folder of its own:
+    its whole weights once, and each rank's optimizer partition. No FSDP here."""
 
     models: int
     optimizers: int
     schedulers: int = 0
     scaler: bool = False
+    engines: bool = False
 
     @classmethod
     def of(cls, accelerator: "Accelerator") -> "CheckpointLayout":
+        from accelerate.utils import DistributedType
+
         # The lists load_state walks; accelerate offers no public count of them.
-        return cls(len(accelerator._models), len(accelerator._optimizers), len(accelerator._schedulers),
-                   accelerator.scaler is not None)
+        engines = accelerator.distributed_type == DistributedType.DEEPSPEED
+        return cls(len(accelerator._models), 0 if engines else len(accelerator._optimizers), len(accelerator._schedulers),
+                   accelerator.scaler is not None and not engines, engines)
 
     def shared_files(self) -> list[str]:
+        if self.engines:
+            models = [f"{_numbered(_ENGINE_FOLDER, i, '')}/mp_rank_00_model_states.pt" for i in range(self.models)]
+        else:
+            models = [_numbered("model", i, ".safetensors") for i in range(self.models)]
         return [
-            *(_numbered("model", i, ".safetensors") for i in range(self.models)),
+            *models,
             *(_numbered("optimizer", i, ".bin") for i in range(self.optimizers)),
             *(_numbered("scheduler", i, ".bin") for i in range(self.schedulers)),
             *(["scaler.pt"] if self.scaler else []),
             EMA_FILE,
         ]
+
+    def rank_files(self, rank: int) -> list[str]:
+        """A rank's own files besides its train state and RNG states: its ZeRO optimizer partitions."""
+        if not self.engines:
+            return []
+        return [f"{_numbered(_ENGINE_FOLDER, i, '')}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for i in range(self.models)]
 
 
 @dataclass(frozen=True)
@@ -330,9 +348,9 @@ def checkpoint_damage(checkpoint: Path, layout: CheckpointLayout) -> str | None:
     checkpoint = Path(checkpoint)
     matches = filter(None, (_RANK_FILE.match(p.name) for p in checkpoint.iterdir()))
     found_ranks = 1 + max((int(m.group(1)) for m in matches), default=0)
-    rank_files = [name for r in range(found_ranks) for name in (_rank_file(r), _random_states_file(r))]
+    rank_files = [name for r in range(found_ranks) for name in (_rank_file(r), _random_states_file(r), *layout.rank_files(r))]
     for name in layout.shared_files() + rank_files:
-        problem = _file_damage(checkpoint / name)
+        problem = _file_damage(checkpoint / name, trusted_pickle=layout.engines and "/" in name)
         if problem:
             return f"{name} {problem}"
     saved_ranks = _recorded_world_size(checkpoint / _rank_file(0))
@@ -347,7 +365,9 @@ def _recorded_world_size(path: Path) -> int:
     return int(state.get("world_size", 0)) if isinstance(state, dict) else 0
 
 
-def _file_damage(path: Path) -> str | None:
+def _file_damage(path: Path, trusted_pickle: bool = False) -> str | None:
+    """`trusted_pickle`: a DeepSpeed engine's file, which holds more than weights (its config, its
+    version): checked as a whole archive, not unpickled; DeepSpeed's load_checkpoint reads it."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -362,6 +382,12 @@ def _file_damage(path: Path) -> str | None:
             with path.open("rb") as file:
                 if file.read(4) != b"PK\x03\x04":  # torch.save's zip archive
                     return "is not a torch archive (zeroed or overwritten)"
+            if trusted_pickle:
+                import zipfile
+
+                with zipfile.ZipFile(path) as archive:  # the central directory sits at the end: a truncation fails here
+                    archive.namelist()
+                return None
             # As load_state reads it: weights only, with the numpy types of accelerate's RNG states.
             from accelerate.utils import load
 
@@ -439,8 +465,20 @@ def load_weights(accelerator: "Accelerator", path: Path) -> dict[str, torch.Tens
     return load_file(path / EMA_FILE)
 
 
+class CheckpointMismatch(ValueError):
+    """A whole checkpoint this run cannot load as it is launched: bad input (one `error:` line, exit 2)."""
+
+
 def load_checkpoint(accelerator: "Accelerator", path: Path, state: "TrainState") -> dict[str, torch.Tensor]:
     """Restore models, optimizers, scaler, RNGs and this rank's train state in place; return the EMA state."""
+    saved_ranks = _recorded_world_size(path / _rank_file(0))
+    if CheckpointLayout.of(accelerator).engines and saved_ranks != accelerator.num_processes:
+        # ZeRO's optimizer states are partitioned over the ranks that saved them; DeepSpeed 0.19 does
+        # not re-partition them for ZeRO-1/2 (DDP checkpoints resume on any number of processes).
+        raise CheckpointMismatch(
+            f"--resume: {path} was saved by {saved_ranks} DeepSpeed processes, each with its part of the optimizer"
+            f" states; resume it on {saved_ranks} processes (this launch has {accelerator.num_processes})"
+        )
     ema_state = load_weights(accelerator, path)
     rank_path = path / _rank_file(accelerator.process_index)
     if not rank_path.exists():  # more ranks than the run that saved it: rank 0's holds the run's shared state

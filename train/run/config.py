@@ -29,6 +29,7 @@ from train.run.environment import BadEnvironment, check_environment
 from train.run.precision import PRECISIONS
 from train.run.profiling import profile_steps_needed
 from train.run.stop import parse_duration
+from train.run.zero import ZeroRefused, check_zero, zero_from_environment
 
 RESUME_MODES = ("no", "yes", "auto")
 # How this invocation runs, not what the run is: never taken from a resumed run's config.json.
@@ -131,6 +132,11 @@ class TrainConfig:
         None, "no, fp16 or bf16 (default: the accelerate config's); bf16 falls back to fp16 on GPUs without native bf16", choices=PRECISIONS
     )
     cpu: bool = flag(False, "train on the CPU even when a GPU is present")
+    deepspeed: int | None = flag(
+        None, "DeepSpeed ZeRO stage for both networks, 1 (optimizer state partitioned) or 2 (and gradients)"
+        " (default: the accelerate config's DeepSpeed stage, else off: DDP)", type=int,
+    )
+    gradient_clipping: float = flag(0.0, "DeepSpeed: clip each network's gradient norm at this value; 0: off, as under DDP")
     sync_bn: bool = flag(True, "SyncBatchNorm in the generator for multi-GPU runs (batch statistics over the global batch)")
     tf32: bool = flag(True, "TF32 matmuls and convolutions on Ampere and later GPUs (fp32 maths at tensor-core speed)")
     fused_adam: bool = flag(True, "Adam's fused CUDA kernel (GPU only)")
@@ -235,6 +241,7 @@ def build_parser(config_cls: type[TrainConfig], description: str) -> argparse.Ar
 def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
     """Merge defaults, presets, a resumed run's saved config and the given flags; then check it."""
     values = dataclasses.asdict(config_cls())
+    given = {**_zero_from_launcher(given), **given}
     out = Path(given.get("out", values["out"] if not given.get("debug") else config_cls.debug_preset["out"]))
     if _continues(given.get("resume", "no"), out):
         saved = _saved_config(config_cls, out)
@@ -243,6 +250,8 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
                 f"--debug: the run in {out} was not made with --debug, and --resume continues it with its own"
                 " settings; drop --debug"
             )
+        if "deepspeed" in given and given["deepspeed"] != saved.get("deepspeed"):
+            raise ConfigError(_checkpoint_kind_differs(out, given["deepspeed"], saved.get("deepspeed")))
         for name in config_cls.architecture_fields:
             if name in given and _plain(given[name]) != _plain(saved.get(name)):
                 raise ConfigError(
@@ -262,6 +271,34 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
     config = config_cls(**values)
     check_config(config)
     return config
+
+
+def _zero_from_launcher(given: dict[str, Any]) -> dict[str, Any]:
+    """--deepspeed and --gradient-clipping from an `accelerate launch` DeepSpeed config, where the
+    flags are not given: the launcher's choice counts as given (a resumed run's config.json does not
+    override it)."""
+    try:  # the launcher's own settings first (stage, offload, "auto" clipping); the precision with the flags
+        check_zero(None, "no", use_cpu=False)
+    except ZeroRefused as error:
+        raise ConfigError(str(error)) from None
+    stage, clipping = zero_from_environment()
+    if stage is None:
+        return {}
+    return {name: value for name, value in (("deepspeed", stage), ("gradient_clipping", clipping)) if name not in given}
+
+
+def _checkpoint_kind_differs(out: Path, asked: int | None, saved: int | None) -> str:
+    """A resume whose DeepSpeed setting is not the run's: DDP checkpoints hold model.safetensors and
+    optimizer.bin, DeepSpeed ones each engine's partitioned states, and neither loads the other."""
+    def described(stage: int | None) -> str:
+        return f"DeepSpeed ZeRO-{stage}" if stage else "DDP (no DeepSpeed)"
+
+    flag = f"--deepspeed {asked}" if asked is not None else "no --deepspeed"
+    return (
+        f"{flag}: the run in {out} was trained with {described(saved)} and its checkpoints load only that way"
+        f" (not with {described(asked)}); resume it as it was made (the same --deepspeed, or the same accelerate"
+        " config), or start a new run in another --out"
+    )
 
 
 def load_config(config_cls: type[Config], argv: Sequence[str] | None, description: str) -> Config:
@@ -402,6 +439,7 @@ def check_config(config: TrainConfig) -> None:
     check_wandb_names(config)
     if not all(0 <= value <= 255 for value in config.alpha_background):
         raise ConfigError(f"--alpha-background {' '.join(map(str, config.alpha_background))}: give three values in 0..255, e.g. 255 255 255")
+    check_deepspeed(config)
     if not 0.0 <= config.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay {config.ema_decay}: must be in [0, 1)")
     try:
@@ -444,6 +482,29 @@ def check_config(config: TrainConfig) -> None:
     except BadEnvironment as error:
         raise ConfigError(str(error)) from None
     check_run_dir(config)
+
+
+def check_deepspeed(config: TrainConfig) -> None:
+    """What DeepSpeed ZeRO cannot run for this configuration (train/run/zero.py says why)."""
+    if config.gradient_clipping < 0 or (config.gradient_clipping and not config.deepspeed):
+        raise ConfigError(
+            f"--gradient-clipping {config.gradient_clipping}: a value of 0 or more, and only with --deepspeed (DDP runs do not clip)"
+        )
+    import torch
+
+    use_cpu = config.cpu or not torch.cuda.is_available()
+    try:
+        # The flag's precision: an accelerate config's fp16 on a CPU falls back to fp32 (precision.py).
+        check_zero(config.deepspeed, config.mixed_precision or "no", use_cpu)
+    except ZeroRefused as error:
+        raise ConfigError(str(error)) from None
+    if not config.deepspeed:
+        return
+    if config.sync_bn and not use_cpu:
+        raise ConfigError(
+            f"--deepspeed {config.deepspeed} --sync-bn: SyncBatchNorm under DeepSpeed engines is untested here; add"
+            " --no-sync-bn (each GPU's own BatchNorm statistics) or train with DDP"
+        )
 
 
 def check_wandb_names(config: TrainConfig) -> None:

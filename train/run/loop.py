@@ -33,6 +33,7 @@ from train.report.metrics import StatWindow
 from train.report.monitor import CollapseMonitor
 from train.report.reporter import Reporter
 from train.report.tracking import WandbRun, new_run_id, resolve_wandb_mode
+from train.run import zero
 from train.run.checkpoint import (
     CheckpointWriteError,
     agreed_whole_checkpoint,
@@ -76,6 +77,10 @@ def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accele
     if not use_cpu:
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
     precision = resolve_mixed_precision(config.mixed_precision, use_cpu)
+    if config.deepspeed:
+        options = zero.ZeroOptions(config.deepspeed, micro_batch=config.batch_size, grad_accum=config.grad_accum,
+                                   gradient_clipping=config.gradient_clipping, precision=precision)
+        return Accelerator(**zero.accelerator_options(options, use_cpu), log_with=log_with)
     accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=accelerate_precision(precision, use_cpu),
@@ -92,6 +97,27 @@ def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accele
 class StepResult:
     skipped_updates: int  # optimizer updates left out for non-finite gradients (or an fp16 overflow)
     generator_updated: bool
+
+
+class DataParallelUpdates:
+    """How the phases backpropagate and update under DDP (or on one process); train.run.zero.ZeroUpdates
+    is the same object for DeepSpeed engines."""
+
+    def __init__(self, accelerator: Accelerator, grad_accum: int):
+        self.accelerator, self.grad_accum = accelerator, grad_accum
+
+    def network(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def sync_unless_last(self, model: nn.Module, micro: int):
+        # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
+        return self.accelerator.no_sync(model) if micro < self.grad_accum - 1 else contextlib.nullcontext()
+
+    def backward(self, model: nn.Module, loss: torch.Tensor, micro: int, poison: str | None) -> None:
+        self.accelerator.backward(loss / self.grad_accum)
+
+    def update(self, optimizer: torch.optim.Optimizer, model: nn.Module, poison: str | None) -> bool:
+        return _update(self.accelerator, optimizer, model, poison)
 
 
 class Phases:
@@ -116,19 +142,19 @@ class Phases:
         grad_accum: int,
         record: Callable[[dict], None],
         perturb: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+        updates: "DataParallelUpdates | zero.ZeroUpdates | None" = None,
     ):
         self.accelerator, self.generator, self.critic, self.g_opt, self.d_opt = accelerator, generator, critic, g_opt, d_opt
+        self.updates = updates or DataParallelUpdates(accelerator, grad_accum)
+        # What the objective and the loop call: the models themselves, or an engine's module (zero.py says why).
+        self.run_generator, self.run_critic = self.updates.network(generator), self.updates.network(critic)
         self.objective, self.next_real, self.latents, self.record = objective, next_real, latents, record
         self.critic_steps, self.grad_accum = critic_steps, grad_accum
         # What the critic sees, "real" or "fake" (instance noise); the identity unless given.
         self.perturb = perturb or (lambda samples, kind: samples)
 
-    def _sync_unless_last(self, model: nn.Module, micro: int):
-        # Under DDP, all-reduce gradients only on the last micro-batch of an accumulated step.
-        return self.accelerator.no_sync(model) if micro < self.grad_accum - 1 else contextlib.nullcontext()
-
-    def _backward(self, loss: torch.Tensor, poison: str | None) -> None:
-        self.accelerator.backward((loss * float("nan") if poison == "loss" else loss) / self.grad_accum)
+    def _backward(self, model: nn.Module, loss: torch.Tensor, micro: int, poison: str | None) -> None:
+        self.updates.backward(model, loss * float("nan") if poison == "loss" else loss, micro, poison)
 
     def critic_phase(self, poison: str | None = None) -> int:
         """The critic updates; how many were left out."""
@@ -139,12 +165,12 @@ class Phases:
             for micro in range(self.grad_accum):
                 real = self.perturb(self.next_real(), "real")
                 with torch.no_grad():
-                    fake = self.perturb(self.generator(self.latents()), "fake")
-                with self._sync_unless_last(self.critic, micro):
-                    loss, stats = self.objective.critic_loss(self.critic, real, fake)
-                    self._backward(loss, poison)
+                    fake = self.perturb(self.run_generator(self.latents()), "fake")
+                with self.updates.sync_unless_last(self.critic, micro):
+                    loss, stats = self.objective.critic_loss(self.run_critic, real, fake)
+                    self._backward(self.critic, loss, micro, poison)
                 self.record(stats)
-            skipped += not _update(self.accelerator, self.d_opt, self.critic, poison)
+            skipped += not self.updates.update(self.d_opt, self.critic, poison)
         return skipped
 
     def generator_phase(self, poison: str | None = None) -> bool:
@@ -152,11 +178,12 @@ class Phases:
         # Frozen, the critic's weights get no gradients from the generator's loss (and DDP expects none).
         self.critic.requires_grad_(False)
         for micro in range(self.grad_accum):
-            with self._sync_unless_last(self.generator, micro):
-                loss, stats = self.objective.generator_loss(self.critic, self.perturb(self.generator(self.latents()), "fake"))
-                self._backward(loss, poison)
+            with self.updates.sync_unless_last(self.generator, micro):
+                fake = self.perturb(self.run_generator(self.latents()), "fake")
+                loss, stats = self.objective.generator_loss(self.run_critic, fake)
+                self._backward(self.generator, loss, micro, poison)
             self.record(stats)
-        return _update(self.accelerator, self.g_opt, self.generator, poison)
+        return self.updates.update(self.g_opt, self.generator, poison)
 
     def step(self, poison: str | None = None) -> StepResult:
         skipped = self.critic_phase(poison)
@@ -234,7 +261,12 @@ def _train(
     (g_lr, g_betas), (d_lr, d_betas) = config.optimizer_settings()
     g_opt = adam(generator.parameters(), g_lr, g_betas, config.fused_adam, device)
     d_opt = adam(critic.parameters(), d_lr, d_betas, config.fused_adam, device)
-    generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
+    if config.deepspeed:
+        generator, critic, g_opt, d_opt = zero.prepare_pair(accelerator, generator, critic, g_opt, d_opt)
+        updates, scaler = zero.ZeroUpdates(config.grad_accum), zero.gradient_scaler(critic)
+    else:
+        generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
+        updates, scaler = DataParallelUpdates(accelerator, config.grad_accum), accelerator.scaler
 
     latent_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, SeedPurpose.LATENTS))
     stream = open_stream(
@@ -243,7 +275,7 @@ def _train(
     # Decoding workers are shut down on every way out, an error included, or the process cannot exit.
     profiler = StepProfiler(config.profile, out, rank, print_table=accelerator.is_main_process)
     with contextlib.closing(stream), profiler:
-        objective = make_objective(config, accelerator.scaler, latent_rng)
+        objective = make_objective(config, scaler, latent_rng)
         eval_noise = fixed_noise(config.num_samples, config.latent_dim, config.seed)
         modes, std = toy_modes(data.spec.name) if data.spec.is_points else (None, 0.0)
 
@@ -327,6 +359,7 @@ def _train(
         phases = Phases(
             accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents, config.critic_steps,
             config.grad_accum, window.add, perturb=lambda samples, kind: noise(samples, kind, state.step, latent_rng),
+            updates=updates,
         )
         batches_per_step = config.critic_steps * config.grad_accum
         real_per_step = config.batch_size * batches_per_step * world

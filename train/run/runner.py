@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from train.data import DataError, DataSpecError
-from train.run.checkpoint import NoWholeCheckpoint
+from train.run.checkpoint import CheckpointMismatch, NoWholeCheckpoint
 from train.run.config import Config, ConfigError, check_run_dir, load_config
 from train.run.lock import RunLock, RunLocked
 from train.run.multi_cpu import relaunch_on_cpu_processes
@@ -43,13 +43,13 @@ def main(config_cls: type[Config], make_objective: "ObjectiveFactory", descripti
                 from train.run.loop import train
 
                 end = train(config, make_objective)
-            except (ConfigError, DataSpecError, DataError, NoWholeCheckpoint):
+            except (ConfigError, DataSpecError, DataError, NoWholeCheckpoint, CheckpointMismatch):
                 if lock is not None:
                     lock.undo_if_alone()
                 raise
             if main_process:
                 write_exit_status(out, end)
-    except (ConfigError, DataSpecError, DataError, RunLocked, NoWholeCheckpoint) as error:
+    except (ConfigError, DataSpecError, DataError, RunLocked, NoWholeCheckpoint, CheckpointMismatch) as error:
         if main_process:
             print(f"error: {error}", file=sys.stderr)
         return BAD_INPUT

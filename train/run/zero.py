@@ -164,10 +164,41 @@ def step(engine) -> bool:
     return not engine.optimizer.overflow
 
 
+def gradient_scaler(engine) -> "torch.amp.GradScaler | None":
+    """The engine's fp16 GradScaler (torch_autocast mode), which the penalty scales its inner
+    gradients with as on the DDP path; None in fp32 and bf16."""
+    return getattr(engine.optimizer, "torch_autocast_gradscaler", None)
+
+
 def loss_scale(engine) -> float | None:
     """The fp16 GradScaler's current scale (None without one)."""
-    scaler = getattr(engine.optimizer, "torch_autocast_gradscaler", None)
+    scaler = gradient_scaler(engine)
     return scaler.get_scale() if scaler is not None else None
+
+
+class ZeroUpdates:
+    """What the loop's phases ask of the two engines: the networks to call, when to reduce, the
+    backward and the update (train.run.loop.DataParallelUpdates is the DDP path's same object).
+
+    The engines divide each micro-batch's loss by the accumulation steps and reduce at the boundary
+    they are told (no `no_sync`: it asserts under ZeRO-2); each decides on its own update, skipping a
+    non-finite one with the same verdict on every rank. The gradient failpoint ("grad") poisons the
+    loss instead: ZeRO-2's gradients live in the engine's partitions, not in `p.grad`."""
+
+    def __init__(self, grad_accum: int):
+        self.grad_accum = grad_accum
+
+    def network(self, engine) -> nn.Module:
+        return _Autocast(engine.module, _autocast_dtype(engine))
+
+    def sync_unless_last(self, engine, micro: int):
+        return contextlib.nullcontext()
+
+    def backward(self, engine, loss: torch.Tensor, micro: int, poison: str | None) -> None:
+        backward(engine, loss * float("inf") if poison == "grad" else loss, last_micro_batch=micro == self.grad_accum - 1)
+
+    def update(self, optimizer, engine, poison: str | None) -> bool:
+        return step(engine)
 
 
 class _Autocast(nn.Module):
