@@ -216,7 +216,8 @@ REFUSED = [
     ("dcgan", [], {**LAUNCHED_ZERO_2, "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"},
      "--deepspeed 2: offload_optimizer_device: cpu in the accelerate config"),
     ("wgangp", ["--gradient-clipping", "1"], {}, "--gradient-clipping 1.0: a value of 0 or more, and only with --deepspeed"),
-    ("dcgan", ["--deepspeed", "2", "--unrolled-steps", "2"], {}, "--deepspeed 2 --unrolled-steps 2: the unrolled discriminator is not supported under DeepSpeed"),
+    ("dcgan", ["--deepspeed", "2", "--no-sync-bn", "--unrolled-steps", "2"], {},
+     "--deepspeed 2 --unrolled-steps 2: the unrolled discriminator is not supported under DeepSpeed"),
 ]
 
 
@@ -238,7 +239,8 @@ def _refusal(trainer: str, argv: list[str], env: dict, out: Path, monkeypatch, c
 @pytest.mark.parametrize("trainer,argv,env,fragment", REFUSED, ids=[" ".join([t, *a, *e.values()]) for t, a, e, _ in REFUSED])
 def test_a_refused_deepspeed_start_says_why_in_one_line_exits_2_and_writes_nothing(trainer, argv, env, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    line = _refusal(trainer, argv, env, tmp_path / "run", monkeypatch, capsys)
+    # --cpu where the refusal is about the CPU (fp16) or comes first anyway; a GPU machine refuses --deepspeed --cpu.
+    line = _refusal(trainer, argv, env, tmp_path / "run", monkeypatch, capsys, cpu="--unrolled-steps" not in argv)
     assert fragment in line
     assert list(tmp_path.iterdir()) == []
 
@@ -247,6 +249,13 @@ def test_sync_bn_on_a_gpu_is_refused_under_deepspeed(tmp_path, monkeypatch, caps
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the check reads no more of the GPU than that
     line = _refusal("wgangp", ["--deepspeed", "2"], {}, tmp_path / "run", monkeypatch, capsys, cpu=False)
     assert "--deepspeed 2 --sync-bn: SyncBatchNorm under DeepSpeed engines is untested here; add --no-sync-bn" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_deepspeed_with_cpu_on_a_gpu_machine_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    line = _refusal("lightweight_gan", ["--deepspeed", "1"], {}, tmp_path / "run", monkeypatch, capsys)
+    assert "--deepspeed 1 --cpu: Accelerate drops DeepSpeed" in line and "CUDA_VISIBLE_DEVICES=" in line
     assert not (tmp_path / "run").exists()
 
 

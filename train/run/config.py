@@ -500,6 +500,11 @@ def check_deepspeed(config: TrainConfig) -> None:
         raise ConfigError(str(error)) from None
     if not config.deepspeed:
         return
+    if config.cpu and torch.cuda.is_available():
+        raise ConfigError(
+            f"--deepspeed {config.deepspeed} --cpu: Accelerate drops DeepSpeed when told to use the CPU, and puts it on the"
+            " GPU otherwise; to train on the CPU, hide the GPUs (CUDA_VISIBLE_DEVICES=) and drop --cpu"
+        )
     if config.sync_bn and not use_cpu:
         raise ConfigError(
             f"--deepspeed {config.deepspeed} --sync-bn: SyncBatchNorm under DeepSpeed engines is untested here; add"
