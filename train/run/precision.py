@@ -1,9 +1,12 @@
 """Choosing the mixed precision a run can actually use on its hardware, and setting it up."""
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
-from accelerate import Accelerator
+
+if TYPE_CHECKING:  # --help and argument errors must not pay for importing accelerate
+    from accelerate import Accelerator
 
 PRECISIONS = ("no", "fp16", "bf16")  # what --mixed-precision and ACCELERATE_MIXED_PRECISION may say
 
@@ -33,18 +36,18 @@ def accelerate_precision(precision: str, use_cpu: bool) -> str:
     return "no" if precision == "fp16" and use_cpu else precision
 
 
-def use_cpu_fp16(accelerator: Accelerator, init_scale: float = 2.0**16) -> None:
+def use_cpu_fp16(accelerator: "Accelerator", init_scale: float = 2.0**16) -> None:
     """fp16 on a CPU (Accelerate 1.x refuses it): torch's own GradScaler, which Accelerate then uses
     everywhere it uses its own (backward, the prepared optimizers' step, checkpoints). Call before
     `prepare`; `prepare_models` adds the autocast."""
     accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
 
 
-def runs_cpu_fp16(accelerator: Accelerator) -> bool:
+def runs_cpu_fp16(accelerator: "Accelerator") -> bool:
     return accelerator.scaler is not None and accelerator.device.type == "cpu"
 
 
-def prepare(accelerator: Accelerator, *objects):
+def prepare(accelerator: "Accelerator", *objects):
     """`accelerator.prepare`, plus, under CPU fp16, the fp16 autocast around each model's forward
     that Accelerate adds itself on a GPU: one code path for both."""
     if runs_cpu_fp16(accelerator):
