@@ -18,6 +18,9 @@ Parts, in order, each with its own time box (a part that runs out leaves its rem
    generator and of the critic (or why not).
 5. lucidrains: bench/lightweight_vs_lucidrains.py side by side at 256 and 1024 px, and the largest
    batch at 1024 px (needs `pip install lightweight-gan==1.2.1`; without it, ours alone).
+6. deepspeed: the WGAN-GP trainer's own runs under DDP and under ZeRO-1 and ZeRO-2 (one process,
+   torchrun), bf16 and fp16 on a GPU (fp32 in the smoke run): img/s and peak memory from each run's
+   metrics.jsonl (needs deepspeed installed; without it, the reason).
 
 Writes report.json and report.md to --report (default bench/reports/<device>-<date>/) and prints
 the Markdown.
@@ -57,11 +60,11 @@ from train.wgangp import WGANGPConfig  # noqa: E402
 from train.wgangp import make_objective as wgangp_objective  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("environment", "correctness", "speed", "options", "lucidrains")
+PARTS = ("environment", "correctness", "speed", "options", "lucidrains", "deepspeed")
 # Seconds per part on a GPU (8 minutes in all) and in the CPU smoke run (under 2 minutes).
 BUDGETS = {
-    "gpu": {"environment": 15, "correctness": 170, "speed": 150, "options": 75, "lucidrains": 70},
-    "smoke": {"environment": 10, "correctness": 35, "speed": 30, "options": 15, "lucidrains": 25},
+    "gpu": {"environment": 15, "correctness": 150, "speed": 130, "options": 65, "lucidrains": 55, "deepspeed": 60},
+    "smoke": {"environment": 5, "correctness": 20, "speed": 20, "options": 20, "lucidrains": 15, "deepspeed": 40},
 }
 TRAINERS = {"wgangp": (WGANGPConfig, wgangp_objective), "lightweight": (LightweightGANConfig, lightweight_objective)}
 
@@ -385,12 +388,55 @@ def lucidrains(box: TimeBox, sizes: Sizes) -> dict:
     return {"tables": tables}
 
 
+# --- 6. deepspeed -----------------------------------------------------------------------------
+
+def deepspeed(box: TimeBox, sizes: Sizes) -> dict:
+    """The trainer end to end on one process: DDP's path, then ZeRO-1 and ZeRO-2, same flags."""
+    try:
+        import deepspeed as _  # noqa: F401
+    except ImportError:
+        return {"rows": [], "note": "deepspeed is not installed: pip install -r requirements.txt (or its wheel) first"}
+    # On a GPU: bf16 under DDP, ZeRO-1 and ZeRO-2, then fp16 under ZeRO-2 (DeepSpeed's torch_autocast
+    # GradScaler); the smoke run: fp32, DDP against ZeRO-2.
+    runs = [("bf16", None), ("bf16", 1), ("bf16", 2), ("fp16", 2)] if CUDA else [("no", None), ("no", 2)]
+    # The smoke run trains the toy MLPs: DeepSpeed's CPU path is slow on conv models (seconds a step).
+    common = ["train/wgangp.py", "--debug", "--max-steps", "12" if CUDA else "4", "--log-every", "6" if CUDA else "2",
+              "--sample-every", "1000", "--ckpt-every", "1000"] + (
+        ["--resolution", "128", "--no-sync-bn"] if CUDA else ["--data", "toy:8gaussians"])
+    rows = []
+    for precision, stage in runs:
+        if True:
+            label = f"ZeRO-{stage}" if stage else "DDP"
+            if box.left() <= 5:
+                rows.append({"precision": precision, "engine": label, "error": "not measured: time box"})
+                continue
+            with tempfile.TemporaryDirectory() as out:
+                flags = [*common, "--mixed-precision", precision, "--out", out] + (["--deepspeed", str(stage)] if stage else [])
+                env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+                try:
+                    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", *flags], cwd=ROOT, env=env,
+                                            capture_output=True, text=True, timeout=box.left())
+                except subprocess.TimeoutExpired:
+                    rows.append({"precision": precision, "engine": label, "error": "not finished: time box"})
+                    continue
+                metrics = Path(out) / "metrics.jsonl"
+                if result.returncode != 0 or not metrics.exists():
+                    rows.append({"precision": precision, "engine": label,
+                                 "error": (result.stderr.strip().splitlines() or ["no output"])[-1][:300]})
+                    continue
+                last = json.loads(metrics.read_text().splitlines()[-1])
+                rows.append({"precision": precision, "engine": label, "img_per_s": last["img_per_s"],
+                             "gpu_mem_gb": last.get("gpu_mem_gb"), "skipped_steps": last["skipped_steps"]})
+    return {"rows": rows}
+
+
 # --- the report -------------------------------------------------------------------------------
 
 def markdown(report: dict) -> str:
-    lines = [f"# GPU check: {report['environment'].get('device', device_name())}, {report['date']}", ""]
     env = report.get("environment", {})
-    lines += ["| " + " | ".join(env) + " |", "|" + "---|" * len(env), "| " + " | ".join(map(str, env.values())) + " |", ""]
+    lines = [f"# GPU check: {env.get('device', device_name())}, {report['date']}", ""]
+    if env:
+        lines += ["| " + " | ".join(env) + " |", "|" + "---|" * len(env), "| " + " | ".join(map(str, env.values())) + " |", ""]
     if "correctness" in report:
         tests = report["correctness"]["tests/test_gpu.py"]
         overflow = report["correctness"]["fp16_overflow"]
@@ -426,6 +472,18 @@ def markdown(report: dict) -> str:
     if "lucidrains" in report:
         lines += ["## Lightweight GAN against lucidrains' lightweight-gan", ""]
         lines += [table + "\n" for table in report["lucidrains"]["tables"]]
+    if "deepspeed" in report:
+        lines += ["## DeepSpeed against DDP (the WGAN-GP trainer, one process)", ""]
+        if "note" in report["deepspeed"]:
+            lines += [report["deepspeed"]["note"], ""]
+        lines += ["| precision | engine | img/s | peak GiB | skipped updates |", "|---|---|---|---|---|"]
+        for r in report["deepspeed"]["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['precision']} | {r['engine']} | {r['error']} | | |")
+            else:
+                memory = f"{r['gpu_mem_gb']:.2f}" if r["gpu_mem_gb"] is not None else "(CPU)"
+                lines.append(f"| {r['precision']} | {r['engine']} | {significant(r['img_per_s'])} | {memory} | {r['skipped_steps']} |")
+        lines.append("")
     lines += ["## Time per part (s)", "", "| " + " | ".join(report["seconds"]) + " |", "|" + "---|" * len(report["seconds"]),
               "| " + " | ".join(f"{s:.0f}" for s in report["seconds"].values()) + " |"]
     return "\n".join(lines) + "\n"
@@ -449,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes, budgets = (smoke_sizes(), BUDGETS["smoke"]) if args.cpu_smoke else (gpu_sizes(), BUDGETS["gpu"])
     parts: dict[str, Callable[[TimeBox, Sizes], dict]] = {
         "environment": environment, "correctness": correctness, "speed": speed, "options": options, "lucidrains": lucidrains,
+        "deepspeed": deepspeed,
     }
     report: dict[str, Any] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu_smoke": args.cpu_smoke,
                               "seconds": {}}
