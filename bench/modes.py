@@ -43,6 +43,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "gan+sn": ("train/dcgan.py", ["--d-spectral-norm"]),
     "gan+pack4": ("train/dcgan.py", ["--pack", "4"]),
     "gan+pack4+sn": ("train/dcgan.py", ["--pack", "4", "--d-spectral-norm"]),
+    "gan+noise+smooth": ("train/dcgan.py", ["--instance-noise", "0.5", "--instance-noise-steps", "{steps}", "--real-label", "0.9"]),
 }
 
 
