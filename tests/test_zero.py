@@ -319,11 +319,11 @@ def _torchrun_trainer(script: str, *args: str, processes: int = 2) -> subprocess
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
-def _trained_and_resumed(script: str, stage: int, tmp_path: Path) -> tuple[Path, Path]:
+def _trained_and_resumed(script: str, stage: int, tmp_path: Path, *flags: str) -> tuple[Path, Path]:
     """The whole run to step 6 and the same run stopped at 3 and resumed, both under ZeRO-`stage` on 2 processes."""
     from tests.conftest import completed
 
-    common = ["--debug", "--deepspeed", str(stage), "--ckpt-every", "3", "--log-every", "2", "--sample-every", "100"]
+    common = ["--debug", "--deepspeed", str(stage), "--ckpt-every", "3", "--log-every", "2", "--sample-every", "100", *flags]
     whole, split = tmp_path / "whole", tmp_path / "split"
     completed(_torchrun_trainer(script, *common, "--max-steps", "6", "--out", str(whole)))
     completed(_torchrun_trainer(script, *common, "--max-steps", "3", "--out", str(split)))
@@ -348,7 +348,8 @@ def _assert_deepspeed_run(run: Path, stage: int) -> None:
 def test_wgangp_under_zero_2_on_two_processes_logs_world_size_2_and_resumes_exactly(deepspeed_op_compiled, tmp_path):
     from tests.conftest import assert_resumed_like_whole
 
-    whole, split = _trained_and_resumed("train/wgangp.py", 2, tmp_path)
+    # The toy MLPs: the same engines, checkpoints and resume, without DeepSpeed's slow CPU conv steps.
+    whole, split = _trained_and_resumed("train/wgangp.py", 2, tmp_path, "--data", "toy:8gaussians")
     _assert_deepspeed_run(whole, 2)
     assert_resumed_like_whole(whole, split, ("d_loss", "g_loss", "gp", "wdist"))
 
@@ -379,8 +380,8 @@ def test_non_finite_updates_are_left_out_by_the_engines_on_every_rank(deepspeed_
 
     out = tmp_path / "run"
     monkeypatch.setenv("FACEGAN_FAILPOINTS", "nonfinite_grad=2:2")
-    completed(_torchrun_trainer("train/wgangp.py", "--debug", "--deepspeed", "2", "--max-steps", "4", "--log-every", "1",
-                                "--sample-every", "100", "--out", str(out)))
+    completed(_torchrun_trainer("train/wgangp.py", "--debug", "--data", "toy:8gaussians", "--deepspeed", "2", "--max-steps",
+                                "4", "--log-every", "1", "--sample-every", "100", "--out", str(out)))
     records = read_metrics(out / "metrics.jsonl")
     assert [r["skipped_steps"] for r in records] == [0, 6, 12, 12]
     assert all(math.isfinite(records[-1][k]) for k in ("d_loss", "g_loss", "gp"))
