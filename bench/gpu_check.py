@@ -112,7 +112,7 @@ def gpu_sizes() -> Sizes:
 
 
 def smoke_sizes() -> Sizes:
-    rows = [Row("wgangp", 64, p, 2) for p in ("no", "fp16", "bf16")] + [Row("lightweight", 64, "no", 2)]
+    rows = [Row("wgangp", 64, p, 2) for p in ("no", "bf16")] + [Row("lightweight", 64, "no", 2)]  # CPU fp16: tests/test_precision.py
     return Sizes(
         rows=tuple(rows), option_base=Row("wgangp", 64, "no", 2), channel_base=256, critic_steps=1,
         warmup=1, timed=1, matmul=512,

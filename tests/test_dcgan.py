@@ -43,14 +43,18 @@ STABILISED = ["--data", "toy:8gaussians", "--cpu", "--mixed-precision", "fp16", 
 @pytest.mark.slow
 def test_every_stabiliser_at_once_under_fp16_resumes_exactly(run, tmp_path):
     """Packing, annealed instance noise, smoothed and jittered labels, a 3-step unrolled
-    discriminator and spectral norm, under the fp16 GradScaler: stopped at step 3 and resumed,
-    the run logs, draws and averages what the uninterrupted one did."""
+    discriminator and spectral norm, under the fp16 GradScaler (CPU fp16): stopped at step 3 and
+    resumed, the run logs, draws and averages what the uninterrupted one did, its scale included."""
     common = [*STABILISED, "--debug", "--ckpt-every", "3", "--log-every", "2", "--sample-every", "100"]
     completed(run("train/dcgan.py", *common, "--max-steps", "6", "--out", str(tmp_path / "whole")))
     completed(run("train/dcgan.py", *common, "--max-steps", "3", "--out", str(tmp_path / "split")))
     completed(run("train/dcgan.py", "--resume", "--max-steps", "6", "--out", str(tmp_path / "split")))
     records = read_metrics(tmp_path / "whole" / "metrics.jsonl")
     assert records[0]["instance_noise_std"] > records[-1]["instance_noise_std"] > 0  # annealed by the step
+    # the GradScaler's state is in every checkpoint, and the resumed run's scale went on from it
+    scales = [torch.load(run / "checkpoints" / "step_000006" / "scaler.pt", weights_only=True)
+              for run in (tmp_path / "whole", tmp_path / "split")]
+    assert scales[0] == scales[1]
     assert_resumed_like_whole(tmp_path / "whole", tmp_path / "split", ("d_loss", "g_loss", "d_real", "d_fake", "instance_noise_std"))
 
 

@@ -8,6 +8,7 @@ from train.run.config import ConfigError, load_config
 from train.wgangp import WGANGPConfig
 
 
+@pytest.mark.slow
 def test_profile_writes_a_chrome_trace_of_the_asked_steps_and_prints_the_top_operators(run, tmp_path):
     out = tmp_path / "p"
     result = completed(run("train/wgangp.py", "--debug", "--profile", "1", "--max-steps", "4", "--out", str(out)))

@@ -93,6 +93,7 @@ def _unrolled_ddp_step_matches_full_batch(pack: int, steps: int) -> None:
     accelerator.end_training()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pack, steps", [(1, 3), (2, 0)], ids=["unrolled", "packed"])
 def test_an_unrolled_or_packed_step_on_two_gloo_processes_gives_the_full_batch_gradients(pack, steps):
     debug_launch(f"{__name__}:_unrolled_ddp_step_matches_full_batch", pack, steps)
