@@ -7,7 +7,7 @@
 
 A step is one discriminator update (DiffAugment on real and fake, the decoders' reconstruction
 loss on real images), then one generator update, on a synthetic real batch already on the device:
-no data loading. Ours is `train.run.loop.adversarial_step` under the trainer's Accelerator; theirs is
+no data loading. Ours is `train.run.loop.Phases.step` under the trainer's Accelerator; theirs is
 the body of their `Trainer.train`, with their modules and losses. After `--warmup` untimed steps
 each, the two alternate (`--steps` each, `--rounds` times); img/s is real images through the
 discriminator per second, median over rounds. `--max-batch` finds on a GPU the largest batch each
@@ -55,7 +55,7 @@ from bench.measure import (  # noqa: E402
 from train.gan.diffaugment import parse_policy  # noqa: E402
 from train.lightweight_gan import LightweightGANConfig, make_objective  # noqa: E402
 from train.run.config import resolve_config  # noqa: E402
-from train.run.loop import adversarial_step, make_accelerator  # noqa: E402
+from train.run.loop import Phases, make_accelerator  # noqa: E402
 from train.run.networks import build_networks  # noqa: E402
 from train.run.precision import PRECISIONS, prepare, resolve_mixed_precision  # noqa: E402
 
@@ -83,9 +83,11 @@ def ours(config: LightweightGANConfig) -> tuple[Step, int]:
     def latents() -> torch.Tensor:
         return torch.randn(config.batch_size, config.latent_dim, device=accelerator.device, generator=rng)
 
+    phases = Phases(accelerator, generator, critic, g_opt, d_opt, objective, lambda: real, latents,
+                    config.critic_steps, config.grad_accum, lambda stats: None)
+
     def step() -> None:
-        adversarial_step(accelerator, generator, critic, g_opt, d_opt, objective, lambda: real, latents,
-                         config.critic_steps, config.grad_accum, lambda stats: None)
+        phases.step()
 
     return step, config.batch_size * config.critic_steps * config.grad_accum
 

@@ -18,7 +18,7 @@ from tests.fixtures import write_parquet_shards
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
 from train.gan.objectives import WGANGP
 from train.report.metrics import read_metrics
-from train.run.loop import adversarial_step
+from train.run.loop import Phases
 from train.run.networks import build_networks
 from train.wgangp import WGANGPConfig
 
@@ -36,9 +36,11 @@ def toy_setup(scaler: torch.amp.GradScaler | None = None):
     rng = torch.Generator().manual_seed(0)
     objective = WGANGP(gp_weight=0.1, scaler=scaler, rng=rng)
 
+    phases = Phases(accelerator, *prepared, objective, lambda: to_model_input(next(stream), "cpu"),
+                    lambda: torch.randn(16, 2, generator=rng), CRITIC_STEPS, 1, lambda stats: None)
+
     def step(poison=None):
-        return adversarial_step(accelerator, *prepared, objective, lambda: to_model_input(next(stream), "cpu"),
-                                lambda: torch.randn(16, 2, generator=rng), CRITIC_STEPS, 1, lambda stats: None, poison)
+        return phases.step(poison)
 
     return step, prepared
 

@@ -15,7 +15,7 @@ from models import build_models
 from tests.conftest import debug_launch
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
 from train.gan.objectives import WGANGP, FastGANHinge
-from train.run.loop import adversarial_step
+from train.run.loop import Phases
 from train.run.precision import (
     prepare,
     resolve_mixed_precision,
@@ -113,9 +113,11 @@ def _toy_loop(accelerator: Accelerator):
     rng = torch.Generator().manual_seed(0)
     objective = WGANGP(gp_weight=0.1, scaler=accelerator.scaler, rng=rng)
 
+    phases = Phases(accelerator, *prepared, objective, lambda: to_model_input(next(stream), "cpu"),
+                    lambda: torch.randn(16, 2, generator=rng), 2, 1, lambda stats: None)
+
     def step():
-        return adversarial_step(accelerator, *prepared, objective, lambda: to_model_input(next(stream), "cpu"),
-                                lambda: torch.randn(16, 2, generator=rng), 2, 1, lambda stats: None)
+        return phases.step()
 
     return step, prepared
 

@@ -191,26 +191,6 @@ class Phases:
         return StepResult(skipped + (not generator_updated), generator_updated)
 
 
-def adversarial_step(
-    accelerator: Accelerator,
-    generator: nn.Module,
-    critic: nn.Module,
-    g_opt: torch.optim.Optimizer,
-    d_opt: torch.optim.Optimizer,
-    objective: Objective,
-    next_real: Callable[[], torch.Tensor],
-    latents: Callable[[], torch.Tensor],
-    critic_steps: int,
-    grad_accum: int,
-    record: Callable[[dict], None],
-    poison: str | None = None,
-) -> StepResult:
-    """One step of `Phases`: the critic's updates, then the generator's."""
-    return Phases(
-        accelerator, generator, critic, g_opt, d_opt, objective, next_real, latents, critic_steps, grad_accum, record
-    ).step(poison)
-
-
 def _update(accelerator: Accelerator, optimizer: torch.optim.Optimizer, model: nn.Module, poison: str | None) -> bool:
     """Step the optimizer unless a gradient is non-finite; whether it stepped. Under DDP every rank
     holds the same all-reduced gradients, so every rank takes the same decision."""
