@@ -109,8 +109,8 @@ class LocalSlurm:
         subprocess.run(["scancel", "--quiet", "--user", "root"], env=self.env, capture_output=True, timeout=30)
         for daemon in ("slurmd", "slurmctld"):
             pid_file = self.folder / f"{daemon}.pid"
-            if pid_file.exists():
-                _terminate(int(pid_file.read_text()))
+            if pid_file.exists():  # its state is this temporary folder's: no need to wait for a clean save
+                _terminate(int(pid_file.read_text()), timeout=1)
         if self._munged_pid is not None:
             _terminate(self._munged_pid)
 

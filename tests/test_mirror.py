@@ -92,3 +92,15 @@ def test_a_torn_gif_is_made_anew_from_the_grids(tmp_path):
     mirror.add_grid(grid(tmp_path, 30, 1.0))
     with Image.open(mirror.gif) as gif:
         assert gif.n_frames == 3
+
+
+def test_the_loss_plot_is_redrawn_only_when_there_are_new_lines(tmp_path):
+    mirror = Mirror(tmp_path, resume_step=None)
+    mirror.add_record({"step": 10, "d_loss": -1.0, "g_loss": 1.0})
+    mirror.draw_losses()  # the last step's grid
+    mirror.plot.write_bytes(b"as drawn")
+    mirror.draw_losses()  # the run's end, nothing logged since: not drawn again
+    assert mirror.plot.read_bytes() == b"as drawn"
+    mirror.add_record({"step": 20, "d_loss": -0.5, "g_loss": 2.0})
+    mirror.draw_losses()
+    assert Image.open(mirror.plot).size[0] > 0

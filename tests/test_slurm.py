@@ -188,8 +188,8 @@ def stamped(log: str, pattern: str) -> list[datetime]:
 def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finishes(slurm, tmp_path):
     out, log = tmp_path / "run", tmp_path / "slurm.out"
     # Slurm sends B:USR1 at its first time-limit check (every 30 s) once less than 110 s is left of
-    # 2 minutes: 10 to 40 s in. 40 steps of at least 1 s each (a test-only failpoint) outlast that
-    # on any machine; the rerun gets more time, so it is not signalled again.
+    # 2 minutes: 10 to 40 s in. 40 steps of at least 1 s each (a test-only failpoint, for the first
+    # start only) outlast that on any machine; the rerun gets more time, so it is not signalled again.
     steps = 40
     job = slurm.sbatch(
         "--time=2", "--signal=B:USR1@110", f"--output={log}", str(SLURM / "single_node.sbatch"),

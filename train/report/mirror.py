@@ -100,6 +100,7 @@ class Mirror:
         metrics = self.out / "metrics.jsonl"
         # metrics.jsonl is already rewound to the checkpoint's step; grids past it are drawn again.
         self.records = read_metrics(metrics) if resume_step is not None and metrics.is_file() else []
+        self._drawn: int | None = None  # how many records loss.png shows
         write_progress_gif(self.out / "samples", self.gif, up_to_step=resume_step if resume_step is not None else -1)
 
     def add_record(self, record: dict[str, Any]) -> None:
@@ -112,4 +113,8 @@ class Mirror:
             write_progress_gif(self.out / "samples", self.gif)
 
     def draw_losses(self) -> None:
+        """Redraws loss.png unless it already shows every record (the last step's grid, then the end)."""
+        if self._drawn == len(self.records):
+            return
         write_loss_plot(self.records, self.plot)
+        self._drawn = len(self.records)

@@ -66,7 +66,8 @@ from train.run.stop import GracefulStop
 
 # Test-only fault injection (train/common/failpoints.py): empty ranges unless set.
 POISONED_LOSS_STEPS, POISONED_GRAD_STEPS = step_window("nonfinite_loss"), step_window("nonfinite_grad")
-STEP_PAUSE = float(failpoint("step_pause") or 0)  # seconds added to every step: a run that lasts, on any machine
+# Seconds added to every step of a run's first start: it lasts on any machine; once resumed, it runs at full speed.
+STEP_PAUSE = float(failpoint("step_pause") or 0)
 
 ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.Generator], Objective]
 
@@ -395,7 +396,7 @@ def _train(
                         f" {config.max_rollbacks}); training goes on with new data"
                     ])
             profiler.step()
-            if STEP_PAUSE:
+            if STEP_PAUSE and not resumed:
                 time.sleep(STEP_PAUSE)
             window_steps += 1
             progress.update()
