@@ -41,7 +41,6 @@ if __spec__ is None:
 
 import accelerate  # noqa: E402
 import torch  # noqa: E402
-from accelerate.state import AcceleratorState  # noqa: E402
 
 from bench.measure import (  # noqa: E402
     CUDA,
@@ -52,12 +51,11 @@ from bench.measure import (  # noqa: E402
     significant,
     synchronize,
 )
+from bench.trainer_step import trainer_phases  # noqa: E402
 from train.gan.diffaugment import parse_policy  # noqa: E402
 from train.lightweight_gan import LightweightGANConfig, make_objective  # noqa: E402
 from train.run.config import resolve_config  # noqa: E402
-from train.run.loop import Phases, make_accelerator  # noqa: E402
-from train.run.networks import build_networks  # noqa: E402
-from train.run.precision import PRECISIONS, prepare, resolve_mixed_precision  # noqa: E402
+from train.run.precision import PRECISIONS, resolve_mixed_precision  # noqa: E402
 
 LUCIDRAINS = "lightweight-gan==1.2.1"
 Step = Callable[[], None]
@@ -69,22 +67,8 @@ def synthetic_reals(config: LightweightGANConfig) -> torch.Tensor:
 
 
 def ours(config: LightweightGANConfig) -> tuple[Step, int]:
-    """The trainer's own pieces, as `train.run.loop.train` sets them up; returns (one step, real images per step)."""
-    AcceleratorState._reset_state(reset_partial_state=True)  # one process, a new mixed precision per row
-    accelerator = make_accelerator(config)
-    generator, critic = build_networks(config)
-    g_opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
-    d_opt = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
-    generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
-    rng = torch.Generator(device=accelerator.device).manual_seed(config.seed)
-    objective = make_objective(config, accelerator.scaler, rng)
-    real = synthetic_reals(config)
-
-    def latents() -> torch.Tensor:
-        return torch.randn(config.batch_size, config.latent_dim, device=accelerator.device, generator=rng)
-
-    phases = Phases(accelerator, generator, critic, g_opt, d_opt, objective, lambda: real, latents,
-                    config.critic_steps, config.grad_accum, lambda stats: None)
+    """The trainer's own step (bench/trainer_step.py); returns (one step, real images per step)."""
+    phases = trainer_phases(config, make_objective, real_batch=lambda config, device, rng: synthetic_reals(config))
 
     def step() -> None:
         phases.step()

@@ -17,15 +17,10 @@ from pathlib import Path
 if __spec__ is None:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import torch  # noqa: E402
-from accelerate.state import AcceleratorState  # noqa: E402
-
 from bench.measure import synchronize  # noqa: E402
+from bench.trainer_step import trainer_phases  # noqa: E402
 from train.dcgan import DCGANConfig, make_objective  # noqa: E402
 from train.run.config import resolve_config  # noqa: E402
-from train.run.loop import Phases, make_accelerator  # noqa: E402
-from train.run.networks import build_networks  # noqa: E402
-from train.run.precision import prepare  # noqa: E402
 
 SETUPS = {
     "toy MLP, batch 256": {"data": "toy:25gaussians"},
@@ -35,18 +30,7 @@ SETUPS = {
 
 def ms_per_step(given: dict, steps: int) -> float:
     with tempfile.TemporaryDirectory() as out:
-        config = resolve_config(DCGANConfig, {**given, "out": out})
-        AcceleratorState._reset_state(reset_partial_state=True)
-        accelerator = make_accelerator(config)
-        generator, critic = build_networks(config)
-        g_opt, d_opt = (torch.optim.Adam(m.parameters(), lr=config.lr, betas=config.betas) for m in (generator, critic))
-        generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
-        rng = torch.Generator(device=accelerator.device).manual_seed(0)
-        shape = (config.batch_size, 2) if config.model == "mlp" else (config.batch_size, 3, config.resolution, config.resolution)
-        real = torch.randn(shape, device=accelerator.device, generator=rng)
-        phases = Phases(accelerator, generator, critic, g_opt, d_opt, make_objective(config, accelerator.scaler, rng),
-                        lambda: real, lambda: torch.randn(config.batch_size, config.latent_dim, device=accelerator.device,
-                                                          generator=rng), config.critic_steps, 1, lambda stats: None)
+        phases = trainer_phases(resolve_config(DCGANConfig, {**given, "out": out}), make_objective)
         phases.step()
         times = []
         for _ in range(steps):
