@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from train.run.zero import ZeroOptions, ZeroRefused, check_zero
+from train.run.zero import ZeroOptions, ZeroRefused, accelerator_options, check_zero
 
 GLOBAL_BATCH = 8
 LR = 1e-3
@@ -196,11 +196,19 @@ def test_accelerate_reads_the_shipped_deepspeed_configs(stage):
 # --- the trainers: refusals in-process, before anything is written -----------------------------
 
 def _trainer(name: str):
-    import importlib
+    """A trainer's (config class, objective factory), as its script hands them to the runner."""
+    from train import dcgan, lightweight_gan, wgangp
 
-    module = importlib.import_module(f"train.{name}")
-    config_cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k != "TrainConfig" and isinstance(v, type))
-    return config_cls, module.make_objective
+    return {"wgangp": (wgangp.WGANGPConfig, wgangp.make_objective),
+            "lightweight_gan": (lightweight_gan.LightweightGANConfig, lightweight_gan.make_objective),
+            "dcgan": (dcgan.DCGANConfig, dcgan.make_objective)}[name]
+
+
+@pytest.fixture
+def not_launched(monkeypatch):
+    """No ACCELERATE_* variable of an outer launcher: each test sets the ones it means."""
+    for name in [name for name in os.environ if name.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(name)
 
 
 LAUNCHED_ZERO_2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
@@ -221,11 +229,9 @@ REFUSED = [
 
 
 def _refusal(trainer: str, argv: list[str], env: dict, out: Path, monkeypatch, capsys, cpu: bool = True) -> str:
-    """main's one `error:` line for a refused start; exit code 2."""
+    """main's one `error:` line for a refused start; exit code 2 (`env` on top of no launcher's: not_launched)."""
     from train.run.runner import main
 
-    for name in [name for name in os.environ if name.startswith("ACCELERATE_")]:
-        monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     capsys.readouterr()
@@ -236,7 +242,7 @@ def _refusal(trainer: str, argv: list[str], env: dict, out: Path, monkeypatch, c
 
 
 @pytest.mark.parametrize("trainer,argv,env,fragment", REFUSED, ids=[" ".join([t, *a, *e.values()]) for t, a, e, _ in REFUSED])
-def test_a_refused_deepspeed_start_says_why_in_one_line_exits_2_and_writes_nothing(trainer, argv, env, fragment, tmp_path, monkeypatch, capsys):
+def test_a_refused_deepspeed_start_says_why_in_one_line_exits_2_and_writes_nothing(not_launched, trainer, argv, env, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # --cpu where the refusal is about the CPU (fp16) or comes first anyway; a GPU machine refuses --deepspeed --cpu.
     line = _refusal(trainer, argv, env, tmp_path / "run", monkeypatch, capsys, cpu="--unrolled-steps" not in argv)
@@ -244,14 +250,14 @@ def test_a_refused_deepspeed_start_says_why_in_one_line_exits_2_and_writes_nothi
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sync_bn_on_a_gpu_is_refused_under_deepspeed(tmp_path, monkeypatch, capsys):
+def test_sync_bn_on_a_gpu_is_refused_under_deepspeed(not_launched, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the check reads no more of the GPU than that
     line = _refusal("wgangp", ["--deepspeed", "2"], {}, tmp_path / "run", monkeypatch, capsys, cpu=False)
     assert "--deepspeed 2 --sync-bn: SyncBatchNorm under DeepSpeed engines is untested here; add --no-sync-bn" in line
     assert not (tmp_path / "run").exists()
 
 
-def test_deepspeed_with_cpu_on_a_gpu_machine_is_refused(tmp_path, monkeypatch, capsys):
+def test_deepspeed_with_cpu_on_a_gpu_machine_is_refused(not_launched, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     line = _refusal("lightweight_gan", ["--deepspeed", "1"], {}, tmp_path / "run", monkeypatch, capsys)
     assert "--deepspeed 1 --cpu: Accelerate drops DeepSpeed" in line and "CUDA_VISIBLE_DEVICES=" in line
@@ -274,7 +280,7 @@ def _made_run(out: Path, deepspeed: int | None) -> dict:
     (None, [], LAUNCHED_ZERO_2, "--deepspeed 2: the run in {out} was trained with DDP (no DeepSpeed)"),
     (2, ["--deepspeed", "1"], {}, "--deepspeed 1: the run in {out} was trained with DeepSpeed ZeRO-2"),
 ], ids=["ddp run, --deepspeed 2", "ddp run, a DeepSpeed accelerate config", "zero-2 run, --deepspeed 1"])
-def test_a_checkpoint_resumed_under_another_deepspeed_setting_is_refused(made, argv, env, fragment, tmp_path, monkeypatch, capsys):
+def test_a_checkpoint_resumed_under_another_deepspeed_setting_is_refused(not_launched, made, argv, env, fragment, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     before = _made_run(out, made)
     line = _refusal("wgangp", ["--resume", *argv], env, out, monkeypatch, capsys)
@@ -282,23 +288,19 @@ def test_a_checkpoint_resumed_under_another_deepspeed_setting_is_refused(made, a
     assert {p: p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))} == before
 
 
-def test_a_deepspeed_run_resumes_as_deepspeed_without_the_flag(tmp_path, monkeypatch):
+def test_a_deepspeed_run_resumes_as_deepspeed_without_the_flag(not_launched, tmp_path):
     from train.run.config import load_config
     from train.wgangp import WGANGPConfig
 
-    for name in [name for name in os.environ if name.startswith("ACCELERATE_")]:
-        monkeypatch.delenv(name)
     _made_run(tmp_path / "run", 2)
     config = load_config(WGANGPConfig, ["--resume", "--out", str(tmp_path / "run")], "test")
     assert config.deepspeed == 2 and config.gradient_clipping == 0.0
 
 
-def test_an_accelerate_deepspeed_config_sets_the_stage_and_clipping(tmp_path, monkeypatch):
+def test_an_accelerate_deepspeed_config_sets_the_stage_and_clipping(not_launched, tmp_path, monkeypatch):
     from train.run.config import load_config
     from train.wgangp import WGANGPConfig
 
-    for name in [name for name in os.environ if name.startswith("ACCELERATE_")]:
-        monkeypatch.delenv(name)
     for name, value in {**LAUNCHED_ZERO_2, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1", "ACCELERATE_GRADIENT_CLIPPING": "0.5"}.items():
         monkeypatch.setenv(name, value)
     config = load_config(WGANGPConfig, ["--debug", "--cpu", "--out", str(tmp_path / "run")], "test")
@@ -393,7 +395,7 @@ def test_non_finite_updates_are_left_out_by_the_engines_on_every_rank(deepspeed_
 def _start(options: ZeroOptions):
     from accelerate import Accelerator
 
-    return Accelerator(**__import__("train.run.zero", fromlist=["accelerator_options"]).accelerator_options(options, use_cpu=True))
+    return Accelerator(**accelerator_options(options, use_cpu=True))
 
 
 def _finish(accelerator) -> None:

@@ -471,14 +471,15 @@ class CheckpointMismatch(ValueError):
 
 def load_checkpoint(accelerator: "Accelerator", path: Path, state: "TrainState") -> dict[str, torch.Tensor]:
     """Restore models, optimizers, scaler, RNGs and this rank's train state in place; return the EMA state."""
-    saved_ranks = _recorded_world_size(path / _rank_file(0))
-    if CheckpointLayout.of(accelerator).engines and saved_ranks != accelerator.num_processes:
+    if CheckpointLayout.of(accelerator).engines:
         # ZeRO's optimizer states are partitioned over the ranks that saved them; DeepSpeed 0.19 does
         # not re-partition them for ZeRO-1/2 (DDP checkpoints resume on any number of processes).
-        raise CheckpointMismatch(
-            f"--resume: {path} was saved by {saved_ranks} DeepSpeed processes, each with its part of the optimizer"
-            f" states; resume it on {saved_ranks} processes (this launch has {accelerator.num_processes})"
-        )
+        saved_ranks = _recorded_world_size(path / _rank_file(0))
+        if saved_ranks != accelerator.num_processes:
+            raise CheckpointMismatch(
+                f"--resume: {path} was saved by {saved_ranks} DeepSpeed processes, each with its part of the optimizer"
+                f" states; resume it on {saved_ranks} processes (this launch has {accelerator.num_processes})"
+            )
     ema_state = load_weights(accelerator, path)
     rank_path = path / _rank_file(accelerator.process_index)
     if not rank_path.exists():  # more ranks than the run that saved it: rank 0's holds the run's shared state

@@ -192,6 +192,12 @@ class TrainConfig:
             (self.d_lr if self.d_lr is not None else self.lr, self.d_betas if self.d_betas is not None else self.betas),
         )
 
+    def runs_on_cpu(self) -> bool:
+        """--cpu, or no CUDA GPU here."""
+        import torch
+
+        return self.cpu or not torch.cuda.is_available()
+
     @functools.cached_property
     def data_options(self) -> DataOptions:
         """The data flags as one value, the spec parsed (a folder listed) once; DataSpecError if bad."""
@@ -490,9 +496,7 @@ def check_deepspeed(config: TrainConfig) -> None:
         raise ConfigError(
             f"--gradient-clipping {config.gradient_clipping}: a value of 0 or more, and only with --deepspeed (DDP runs do not clip)"
         )
-    import torch
-
-    use_cpu = config.cpu or not torch.cuda.is_available()
+    use_cpu = config.runs_on_cpu()
     try:
         # The flag's precision: an accelerate config's fp16 on a CPU falls back to fp32 (precision.py).
         check_zero(config.deepspeed, config.mixed_precision or "no", use_cpu)
@@ -500,6 +504,8 @@ def check_deepspeed(config: TrainConfig) -> None:
         raise ConfigError(str(error)) from None
     if not config.deepspeed:
         return
+    import torch
+
     if config.cpu and torch.cuda.is_available():
         raise ConfigError(
             f"--deepspeed {config.deepspeed} --cpu: Accelerate drops DeepSpeed when told to use the CPU, and puts it on the"

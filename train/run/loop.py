@@ -74,7 +74,7 @@ ObjectiveFactory = Callable[[TrainConfig, "torch.amp.GradScaler | None", torch.G
 
 def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accelerator:
     # Without CUDA, Accelerate must be told to use the CPU, or torchrun's ranks never form a group.
-    use_cpu = config.cpu or not torch.cuda.is_available()
+    use_cpu = config.runs_on_cpu()
     if not use_cpu:
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
     precision = resolve_mixed_precision(config.mixed_precision, use_cpu)
