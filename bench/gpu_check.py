@@ -378,28 +378,27 @@ def deepspeed(box: TimeBox, sizes: Sizes) -> dict:
         ["--resolution", "128", "--no-sync-bn"] if CUDA else ["--data", "toy:8gaussians"])
     rows = []
     for precision, stage in runs:
-        if True:
-            label = f"ZeRO-{stage}" if stage else "DDP"
-            if box.left() <= 5:
-                rows.append({"precision": precision, "engine": label, "error": "not measured: time box"})
+        label = f"ZeRO-{stage}" if stage else "DDP"
+        if box.left() <= 5:
+            rows.append({"precision": precision, "engine": label, "error": "not measured: time box"})
+            continue
+        with tempfile.TemporaryDirectory() as out:
+            flags = [*common, "--mixed-precision", precision, "--out", out] + (["--deepspeed", str(stage)] if stage else [])
+            env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+            try:
+                result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", *flags], cwd=ROOT, env=env,
+                                        capture_output=True, text=True, timeout=box.left())
+            except subprocess.TimeoutExpired:
+                rows.append({"precision": precision, "engine": label, "error": "not finished: time box"})
                 continue
-            with tempfile.TemporaryDirectory() as out:
-                flags = [*common, "--mixed-precision", precision, "--out", out] + (["--deepspeed", str(stage)] if stage else [])
-                env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-                try:
-                    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", *flags], cwd=ROOT, env=env,
-                                            capture_output=True, text=True, timeout=box.left())
-                except subprocess.TimeoutExpired:
-                    rows.append({"precision": precision, "engine": label, "error": "not finished: time box"})
-                    continue
-                metrics = Path(out) / "metrics.jsonl"
-                if result.returncode != 0 or not metrics.exists():
-                    rows.append({"precision": precision, "engine": label,
-                                 "error": (result.stderr.strip().splitlines() or ["no output"])[-1][:300]})
-                    continue
-                last = json.loads(metrics.read_text().splitlines()[-1])
-                rows.append({"precision": precision, "engine": label, "img_per_s": last["img_per_s"],
-                             "gpu_mem_gb": last.get("gpu_mem_gb"), "skipped_steps": last["skipped_steps"]})
+            metrics = Path(out) / "metrics.jsonl"
+            if result.returncode != 0 or not metrics.exists():
+                rows.append({"precision": precision, "engine": label,
+                             "error": (result.stderr.strip().splitlines() or ["no output"])[-1][:300]})
+                continue
+            last = json.loads(metrics.read_text().splitlines()[-1])
+            rows.append({"precision": precision, "engine": label, "img_per_s": last["img_per_s"],
+                         "gpu_mem_gb": last.get("gpu_mem_gb"), "skipped_steps": last["skipped_steps"]})
     return {"rows": rows}
 
 
