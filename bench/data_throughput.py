@@ -16,20 +16,16 @@ heap (once per run), and so does the parent's loop after the fork. The shards ar
 import argparse
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __spec__ is None:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import datasets
+import numpy as np
+from PIL import Image
 
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from train.data import DataOptions, open_stream, parse_data_spec  # noqa: E402
-from train.data.decode import decode_image  # noqa: E402
+from train.data import DataOptions, open_stream, parse_data_spec
+from train.data.decode import decode_image
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
 

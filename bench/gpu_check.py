@@ -40,22 +40,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-if __spec__ is None:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import accelerate
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import accelerate  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from bench.measure import CUDA, DEVICE, PeakMemory, release, significant, synchronize  # noqa: E402
-from bench.trainer_step import trainer_phases  # noqa: E402
-from train.lightweight_gan import LightweightGANConfig  # noqa: E402
-from train.lightweight_gan import make_objective as lightweight_objective  # noqa: E402
-from train.run.config import resolve_config  # noqa: E402
-from train.run.loop import Phases  # noqa: E402
-from train.run.precision import resolve_mixed_precision  # noqa: E402
-from train.wgangp import WGANGPConfig  # noqa: E402
-from train.wgangp import make_objective as wgangp_objective  # noqa: E402
+from bench.measure import CUDA, DEVICE, PeakMemory, release, significant, synchronize
+from bench.trainer_step import trainer_phases
+from train.lightweight_gan import LightweightGANConfig
+from train.lightweight_gan import make_objective as lightweight_objective
+from train.run.config import resolve_config
+from train.run.loop import Phases
+from train.run.precision import resolve_mixed_precision
+from train.wgangp import WGANGPConfig
+from train.wgangp import make_objective as wgangp_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("environment", "correctness", "speed", "options", "lucidrains", "deepspeed")

@@ -33,16 +33,12 @@ import sys
 import tempfile
 import time
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
-if __spec__ is None:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import accelerate
+import torch
 
-import accelerate  # noqa: E402
-import torch  # noqa: E402
-
-from bench.measure import (  # noqa: E402
+from bench.measure import (
     CUDA,
     DEVICE,
     PeakMemory,
@@ -51,11 +47,11 @@ from bench.measure import (  # noqa: E402
     significant,
     synchronize,
 )
-from bench.trainer_step import trainer_phases  # noqa: E402
-from train.gan.diffaugment import parse_policy  # noqa: E402
-from train.lightweight_gan import LightweightGANConfig, make_objective  # noqa: E402
-from train.run.config import resolve_config  # noqa: E402
-from train.run.precision import PRECISIONS, resolve_mixed_precision  # noqa: E402
+from bench.trainer_step import trainer_phases
+from train.gan.diffaugment import parse_policy
+from train.lightweight_gan import LightweightGANConfig, make_objective
+from train.run.config import resolve_config
+from train.run.precision import PRECISIONS, resolve_mixed_precision
 
 LUCIDRAINS = "lightweight-gan==1.2.1"
 Step = Callable[[], None]

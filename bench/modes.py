@@ -22,13 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-if __spec__ is None:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from train.report.modes import mode_coverage  # noqa: E402
-from train.run.finished import FinishedRun  # noqa: E402
+from train.report.modes import mode_coverage
+from train.run.finished import FinishedRun
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 2500

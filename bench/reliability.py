@@ -15,10 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-if __spec__ is None:  # run as a file: the project's packages, not bench/'s siblings by bare name
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from tests.faults import Figures, killed_and_resumed, moments, run_to_end  # noqa: E402
+from tests.faults import Figures, killed_and_resumed, moments, run_to_end
 
 
 def main() -> None:

@@ -9,18 +9,13 @@ objective) after one warm-up step; ms per step is the median.
 """
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-if __spec__ is None:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from bench.measure import synchronize  # noqa: E402
-from bench.trainer_step import trainer_phases  # noqa: E402
-from train.dcgan import DCGANConfig, make_objective  # noqa: E402
-from train.run.config import resolve_config  # noqa: E402
+from bench.measure import synchronize
+from bench.trainer_step import trainer_phases
+from train.dcgan import DCGANConfig, make_objective
+from train.run.config import resolve_config
 
 SETUPS = {
     "toy MLP, batch 256": {"data": "toy:25gaussians"},

@@ -1,18 +1,13 @@
 """Train a DCGAN (Radford et al. 2016), the PyTorch tutorial's networks by default, with the
 stabilisers of the usual experiments: `accelerate launch train/dcgan.py [flags]`."""
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
-if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from models import DCGAN_CHOICES  # noqa: E402
-from train.gan.objectives import LabelSmoothing, NonSaturating  # noqa: E402
-from train.gan.unrolled import Unrolling  # noqa: E402
-from train.run.config import DEBUG_PRESET, TOY_PRESET, ConfigError, TrainConfig, flag  # noqa: E402
-from train.run.runner import run_trainer  # noqa: E402
+from models import DCGAN_CHOICES
+from train.gan.objectives import LabelSmoothing, NonSaturating
+from train.gan.unrolled import Unrolling
+from train.run.config import DEBUG_PRESET, TOY_PRESET, ConfigError, TrainConfig, flag
+from train.run.runner import run_trainer
 
 UNROLL_MODES = ("exact", "lookahead")
 

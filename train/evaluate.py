@@ -12,22 +12,19 @@ import os
 import sys
 from pathlib import Path
 
-if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from train.data import DataError, DataSpecError  # noqa: E402
-from train.report.fid import (  # noqa: E402
+from train.data import DataError, DataSpecError
+from train.report.fid import (
     FIDEvaluator,
     FIDNotApplicable,
     FIDUnavailable,
     default_cache_dir,
 )
-from train.run.checkpoint import checkpoint_step  # noqa: E402
-from train.run.finished import FinishedRun, RunNotFound  # noqa: E402
-from train.run.multi_cpu import relaunch_on_cpu_processes  # noqa: E402
-from train.run.outcome import BAD_INPUT  # noqa: E402
+from train.run.checkpoint import checkpoint_step
+from train.run.finished import FinishedRun, RunNotFound
+from train.run.multi_cpu import relaunch_on_cpu_processes
+from train.run.outcome import BAD_INPUT
 
 
 def evaluate(args: argparse.Namespace) -> dict:

@@ -18,20 +18,17 @@ import argparse
 import sys
 from pathlib import Path
 
-if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from einops import rearrange  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from train.common.atomic import atomic_write  # noqa: E402
-from train.report.gif import write_gif  # noqa: E402
-from train.report.samples import image_grid, samples_picture, save_png  # noqa: E402
-from train.run.finished import FinishedRun, RunNotFound  # noqa: E402
-from train.run.networks import render_samples  # noqa: E402
-from train.run.outcome import BAD_INPUT  # noqa: E402
+from train.common.atomic import atomic_write
+from train.report.gif import write_gif
+from train.report.samples import image_grid, samples_picture, save_png
+from train.run.finished import FinishedRun, RunNotFound
+from train.run.networks import render_samples
+from train.run.outcome import BAD_INPUT
 
 DEFAULT_N = {"grid": 64, "interpolate": 8, "gif": 16}
 DEFAULT_FRAMES, DEFAULT_FPS, DEFAULT_KEYFRAMES = 48, 12.0, 4

@@ -1,21 +1,16 @@
 """Train the lightweight GAN (Liu et al., ICLR 2021, "FastGAN"): `accelerate launch train/lightweight_gan.py [flags]`."""
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
-if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from train.gan.diffaugment import DiffAugment, parse_policy  # noqa: E402
-from train.gan.objectives import FastGANHinge  # noqa: E402
-from train.gan.reconstruction import (  # noqa: E402
+from train.gan.diffaugment import DiffAugment, parse_policy
+from train.gan.objectives import FastGANHinge
+from train.gan.reconstruction import (
     RECON_LOSSES,
     check_lpips_weights,
     reconstruction_loss,
 )
-from train.run.config import DEBUG_PRESET, ConfigError, TrainConfig, flag  # noqa: E402
-from train.run.runner import run_trainer  # noqa: E402
+from train.run.config import DEBUG_PRESET, ConfigError, TrainConfig, flag
+from train.run.runner import run_trainer
 
 
 @dataclass

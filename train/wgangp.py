@@ -1,14 +1,9 @@
 """Train a WGAN-GP (Gulrajani et al. 2017): `accelerate launch train/wgangp.py [flags]`."""
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-if __spec__ is None:  # run as a file: import the project's packages, not train/'s siblings by bare name
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from train.gan.objectives import WGANGP  # noqa: E402
-from train.run.config import ConfigError, TrainConfig, flag  # noqa: E402
-from train.run.runner import run_trainer  # noqa: E402
+from train.gan.objectives import WGANGP
+from train.run.config import ConfigError, TrainConfig, flag
+from train.run.runner import run_trainer
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print the figures the README quotes (`python bench/NAME.py --help`)."""
