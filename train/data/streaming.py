@@ -18,10 +18,10 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from train.common.seeds import SeedPurpose, stream_seed
+from train.common.stop_signals import STOP_SIGNALS
 from train.data.decode import decode_image
 from train.data.options import DataOptions
 from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
-from train.run.stop import STOP_SIGNALS
 
 
 def ignore_stop_signals(worker_id: int) -> None:

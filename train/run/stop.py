@@ -21,10 +21,11 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from train.common.stop_signals import STOP_SIGNALS
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 AFTER_END_GRACE_S = 5.0  # for writing exit_status.json and leaving, once the run has ended
 PID_DIR_VARIABLE = "FACEGAN_PID_DIR"
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
