@@ -45,6 +45,9 @@ class DCGANOptions:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
 
 
+DCGAN_SWITCHES = tuple(f.name for f in dataclasses.fields(DCGANOptions))
+
+
 def activation(kind: str) -> nn.Module:
     # In place: nothing reads a pre-activation map again, and it saves one map per block.
     return nn.ReLU(inplace=True) if kind == "relu" else nn.LeakyReLU(LEAKY_SLOPE, inplace=True)

@@ -1,5 +1,6 @@
 """Generator/critic pairs by name: the one place that maps a name and a resolution to modules."""
 import dataclasses
+from typing import Any
 
 from torch import nn
 
@@ -31,16 +32,32 @@ class ModelOptionError(ValueError):
         self.option = option
 
 
-def check_model(
-    name: str,
-    resolution: int,
-    critic_norm: str = "layer",
-    attn_resolutions: tuple[int, ...] = (),
-    *,
-    dcgan: DCGANOptions | None = None,
-    pack: int = 1,
-) -> None:
-    """Raise ModelOptionError naming the bad value and the valid ones (`dcgan`: None is all defaults)."""
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Everything that shapes a generator/critic pair, as one value from the flags to the modules.
+
+    `dcgan` holds the 'dcgan' pair's own switches; `attn_resolutions` is the 'lightweight' pair's;
+    spectral norm is for every model; `pack` > 1 makes the critic score packs of that many
+    consecutive samples (all but 'lightweight')."""
+
+    name: str
+    resolution: int
+    latent_dim: int
+    channel_base: int = 4096
+    channel_max: int = 512
+    critic_norm: str = "layer"
+    mlp_hidden: int = 512
+    attn_resolutions: tuple[int, ...] = ()
+    dcgan: DCGANOptions = DCGANOptions()
+    g_spectral_norm: bool = False
+    d_spectral_norm: bool = False
+    pack: int = 1
+
+
+def check_model(options: ModelOptions) -> None:
+    """Raise ModelOptionError naming the bad value and the valid ones."""
+    name, resolution, critic_norm, pack = options.name, options.resolution, options.critic_norm, options.pack
+    attn_resolutions = options.attn_resolutions
     if name not in MODEL_NAMES:
         raise ModelOptionError("model", f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if name in IMAGE_MODELS and resolution not in IMAGE_RESOLUTIONS:
@@ -54,7 +71,7 @@ def check_model(
             f"critic norm {critic_norm!r} is a 'dcgan' model option, not {name!r}'s (it couples the samples of a batch);"
             f" choose one of {', '.join(PER_SAMPLE_NORMS)}",
         )
-    check_dcgan_options(name, dcgan or DCGANOptions())
+    check_dcgan_options(name, options.dcgan)
     if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
         raise ModelOptionError("pack", f"pack {pack!r} is not a number of samples; choose a whole number >= 1 (1: no packing)")
     if pack > 1 and name == "lightweight":
@@ -93,62 +110,28 @@ def check_dcgan_options(name: str, options: DCGANOptions) -> None:
         )
 
 
-def build_models(
-    name: str,
-    *,
-    resolution: int,
-    latent_dim: int,
-    channel_base: int = 4096,
-    channel_max: int = 512,
-    critic_norm: str = "layer",
-    mlp_hidden: int = 512,
-    attn_resolutions: tuple[int, ...] = (),
-    g_norm: str = "batch",
-    d_first_norm: bool = False,
-    g_activation: str = "relu",
-    d_activation: str = "leaky_relu",
-    upsample: str = "k4s2",
-    downsample: str = "strided",
-    g_dropout: float = 0.0,
-    d_dropout: float = 0.0,
-    conv_bias: bool = True,
-    dcgan_init: bool = False,
-    g_spectral_norm: bool = False,
-    d_spectral_norm: bool = False,
-    pack: int = 1,
-) -> tuple[nn.Module, nn.Module]:
-    """Return (generator, critic) for a model name; image generators emit [-1, 1] at `resolution`.
+def build_models(name: str, **options: Any) -> tuple[nn.Module, nn.Module]:
+    """build_pair(ModelOptions(name, **options)): ModelOptions refuses a name it does not have."""
+    return build_pair(ModelOptions(name, **options))
 
-    g_norm ... dcgan_init are 'dcgan' options (see DCGANOptions); spectral norm is for every model;
-    `pack` > 1 makes the critic score packs of that many consecutive samples (all but 'lightweight').
-    """
-    dcgan = DCGANOptions(
-        g_norm=g_norm,
-        d_first_norm=d_first_norm,
-        g_activation=g_activation,
-        d_activation=d_activation,
-        upsample=upsample,
-        downsample=downsample,
-        g_dropout=g_dropout,
-        d_dropout=d_dropout,
-        conv_bias=conv_bias,
-        dcgan_init=dcgan_init,
-    )
-    check_model(name, resolution, critic_norm, attn_resolutions, dcgan=dcgan, pack=pack)
+
+def build_pair(options: ModelOptions) -> tuple[nn.Module, nn.Module]:
+    """Return (generator, critic); image generators emit [-1, 1] at `options.resolution`."""
+    check_model(options)
     # Generator first, as always: with a fixed seed its initial weights do not depend on the critic's options.
-    if name == "mlp":
-        generator, critic = MLPGenerator(latent_dim, mlp_hidden), MLPCritic(mlp_hidden, pack)
-    elif name == "lightweight":
-        generator = LightweightGenerator(latent_dim, resolution, channel_base, channel_max, attn_resolutions)
-        critic = LightweightDiscriminator(resolution, channel_base, channel_max, critic_norm, attn_resolutions)
-    elif name == "resnet":
-        generator = ResNetGenerator(latent_dim, resolution, channel_base, channel_max)
-        critic = ResNetCritic(resolution, channel_base, channel_max, critic_norm, pack)
+    if options.name == "mlp":
+        generator, critic = MLPGenerator(options.latent_dim, options.mlp_hidden), MLPCritic(options.mlp_hidden, options.pack)
+    elif options.name == "lightweight":
+        generator = LightweightGenerator(options.latent_dim, options.resolution, options.channel_base, options.channel_max, options.attn_resolutions)
+        critic = LightweightDiscriminator(options.resolution, options.channel_base, options.channel_max, options.critic_norm, options.attn_resolutions)
+    elif options.name == "resnet":
+        generator = ResNetGenerator(options.latent_dim, options.resolution, options.channel_base, options.channel_max)
+        critic = ResNetCritic(options.resolution, options.channel_base, options.channel_max, options.critic_norm, options.pack)
     else:
-        generator = DCGANGenerator(latent_dim, resolution, channel_base, channel_max, dcgan)
-        critic = DCGANCritic(resolution, channel_base, channel_max, critic_norm, dcgan, pack)
-    if g_spectral_norm:
+        generator = DCGANGenerator(options.latent_dim, options.resolution, options.channel_base, options.channel_max, options.dcgan)
+        critic = DCGANCritic(options.resolution, options.channel_base, options.channel_max, options.critic_norm, options.dcgan, options.pack)
+    if options.g_spectral_norm:
         spectral_normed(generator)
-    if d_spectral_norm:
+    if options.d_spectral_norm:
         spectral_normed(critic)
     return generator, critic

@@ -3,9 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from models import IMAGE_RESOLUTIONS, build_models
+from models import IMAGE_RESOLUTIONS, DCGANOptions, build_models
 
-TUTORIAL = {"latent_dim": 100, "channel_base": 2048, "channel_max": 512, "critic_norm": "batch", "conv_bias": False, "dcgan_init": True}
+TUTORIAL = {"latent_dim": 100, "channel_base": 2048, "channel_max": 512, "critic_norm": "batch",
+            "dcgan": DCGANOptions(conv_bias=False, dcgan_init=True)}
 SMALL = {"latent_dim": 8, "channel_base": 512, "channel_max": 32}
 
 
@@ -94,21 +95,21 @@ def test_batch_critic_norm_follows_every_hidden_conv_but_the_first_unless_asked(
     _, critic = build_models("dcgan", resolution=64, critic_norm="batch", **SMALL)
     assert len(layers(critic, nn.BatchNorm2d)) == 3
     assert critic.net[1].__class__ is nn.LeakyReLU  # the first conv feeds its activation directly
-    _, critic = build_models("dcgan", resolution=64, critic_norm="batch", d_first_norm=True, **SMALL)
+    _, critic = build_models("dcgan", resolution=64, critic_norm="batch", dcgan=DCGANOptions(d_first_norm=True), **SMALL)
     assert len(layers(critic, nn.BatchNorm2d)) == 4
     assert isinstance(critic.net[1], nn.BatchNorm2d)
 
 
 def test_biases_sit_only_where_no_batchnorm_follows_unless_conv_bias_is_off():
-    generator, critic = build_models("dcgan", resolution=64, g_norm="none", critic_norm="batch", **SMALL)
+    generator, critic = build_models("dcgan", resolution=64, critic_norm="batch", dcgan=DCGANOptions(g_norm="none"), **SMALL)
     assert all(m.bias is not None for m in layers(generator, nn.ConvTranspose2d))
     assert [m.bias is not None for m in layers(critic, nn.Conv2d)] == [True, False, False, False, True]
-    generator, critic = build_models("dcgan", resolution=64, g_norm="none", conv_bias=False, **SMALL)
+    generator, critic = build_models("dcgan", resolution=64, dcgan=DCGANOptions(g_norm="none", conv_bias=False), **SMALL)
     assert all(m.bias is None for m in layers(generator, nn.ConvTranspose2d) + layers(critic, nn.Conv2d))
 
 
 def test_generator_norm_can_be_dropped():
-    generator, _ = build_models("dcgan", resolution=64, g_norm="none", **SMALL)
+    generator, _ = build_models("dcgan", resolution=64, dcgan=DCGANOptions(g_norm="none"), **SMALL)
     assert layers(generator, nn.BatchNorm2d) == []
     assert generator(torch.randn(1, 8)).shape == (1, 3, 64, 64)  # no batch statistics: one sample trains
 
@@ -116,21 +117,21 @@ def test_generator_norm_can_be_dropped():
 @pytest.mark.parametrize("network, option", [(0, "g_activation"), (1, "d_activation")])
 @pytest.mark.parametrize("kind, expected", [("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU)])
 def test_activations_are_selectable_per_network(network, option, kind, expected):
-    module = build_models("dcgan", resolution=64, **{option: kind}, **SMALL)[network]
+    module = build_models("dcgan", resolution=64, dcgan=DCGANOptions(**{option: kind}), **SMALL)[network]
     activations = layers(module, (nn.ReLU, nn.LeakyReLU))
     assert len(activations) == 4 and all(type(m) is expected for m in activations)
     assert all(m.negative_slope == 0.2 for m in activations if isinstance(m, nn.LeakyReLU))
 
 
 def test_k2s2_upsampling_tiles_without_overlap_and_keeps_the_output_size():
-    generator, _ = build_models("dcgan", resolution=64, upsample="k2s2", **SMALL)
+    generator, _ = build_models("dcgan", resolution=64, dcgan=DCGANOptions(upsample="k2s2"), **SMALL)
     upsamplers = [m for m in layers(generator, nn.ConvTranspose2d) if m.stride == (2, 2)]
     assert len(upsamplers) == 4 and all(m.kernel_size == (2, 2) and m.padding == (0, 0) for m in upsamplers)
     assert generator(torch.randn(2, 8)).shape == (2, 3, 64, 64)
 
 
 def test_maxpool_downsampling_is_a_same_size_conv_then_2x2_pooling():
-    _, critic = build_models("dcgan", resolution=64, downsample="maxpool", **SMALL)
+    _, critic = build_models("dcgan", resolution=64, dcgan=DCGANOptions(downsample="maxpool"), **SMALL)
     convs = layers(critic, nn.Conv2d)[:-1]
     assert all(m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1) for m in convs)
     assert len(layers(critic, nn.MaxPool2d)) == len(convs) == 4
@@ -139,7 +140,7 @@ def test_maxpool_downsampling_is_a_same_size_conv_then_2x2_pooling():
 
 @pytest.mark.parametrize("network, option", [(0, "g_dropout"), (1, "d_dropout")])
 def test_dropout_follows_each_hidden_block_and_is_off_in_eval_mode(network, option):
-    module = build_models("dcgan", resolution=64, **{option: 0.5}, **SMALL)[network]
+    module = build_models("dcgan", resolution=64, dcgan=DCGANOptions(**{option: 0.5}), **SMALL)[network]
     dropouts = layers(module, nn.Dropout2d)
     assert len(dropouts) == 4 and all(m.p == 0.5 for m in dropouts)
     assert all(isinstance(before, (nn.ReLU, nn.LeakyReLU)) for before, m in zip(module.net, module.net[1:]) if m in dropouts)
@@ -151,7 +152,7 @@ def test_dropout_follows_each_hidden_block_and_is_off_in_eval_mode(network, opti
 
 
 def test_dcgan_init_draws_weights_from_n_0_002_and_batchnorm_scales_from_n_1_002():
-    generator, critic = build_models("dcgan", resolution=64, critic_norm="batch", dcgan_init=True, **SMALL)
+    generator, critic = build_models("dcgan", resolution=64, critic_norm="batch", dcgan=DCGANOptions(dcgan_init=True), **SMALL)
     convs = layers(generator, nn.ConvTranspose2d) + layers(critic, nn.Conv2d)
     weights = torch.cat([m.weight.flatten() for m in convs])
     assert abs(weights.mean()) < 0.002 and abs(weights.std() - 0.02) < 0.002

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from models import IMAGE_RESOLUTIONS, MODEL_NAMES, ModelOptionError, build_models
+from models import IMAGE_RESOLUTIONS, MODEL_NAMES, DCGANOptions, ModelOptionError, build_models
 
 SMALL = {"latent_dim": 8, "channel_base": 512, "channel_max": 16, "mlp_hidden": 32}
 
@@ -118,17 +118,22 @@ DCGAN_SWITCHES = {
 }
 
 
+def one_option(option: str, value) -> dict:
+    """A builder argument: the DCGAN switches travel inside one DCGANOptions."""
+    return {"dcgan": DCGANOptions(**{option: value})} if option in DCGAN_SWITCHES else {option: value}
+
+
 @pytest.mark.parametrize("option, value", DCGAN_SWITCHES.items())
 @pytest.mark.parametrize("name", ["resnet", "mlp", "lightweight"])
 def test_dcgan_switches_are_refused_for_other_models(name, option, value):
     with pytest.raises(ModelOptionError, match=f"{option}={value!r} is a 'dcgan' model option, not {name!r}'s") as error:
-        build_models(name, resolution=64, **{option: value}, **SMALL)
+        build_models(name, resolution=64, **one_option(option, value), **SMALL)
     assert error.value.option == option
     assert "leave it at its default" in str(error.value)
 
 
 def test_all_dcgan_switches_together_still_map_latents_to_images_and_images_to_scores():
-    generator, critic = build_models("dcgan", resolution=64, critic_norm="batch", **DCGAN_SWITCHES, **SMALL)
+    generator, critic = build_models("dcgan", resolution=64, critic_norm="batch", dcgan=DCGANOptions(**DCGAN_SWITCHES), **SMALL)
     images = generator(torch.randn(2, 8))
     assert images.shape == (2, 3, 64, 64)
     assert critic(images).shape == (2,)
@@ -150,8 +155,15 @@ def test_all_dcgan_switches_together_still_map_latents_to_images_and_images_to_s
 )
 def test_bad_option_values_are_refused_with_the_valid_ones(option, value, message):
     with pytest.raises(ModelOptionError, match=message) as error:
-        build_models("dcgan", resolution=64, **{option: value}, **SMALL)
+        build_models("dcgan", resolution=64, **one_option(option, value), **SMALL)
     assert error.value.option == option
+
+
+def test_a_misspelt_model_option_is_refused_not_dropped():
+    with pytest.raises(TypeError, match="g_nrom"):
+        build_models("dcgan", resolution=64, g_nrom="none", **SMALL)
+    with pytest.raises(TypeError, match="g_nrom"):
+        DCGANOptions(g_nrom="none")
 
 
 def test_packing_is_refused_for_lightweight_whose_discriminator_reconstructs_single_images():

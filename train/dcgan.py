@@ -1,12 +1,13 @@
 """Train a DCGAN (Radford et al. 2016), the PyTorch tutorial's networks by default, with the
 stabilisers of the usual experiments: `accelerate launch train/dcgan.py [flags]`."""
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from models import DCGAN_CHOICES
+from models import DCGAN_CHOICES, DCGAN_SWITCHES, DCGANOptions, ModelOptions
 from train.gan.objectives import LabelSmoothing, NonSaturating
 from train.gan.unrolled import Unrolling
-from train.run.config import DEBUG_PRESET, TOY_PRESET, ConfigError, TrainConfig, flag
+from train.run.config import DEBUG_PRESET, TOY_PRESET, ConfigError, TrainConfig, flag, redeclared
 from train.run.runner import run_trainer
 
 UNROLL_MODES = ("exact", "lookahead")
@@ -14,15 +15,19 @@ UNROLL_MODES = ("exact", "lookahead")
 
 @dataclass
 class DCGANConfig(TrainConfig):
-    model: str = flag("dcgan", "generator/discriminator pair (mlp: the toy data's)", choices=("dcgan", "mlp"))
-    latent_dim: int = flag(100, "size of the generator's input noise (the tutorial's nz)")
-    channel_base: int = flag(2048, "conv width rule: channels = channel_base / resolution, within [16, channel-max] (2048: the tutorial's ngf = ndf = 64 at 64 px)")
-    critic_norm: str = flag("batch", "normalisation in the discriminator", choices=("batch", "layer", "instance", "none"))
-    batch_size: int = flag(128, "samples per process per forward")
-    critic_steps: int = flag(1, "discriminator updates per generator update")
-    lr: float = flag(2e-4, "Adam learning rate, both models (--g-lr / --d-lr set one)")
-    betas: tuple[float, float] = flag((0.5, 0.999), "Adam betas, both models (--g-betas / --d-betas set one)", nargs=2, type=float, metavar=("BETA1", "BETA2"))
-    # The architecture switches of the usual ablations (models/dcgan.py).
+    model: str = redeclared(TrainConfig, "model", "dcgan", "generator/discriminator pair (mlp: the toy data's)", choices=("dcgan", "mlp"))
+    latent_dim: int = redeclared(TrainConfig, "latent_dim", 100, "size of the generator's input noise (the tutorial's nz)")
+    channel_base: int = redeclared(
+        TrainConfig, "channel_base", 2048, "conv width rule: channels = channel_base / resolution, within [16, channel-max] (2048: the tutorial's ngf = ndf = 64 at 64 px)",
+    )
+    critic_norm: str = redeclared(
+        TrainConfig, "critic_norm", "batch", "normalisation in the discriminator", choices=("batch", "layer", "instance", "none")
+    )
+    batch_size: int = redeclared(TrainConfig, "batch_size", 128)
+    critic_steps: int = redeclared(TrainConfig, "critic_steps", 1, "discriminator updates per generator update")
+    lr: float = redeclared(TrainConfig, "lr", 2e-4)
+    betas: tuple[float, float] = redeclared(TrainConfig, "betas", (0.5, 0.999))
+    # The architecture switches of the usual ablations: one flag per DCGANOptions field, of its name.
     g_norm: str = flag("batch", "normalisation in the generator", choices=DCGAN_CHOICES["g_norm"])
     d_first_norm: bool = flag(False, "normalise the discriminator's first layer too (the tutorial does not)")
     g_activation: str = flag("relu", "the generator's activation", choices=DCGAN_CHOICES["g_activation"])
@@ -36,19 +41,16 @@ class DCGANConfig(TrainConfig):
     # Label smoothing (Salimans et al. 2016; the "GAN hacks").
     real_label: float = flag(1.0, "the discriminator's target for real samples (one-sided smoothing: 0.9)")
     fake_label: float = flag(0.0, "the discriminator's target for fakes (two-sided smoothing, e.g. 0.15)")
-    label_jitter: float = flag(0.0, "std of Gaussian noise added to every target (e.g. 0.15)")
+    label_jitter: float = flag(0.0, "std of Gaussian noise added to every target (e.g. 0.15)", min=0)
     real_label_range: tuple[float, float] | None = flag(None, "draw each real target uniformly from [LOW, HIGH], e.g. 0.8 1.1", nargs=2, type=float, metavar=("LOW", "HIGH"))
     fake_label_range: tuple[float, float] | None = flag(None, "draw each fake target uniformly from [LOW, HIGH], e.g. 0.0 0.3", nargs=2, type=float, metavar=("LOW", "HIGH"))
     smooth_generator_target: bool = flag(False, "the generator's target drawn as the real one (else 1)")
     # Unrolled discriminator (Metz et al. 2017).
-    unrolled_steps: int = flag(0, "take the generator's loss against the discriminator after this many further updates; 0: off")
+    unrolled_steps: int = flag(0, "take the generator's loss against the discriminator after this many further updates; 0: off", min=0)
     unroll_mode: str = flag("exact", "exact: gradients through the unrolled updates; lookahead: first-order, on a copy", choices=UNROLL_MODES)
-    out: str = flag("runs/dcgan", "run directory: config, metrics, samples, checkpoints")
+    out: str = redeclared(TrainConfig, "out", "runs/dcgan")
 
-    architecture_fields: ClassVar[tuple[str, ...]] = TrainConfig.architecture_fields + (
-        "g_norm", "d_first_norm", "g_activation", "d_activation", "upsample", "downsample", "g_dropout", "d_dropout",
-        "conv_bias", "dcgan_init",
-    )
+    architecture_fields: ClassVar[tuple[str, ...]] = TrainConfig.architecture_fields + DCGAN_SWITCHES
     debug_preset: ClassVar[dict[str, Any]] = {**DEBUG_PRESET, "out": "runs/debug-dcgan"}
     # The toy MLPs know none of the conv switches: their defaults, so that the 'mlp' pair takes them.
     toy_preset: ClassVar[dict[str, Any]] = {
@@ -61,10 +63,6 @@ class DCGANConfig(TrainConfig):
             span = getattr(self, name)
             if span is not None and not span[0] < span[1]:
                 raise ConfigError(f"--{name.replace('_', '-')} {span[0]} {span[1]}: LOW must be below HIGH, e.g. 0.8 1.1")
-        if self.label_jitter < 0:
-            raise ConfigError(f"--label-jitter {self.label_jitter}: must be 0 or more")
-        if self.unrolled_steps < 0:
-            raise ConfigError(f"--unrolled-steps {self.unrolled_steps}: must be 0 or more")
         if self.unrolled_steps and self.deepspeed:
             # The unrolled updates call the critic's parameters by name (train/gan/unrolled.py), which the
             # engine's module wrapper (train/run/zero.py) does not expose; not built for ZeRO.
@@ -76,6 +74,11 @@ class DCGANConfig(TrainConfig):
             raise ConfigError(
                 f"--unrolled-steps {self.unrolled_steps}: unrolls on the last micro-batch only; use --grad-accum 1"
             )
+
+    def model_options(self) -> ModelOptions:
+        # By the option's own names: a switch without its flag here fails on the first build, never passes unseen.
+        switches = DCGANOptions(**{name: getattr(self, name) for name in DCGAN_SWITCHES})
+        return dataclasses.replace(super().model_options(), dcgan=switches)
 
     def labels(self) -> LabelSmoothing:
         return LabelSmoothing(self.real_label, self.fake_label, self.label_jitter, self.real_label_range,

@@ -1,7 +1,9 @@
 """Train the lightweight GAN (Liu et al., ICLR 2021, "FastGAN"): `accelerate launch train/lightweight_gan.py [flags]`."""
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from models import ModelOptions
 from train.gan.diffaugment import DiffAugment, parse_policy
 from train.gan.objectives import FastGANHinge
 from train.gan.reconstruction import (
@@ -9,30 +11,32 @@ from train.gan.reconstruction import (
     check_lpips_weights,
     reconstruction_loss,
 )
-from train.run.config import DEBUG_PRESET, ConfigError, TrainConfig, flag
+from train.run.config import DEBUG_PRESET, ConfigError, TrainConfig, flag, redeclared
 from train.run.runner import run_trainer
 
 
 @dataclass
 class LightweightGANConfig(TrainConfig):
-    resolution: int = flag(256, "image size in pixels: 64, 128, 256, 512 or 1024")
-    model: str = flag("lightweight", "generator/discriminator pair", choices=("lightweight",))
-    latent_dim: int = flag(256, "size of the generator's input noise")
-    critic_norm: str = flag("none", "per-sample normalisation in the discriminator", choices=("none", "layer", "instance"))
+    resolution: int = redeclared(TrainConfig, "resolution", 256)
+    model: str = redeclared(TrainConfig, "model", "lightweight", "generator/discriminator pair", choices=("lightweight",))
+    latent_dim: int = redeclared(TrainConfig, "latent_dim", 256)
+    critic_norm: str = redeclared(
+        TrainConfig, "critic_norm", "none", "per-sample normalisation in the discriminator", choices=("none", "layer", "instance")
+    )
     attn_resolutions: tuple[int, ...] = flag(
         (), "feature sizes with efficient attention in both networks, e.g. 32 64 (8 up to resolution/4)", nargs="*", type=int
     )
-    batch_size: int = flag(16, "samples per process per forward")
-    critic_steps: int = flag(1, "discriminator updates per generator update (the paper's: 1)")
-    lr: float = flag(2e-4, "Adam learning rate, both models (the paper's)")
-    betas: tuple[float, float] = flag((0.5, 0.999), "Adam betas (the paper's)", nargs=2, type=float, metavar=("BETA1", "BETA2"))
+    batch_size: int = redeclared(TrainConfig, "batch_size", 16)
+    critic_steps: int = redeclared(TrainConfig, "critic_steps", 1, "discriminator updates per generator update (the paper's: 1)")
+    lr: float = redeclared(TrainConfig, "lr", 2e-4, "Adam learning rate, both models (the paper's)")
+    betas: tuple[float, float] = redeclared(TrainConfig, "betas", (0.5, 0.999), "Adam betas (the paper's)")
     diffaug_policy: str = flag("color,translation,cutout", "DiffAugment transformations, comma-separated; '' for none")
-    diffaug_probability: float = flag(1.0, "probability that each transformation is applied to each image")
+    diffaug_probability: float = flag(1.0, "probability that each transformation is applied to each image", min=0.0, max=1.0)
     recon_loss: str = flag("mse", "the decoders' reconstruction loss: mse, or lpips (needs torchvision's VGG16 weights on disk)", choices=RECON_LOSSES)
-    recon_weight: float = flag(1.0, "weight of the reconstruction loss in the discriminator's loss")
-    gp_weight: float = flag(0.0, "weight of a zero-centred gradient penalty on real images (R1); 0: off, the paper's")
-    gp_every: int = flag(4, "discriminator steps between penalty evaluations (lazy regularisation)")
-    out: str = flag("runs/lightweight", "run directory: config, metrics, samples, checkpoints")
+    recon_weight: float = flag(1.0, "weight of the reconstruction loss in the discriminator's loss", min=0)
+    gp_weight: float = flag(0.0, "weight of a zero-centred gradient penalty on real images (R1); 0: off, the paper's", min=0)
+    gp_every: int = flag(4, "discriminator steps between penalty evaluations (lazy regularisation)", min=1)
+    out: str = redeclared(TrainConfig, "out", "runs/lightweight")
 
     # The hinge, not d_loss: d_loss adds the reconstruction loss, which stays above 0 whoever wins.
     collapse_critic_key: ClassVar[str] = "hinge"
@@ -46,23 +50,19 @@ class LightweightGANConfig(TrainConfig):
     }
     toy_preset: ClassVar[dict[str, Any]] = {}  # images only
 
+    def model_options(self) -> ModelOptions:
+        return dataclasses.replace(super().model_options(), attn_resolutions=self.attn_resolutions)
+
     def check_recipe(self) -> None:
         try:
             parse_policy(self.diffaug_policy)
         except ValueError as error:
             raise ConfigError(f"--diffaug-policy {self.diffaug_policy!r}: {error}") from None
-        if not 0.0 <= self.diffaug_probability <= 1.0:
-            raise ConfigError(f"--diffaug-probability {self.diffaug_probability}: must be in [0, 1]")
-        for name in ("gp_weight", "recon_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
         if self.instance_noise:
             raise ConfigError(
                 f"--instance-noise {self.instance_noise}: the discriminator's decoders would learn to reconstruct the"
                 " noise; DiffAugment (--diffaug-policy) is this model's regulariser: use --instance-noise 0"
             )
-        if self.gp_every < 1:
-            raise ConfigError(f"--gp-every {self.gp_every}: must be at least 1")
         if self.recon_loss == "lpips":
             try:
                 check_lpips_weights()

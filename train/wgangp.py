@@ -2,18 +2,16 @@
 from dataclasses import dataclass
 
 from train.gan.objectives import WGANGP
-from train.run.config import ConfigError, TrainConfig, flag
+from train.run.config import ConfigError, TrainConfig, flag, redeclared
 from train.run.runner import run_trainer
 
 
 @dataclass
 class WGANGPConfig(TrainConfig):
-    gp_weight: float = flag(10.0, "gradient penalty weight, lambda (toy data: 0.1, the authors' toy value)")
-    out: str = flag("runs/wgangp", "run directory: config, metrics, samples, checkpoints")
+    gp_weight: float = flag(10.0, "gradient penalty weight, lambda (toy data: 0.1, the authors' toy value)", min=0)
+    out: str = redeclared(TrainConfig, "out", "runs/wgangp")
 
     def check_recipe(self) -> None:
-        if self.gp_weight < 0:
-            raise ConfigError(f"--gp-weight {self.gp_weight}: must be 0 or more")
         if self.pack > 1:
             raise ConfigError(
                 f"--pack {self.pack}: the gradient penalty takes each sample's own input gradient, not a pack's;"

@@ -1,22 +1,34 @@
 """A run read back from its --out folder: its configuration, checkpoints and EMA generator, for
 the tools that use a trained generator (generate.py, evaluate.py) without the training loop."""
+import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from train.data import DataOptions, parse_data_spec, toy_modes
+from train.data import DataOptions, toy_modes
 from train.run.checkpoint import (
     EMA_FILE,
     list_checkpoints,
     load_ema_weights,
 )
+from train.run.config import TrainConfig
 from train.run.ema import ema_generator_weights
+from train.run.flags import ConfigError
 from train.run.networks import build_networks
+from train.run.resolve import TRAINER_KEY, read_run_config
+
+# config.json's "trainer" -> its recipe's config class, imported only for the run that needs it. In
+# the order a run saved before config.json named its trainer is tried (the first that takes it).
+RECIPE_CONFIGS = {
+    "train/wgangp.py": "train.wgangp:WGANGPConfig",
+    "train/dcgan.py": "train.dcgan:DCGANConfig",
+    "train/lightweight_gan.py": "train.lightweight_gan:LightweightGANConfig",
+}
 
 
 class RunNotFound(ValueError):
@@ -29,7 +41,7 @@ class FinishedRun:
         config_path = self.path / "config.json"
         if not config_path.is_file():
             raise RunNotFound(f"--run {run}: no config.json there; point --run at a training run's --out folder")
-        self.config = SimpleNamespace(**json.loads(config_path.read_text()))
+        self.config = read_finished_config(config_path)
 
     @property
     def is_points(self) -> bool:
@@ -39,18 +51,10 @@ class FinishedRun:
         """The toy data's mode centres and spread, for scatter plots; (None, 0) for images."""
         return toy_modes(self.config.data.removeprefix("toy:")) if self.is_points else (None, 0.0)
 
-    def data_options(self, **overrides) -> DataOptions:
+    def data_options(self, **overrides: str | None) -> DataOptions:
         """The run's real images as it read them; `overrides` (data, split, image_column) name others."""
-        config = {**vars(self.config), **{k: v for k, v in overrides.items() if v is not None}}
-        return DataOptions(
-            spec=parse_data_spec(config["data"]),
-            resolution=config["resolution"],
-            split=config["split"],
-            image_column=config["image_column"],
-            celeba_crop=config["celeba_crop"],
-            shuffle_buffer=config["shuffle_buffer"],
-            background=tuple(config.get("alpha_background", (255, 255, 255))),
-        ).reference()
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return dataclasses.replace(self.config, **given).data_options.reference()
 
     def ema_generator(self, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, Path]:
         """The EMA generator of `checkpoint`, else of the newest checkpoint whose EMA file is whole
@@ -71,3 +75,19 @@ class FinishedRun:
             return generator.to(device), candidate
         raise RunNotFound(f"--run {self.path}: no checkpoint with a readable {EMA_FILE}; train again or restore one")
 
+
+def read_finished_config(path: Path) -> TrainConfig:
+    """A run's config.json as the config of the recipe that made it, checked as --resume checks it."""
+    try:
+        trainer = json.loads(path.read_text()).get(TRAINER_KEY)
+    except (ValueError, AttributeError):  # not JSON, not an object: read_run_config names the problem
+        trainer = None
+    candidates = [RECIPE_CONFIGS[trainer]] if trainer in RECIPE_CONFIGS else list(RECIPE_CONFIGS.values())
+    for candidate in candidates:
+        module, name = candidate.split(":")
+        config_cls = getattr(importlib.import_module(module), name)
+        try:
+            return read_run_config(config_cls, path, "--run")
+        except ConfigError as error:
+            problem = error
+    raise RunNotFound(str(problem))

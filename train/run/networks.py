@@ -1,21 +1,21 @@
 """A run's generator/critic pair from its configuration, and what its generator draws."""
-import inspect
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from models import build_models
+from models import build_pair
+
+if TYPE_CHECKING:
+    from train.run.config import TrainConfig
 
 SAMPLE_CHUNK = 16  # generator forwards per render: a 1024 px grid of 64 at once would not fit
 
 
-def build_networks(config: Any) -> tuple[nn.Module, nn.Module]:
-    """The run's pair from its config (or a saved config.json's values): every builder argument it holds."""
+def build_networks(config: "TrainConfig") -> tuple[nn.Module, nn.Module]:
+    """The run's pair, from the model options its recipe's config builds."""
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    arguments = inspect.signature(build_models).parameters
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(config).items() if k in arguments and k != "name"}
-    return build_models(config.model, **given)
+    return build_pair(config.model_options())
 
 
 def fixed_noise(num_samples: int, latent_dim: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,146 @@
+"""Every check of a configuration that needs no compute, so that a bad start fails with one line
+naming the flag and the fix before --out is touched: each field's declared limits
+(train/run/flags.py), then the checks that relate several fields, the environment, and --out.
+"""
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from models import POINT_MODELS, ModelOptionError, check_model
+from train.run.checkpoint import latest_checkpoint
+from train.run.environment import BadEnvironment, check_environment
+from train.run.flags import ConfigError, check_limits, flag_name
+from train.run.profiling import profile_steps_needed
+from train.run.stop import parse_duration
+from train.run.zero import ZeroRefused, check_zero
+
+if TYPE_CHECKING:
+    from train.run.config import TrainConfig
+
+# wandb's own limits (wandb_settings.Settings.validate_project, validate_run_tags), refused at wandb.init.
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+WANDB_PROJECT_MAX, WANDB_TAG_MAX = 128, 64
+
+
+def check_config(config: "TrainConfig") -> None:
+    """Every check that needs no compute, so a bad start fails before touching --out."""
+    check_limits(config)
+    if config.profile and profile_steps_needed(config.profile) > config.max_steps:
+        raise ConfigError(
+            f"--profile {config.profile}: the profile ends at step {profile_steps_needed(config.profile)} (after a"
+            f" {profile_steps_needed(0)}-step warm-up), beyond --max-steps {config.max_steps}; raise --max-steps or lower --profile"
+        )
+    if config.batch_size % config.pack:
+        raise ConfigError(
+            f"--pack {config.pack}: --batch-size {config.batch_size} must be a multiple of it (real and fake are packed apart)"
+        )
+    if config.instance_noise < 0 or config.instance_noise_decay < 0 or config.instance_noise_steps < 1:
+        raise ConfigError(
+            f"--instance-noise {config.instance_noise} / --instance-noise-decay {config.instance_noise_decay} /"
+            f" --instance-noise-steps {config.instance_noise_steps}: A and k must be 0 or more, T at least 1"
+        )
+    if config.fid_every and config.fid_samples < 4:
+        raise ConfigError(
+            f"--fid-samples {config.fid_samples}: FID and KID need at least 4 (10000+ for stable numbers); raise it, or"
+            " turn FID off with --fid-every 0"
+        )
+    check_wandb_names(config)
+    check_deepspeed(config)
+    try:
+        spec = config.data_options.spec
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        check_model(config.model_options())
+    except ModelOptionError as error:
+        raise ConfigError(f"{flag_name(error.option)}: {error}") from None
+    models = next(f for f in dataclasses.fields(config) if f.name == "model").metadata["choices"]
+    if config.model not in models:
+        raise ConfigError(f"--model {config.model}: this trainer takes {', '.join(models)}")
+    if spec.is_points and config.model not in POINT_MODELS:
+        if not set(models) & set(POINT_MODELS):
+            raise ConfigError(f"--data {config.data} is 2-D points, which this trainer's models do not take; use images")
+        raise ConfigError(f"--model {config.model}: --data {config.data} is 2-D points; use --model mlp")
+    if spec.is_points and config.fid_every:
+        raise ConfigError(f"--fid-every {config.fid_every}: FID compares images, --data {config.data} is points; use --fid-every 0")
+    if not spec.is_points and config.model in POINT_MODELS:
+        image_models = " or ".join(m for m in models if m not in POINT_MODELS)
+        raise ConfigError(f"--model {config.model} is for toy data; for images use --model {image_models}")
+    config.check_recipe()
+    if config.time_limit is not None:
+        try:
+            parse_duration(config.time_limit)
+        except ValueError as error:
+            raise ConfigError(
+                f"--time-limit {config.time_limit}: {error}; give a duration such as 11h30m, 45m, 90s, 5400 or 11:30:00"
+            ) from None
+    # After the flags, whose errors answer without importing wandb (for its API-key rule).
+    try:
+        check_environment(wandb_mode=config.wandb_mode, mixed_precision=config.mixed_precision)
+    except BadEnvironment as error:
+        raise ConfigError(str(error)) from None
+    check_run_dir(config)
+
+
+def check_deepspeed(config: "TrainConfig") -> None:
+    """What DeepSpeed ZeRO cannot run for this configuration (train/run/zero.py says why)."""
+    if config.gradient_clipping < 0 or (config.gradient_clipping and not config.deepspeed):
+        raise ConfigError(
+            f"--gradient-clipping {config.gradient_clipping}: a value of 0 or more, and only with --deepspeed (DDP runs do not clip)"
+        )
+    use_cpu = config.runs_on_cpu()
+    try:
+        # The flag's precision: an accelerate config's fp16 on a CPU falls back to fp32 (precision.py).
+        check_zero(config.deepspeed, config.mixed_precision or "no", use_cpu)
+    except ZeroRefused as error:
+        raise ConfigError(str(error)) from None
+    if not config.deepspeed:
+        return
+    import torch
+
+    if config.cpu and torch.cuda.is_available():
+        raise ConfigError(
+            f"--deepspeed {config.deepspeed} --cpu: Accelerate drops DeepSpeed when told to use the CPU, and puts it on the"
+            " GPU otherwise; to train on the CPU, hide the GPUs (CUDA_VISIBLE_DEVICES=) and drop --cpu"
+        )
+    if config.sync_bn and not use_cpu:
+        raise ConfigError(
+            f"--deepspeed {config.deepspeed} --sync-bn: SyncBatchNorm under DeepSpeed engines is untested here; add"
+            " --no-sync-bn (each GPU's own BatchNorm statistics) or train with DDP"
+        )
+
+
+def check_wandb_names(config: "TrainConfig") -> None:
+    """What wandb.init would refuse seconds into the run (its project-name and tag rules)."""
+    project = config.wandb_project
+    if len(project) > WANDB_PROJECT_MAX or any(char in project for char in WANDB_PROJECT_FORBIDDEN):
+        raise ConfigError(
+            f"--wandb-project {project!r}: W&B project names have at most {WANDB_PROJECT_MAX} characters and none of"
+            f" {' '.join(WANDB_PROJECT_FORBIDDEN)}; choose another name"
+        )
+    for tag in config.wandb_tags:
+        if not 1 <= len(tag) <= WANDB_TAG_MAX:
+            raise ConfigError(f"--wandb-tags {tag!r}: W&B tags have 1 to {WANDB_TAG_MAX} characters; shorten or drop it")
+
+
+def check_run_dir(config: "TrainConfig") -> None:
+    """What --out holds against what --resume asks; checked again once the run holds its lock."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; point --out at a folder (it is made if missing)")
+    # Where the run's first write lands: --out, or the folder it is made in. os.access answers
+    # for a read-only mount even as root, whom permission bits do not stop.
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, so --out cannot be made there; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        reason = f"{existing} is on a read-only file system" if read_only else f"no permission to write in {existing}"
+        raise ConfigError(f"--out {out}: not writable ({reason}); choose another --out")
+    if config.resume == "yes" and latest_checkpoint(out) is None:
+        raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+    # A run is there once it has a checkpoint: a start that died before its first one left nothing
+    # to continue, and a new run begins over what it left.
+    if config.resume == "no" and latest_checkpoint(out) is not None:
+        raise ConfigError(f"--out {out} already holds a run; add --resume to continue it, or choose another --out")
