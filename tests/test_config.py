@@ -1,9 +1,17 @@
 """train/run/config.py: presets, precedence, and refusing bad input before any compute."""
+import dataclasses
 import json
+from dataclasses import dataclass
 
 import pytest
 
-from train.run.config import ConfigError, load_config, resuming, save_config
+from models import DCGAN_SWITCHES, DCGANOptions
+from train.dcgan import DCGANConfig
+from train.lightweight_gan import LightweightGANConfig
+from train.run.config import ConfigError, TrainConfig, flag, load_config, resuming, save_config
+from train.run.finished import FinishedRun
+from train.run.flags import build_parser
+from train.run.networks import build_networks
 from train.run.runner import main
 from train.wgangp import WGANGPConfig, make_objective
 
@@ -139,3 +147,81 @@ def test_config_json_holds_every_field(tmp_path):
     save_config(c, tmp_path / "r")
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["gp_weight"] == 10.0 and saved["critic_steps"] == 5 and saved["betas"] == [0.0, 0.9]
+
+
+@dataclass
+class WithWarmup(WGANGPConfig):
+    warmup: float = flag(0.5, "a fraction of the run", min=0.0, max=1.0)
+
+
+def resumed_with(tmp_path, config_cls, **edits):
+    """A run with a checkpoint whose config.json was then hand-edited to hold `edits`."""
+    out = tmp_path / "r"
+    save_config(load_config(config_cls, ["--debug", "--out", str(out)], "test"), out)
+    (out / "checkpoints" / "step_000020").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({**json.loads((out / "config.json").read_text()), **edits}))
+    return out
+
+
+@pytest.mark.parametrize(
+    "config_cls, name, flag_value, json_value, refusal",
+    [
+        (WithWarmup, "warmup", "2", 2.0, r"must be in \[0, 1\]"),
+        (WGANGPConfig, "batch_size", "0", 0, "must be at least 1"),
+        (WGANGPConfig, "lr", "0", 0.0, "must be above 0"),
+        (WGANGPConfig, "seed", str(2**64), 2**64, f"must be at most {2**64 - 1}"),
+        (WGANGPConfig, "wandb_project", "", "", "empty; give a value"),
+    ],
+)
+def test_a_declared_limit_refuses_the_flag_and_the_config_json_value_alike(tmp_path, config_cls, name, flag_value, json_value, refusal):
+    with pytest.raises(ConfigError, match=f"^--{name.replace('_', '-')} .*: {refusal}"):
+        load_config(config_cls, ["--debug", f"--{name.replace('_', '-')}", flag_value, "--out", str(tmp_path / "flag")], "test")
+    out = resumed_with(tmp_path, config_cls, **{name: json_value})
+    with pytest.raises(ConfigError, match=f'^--resume: .*config.json: "{name}": .*: {refusal}.*; fix that line'):
+        load_config(config_cls, ["--resume", "--out", str(out)], "test")
+
+
+def test_a_declared_limit_is_told_in_the_help():
+    help_text = " ".join(build_parser(WithWarmup, "test").format_help().split())
+    assert "a fraction of the run (default: 0.5; in [0, 1])" in help_text
+    assert "samples per process per forward (default: 64; at least 1)" in help_text
+
+
+def test_config_json_values_outside_the_choices_are_refused_naming_the_line(tmp_path):
+    out = resumed_with(tmp_path, WGANGPConfig, critic_norm="batchnorm")
+    with pytest.raises(ConfigError, match='"critic_norm": "batchnorm" is not one of layer, instance, none; fix that line'):
+        load_config(WGANGPConfig, ["--resume", "--out", str(out)], "test")
+
+
+def test_a_run_read_back_is_its_recipes_typed_config(tmp_path):
+    out = tmp_path / "r"
+    save_config(load_config(LightweightGANConfig, ["--debug", "--out", str(out)], "test"), out)
+    config = FinishedRun(out).config
+    assert isinstance(config, LightweightGANConfig)
+    assert config.attn_resolutions == (16,) and config.betas == (0.5, 0.999)  # tuples, as the flags give them
+
+
+def test_every_dcgan_switch_reaches_the_model_by_its_own_name():
+    changed = {"g_norm": "none", "d_first_norm": True, "g_activation": "leaky_relu", "d_activation": "relu",
+               "upsample": "k2s2", "downsample": "maxpool", "g_dropout": 0.1, "d_dropout": 0.2, "conv_bias": True,
+               "dcgan_init": False}
+    assert set(changed) == set(DCGAN_SWITCHES)  # a new switch needs a row here
+    assert DCGANConfig(**changed).model_options().dcgan == DCGANOptions(**changed)
+    assert set(DCGAN_SWITCHES) <= set(DCGANConfig.architecture_fields)  # a resumed run keeps them
+
+
+def test_a_misspelt_dcgan_option_cannot_be_dropped_silently():
+    with pytest.raises(TypeError, match="g_nrom"):  # was: dropped by build_networks' signature filter
+        DCGANOptions(g_nrom="none")
+
+    @dataclass
+    class Misspelt(TrainConfig):  # a recipe whose flag does not carry the option's name
+        g_nrom: str = flag("none", "normalisation in the generator")
+
+        def model_options(self):
+            return dataclasses.replace(
+                super().model_options(), dcgan=DCGANOptions(**{name: getattr(self, name) for name in ("g_norm",)})
+            )
+
+    with pytest.raises(AttributeError, match="g_norm"):
+        build_networks(Misspelt(model="dcgan"))

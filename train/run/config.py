@@ -188,16 +188,9 @@ class TrainConfig:
     def model_options(self) -> ModelOptions:
         """The networks' shape from the flags; a recipe whose models take more adds its own."""
         return ModelOptions(
-            self.model,
-            resolution=self.resolution,
-            latent_dim=self.latent_dim,
-            channel_base=self.channel_base,
-            channel_max=self.channel_max,
-            critic_norm=self.critic_norm,
-            mlp_hidden=self.mlp_hidden,
-            g_spectral_norm=self.g_spectral_norm,
-            d_spectral_norm=self.d_spectral_norm,
-            pack=self.pack,
+            self.model, resolution=self.resolution, latent_dim=self.latent_dim, channel_base=self.channel_base,
+            channel_max=self.channel_max, critic_norm=self.critic_norm, mlp_hidden=self.mlp_hidden,
+            g_spectral_norm=self.g_spectral_norm, d_spectral_norm=self.d_spectral_norm, pack=self.pack,
         )
 
     @functools.cached_property

@@ -150,13 +150,13 @@ def saved_values(config_cls: type["TrainConfig"], saved: dict[str, Any], path: P
         if name not in fields:
             raise ConfigError(f"{flag}: {path}: {name!r} is no setting of {trainer_script(config_cls)}; delete that line")
         if not fits(value, hints[name]):
-            problem = f"is not {described_type(hints[name])}"
+            problem = f" is not {described_type(hints[name])}"
         else:
             values[name] = typed(value)
-            problem = choice_problem(fields[name], values[name]) or limit_problem(fields[name], values[name])
-            problem = problem and f"{'is ' if problem.startswith('not') else ''}{problem}"
+            choice, limit = choice_problem(fields[name], values[name]), limit_problem(fields[name], values[name])
+            problem = f" is {choice}" if choice else f": {limit}" if limit else ""  # the latter as the flag says it
         if problem:
-            raise ConfigError(f"{flag}: {path}: \"{name}\": {json.dumps(value)} {problem}; fix that line ({REPAIR})")
+            raise ConfigError(f"{flag}: {path}: \"{name}\": {json.dumps(value)}{problem}; fix that line ({REPAIR})")
     return values
 
 
