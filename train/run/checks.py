@@ -26,6 +26,28 @@ WANDB_PROJECT_MAX, WANDB_TAG_MAX = 128, 64
 def check_config(config: "TrainConfig") -> None:
     """Every check that needs no compute, so a bad start fails before touching --out."""
     check_limits(config)
+    check_schedules(config)
+    check_wandb_names(config)
+    check_deepspeed(config)
+    check_data_and_model(config)
+    config.check_recipe()
+    if config.time_limit is not None:
+        try:
+            parse_duration(config.time_limit)
+        except ValueError as error:
+            raise ConfigError(
+                f"--time-limit {config.time_limit}: {error}; give a duration such as 11h30m, 45m, 90s, 5400 or 11:30:00"
+            ) from None
+    # After the flags, whose errors answer without importing wandb (for its API-key rule).
+    try:
+        check_environment(wandb_mode=config.wandb_mode, mixed_precision=config.mixed_precision)
+    except BadEnvironment as error:
+        raise ConfigError(str(error)) from None
+    check_run_dir(config)
+
+
+def check_schedules(config: "TrainConfig") -> None:
+    """Step counts and sizes that must agree with one another."""
     if config.profile and profile_steps_needed(config.profile) > config.max_steps:
         raise ConfigError(
             f"--profile {config.profile}: the profile ends at step {profile_steps_needed(config.profile)} (after a"
@@ -45,8 +67,10 @@ def check_config(config: "TrainConfig") -> None:
             f"--fid-samples {config.fid_samples}: FID and KID need at least 4 (10000+ for stable numbers); raise it, or"
             " turn FID off with --fid-every 0"
         )
-    check_wandb_names(config)
-    check_deepspeed(config)
+
+
+def check_data_and_model(config: "TrainConfig") -> None:
+    """The data source, the model pair and its options, and whether they suit each other."""
     try:
         spec = config.data_options.spec
     except ValueError as error:
@@ -67,20 +91,6 @@ def check_config(config: "TrainConfig") -> None:
     if not spec.is_points and config.model in POINT_MODELS:
         image_models = " or ".join(m for m in models if m not in POINT_MODELS)
         raise ConfigError(f"--model {config.model} is for toy data; for images use --model {image_models}")
-    config.check_recipe()
-    if config.time_limit is not None:
-        try:
-            parse_duration(config.time_limit)
-        except ValueError as error:
-            raise ConfigError(
-                f"--time-limit {config.time_limit}: {error}; give a duration such as 11h30m, 45m, 90s, 5400 or 11:30:00"
-            ) from None
-    # After the flags, whose errors answer without importing wandb (for its API-key rule).
-    try:
-        check_environment(wandb_mode=config.wandb_mode, mixed_precision=config.mixed_precision)
-    except BadEnvironment as error:
-        raise ConfigError(str(error)) from None
-    check_run_dir(config)
 
 
 def check_deepspeed(config: "TrainConfig") -> None:
