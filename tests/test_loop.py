@@ -15,15 +15,16 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, run_script
 from tests.fixtures import write_parquet_shards
+from train.common.failpoints import Failpoints
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
 from train.gan.objectives import WGANGP
 from train.report.metrics import read_metrics
-from train.common.failpoints import Failpoints
+from train.run.networks import build_networks
 from train.run.phases import Phases
 from train.run.poison import with_failpoints
+from train.run.runner import main
 from train.run.updates import DataParallelUpdates
-from train.run.networks import build_networks
-from train.wgangp import WGANGPConfig
+from train.wgangp import WGANGPConfig, make_objective
 
 CRITIC_STEPS = 2
 
@@ -98,14 +99,16 @@ def finite_checkpoint(path: Path) -> bool:
 DEBUG = ["--debug", "--log-every", "1", "--sample-every", "100", "--ckpt-every", "5", "--nonfinite-patience", "3"]
 
 
-def test_a_short_burst_is_skipped_and_counted_and_the_run_finishes(tmp_path):
+def test_a_short_burst_is_skipped_and_counted_and_the_run_finishes(tmp_path, monkeypatch, capsys):
+    # In-process: the failpoints are read when the run starts, not when train.common.failpoints is imported.
     out = tmp_path / "run"
-    env = {"FACEGAN_FAILPOINTS": "nonfinite_loss=7:2"}
-    result = run_script("train/wgangp.py", *DEBUG, "--max-steps", "12", "--out", str(out), env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setenv("FACEGAN_FAILPOINTS", "nonfinite_loss=7:2")
+    code = main(WGANGPConfig, make_objective, "test", [*DEBUG, "--max-steps", "12", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
     records = {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
     assert records[6]["skipped_steps"] == 0 and records[8]["skipped_steps"] == 2 * 6  # 5 critic + 1 generator each
-    assert records[12]["skipped_steps"] == 12 and "rolled back" not in result.stdout
+    assert records[12]["skipped_steps"] == 12 and "rolled back" not in captured.out
     assert finite_checkpoint(out / "checkpoints" / "step_000012")
 
 
