@@ -49,6 +49,8 @@ from train.run.stop import GracefulStop
 
 @dataclasses.dataclass(frozen=True)
 class Wandb:
+    """How the run uses W&B, resolved before the Accelerator is made."""
+
     mode: str
     hint: str | None  # printed once the run has started, where the offline run can be found
 
