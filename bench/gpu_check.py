@@ -49,7 +49,7 @@ from bench.trainer_step import trainer_phases
 from train.lightweight_gan import LightweightGANConfig
 from train.lightweight_gan import make_objective as lightweight_objective
 from train.run.config import resolve_config
-from train.run.loop import Phases
+from train.run.phases import Phases
 from train.run.precision import resolve_mixed_precision
 from train.wgangp import WGANGPConfig
 from train.wgangp import make_objective as wgangp_objective

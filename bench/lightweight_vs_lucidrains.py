@@ -7,7 +7,7 @@
 
 A step is one discriminator update (DiffAugment on real and fake, the decoders' reconstruction
 loss on real images), then one generator update, on a synthetic real batch already on the device:
-no data loading. Ours is `train.run.loop.Phases.step` under the trainer's Accelerator; theirs is
+no data loading. Ours is `train.run.phases.Phases.step` under the trainer's Accelerator; theirs is
 the body of their `Trainer.train`, with their modules and losses. After `--warmup` untimed steps
 each, the two alternate (`--steps` each, `--rounds` times); img/s is real images through the
 discriminator per second, median over rounds. `--max-batch` finds on a GPU the largest batch each
@@ -125,7 +125,7 @@ def lucidrains(config: LightweightGANConfig, precision: str, folder: str) -> tup
         trainer.G_scaler.update()
 
     def step() -> None:
-        # Their Trainer leaves cuDNN autotuning off; ours turns it on (train.run.loop.make_accelerator).
+        # Their Trainer leaves cuDNN autotuning off; ours turns it on (train.run.build.make_accelerator).
         autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
         train_step()
         torch.backends.cudnn.benchmark = autotune

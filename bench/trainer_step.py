@@ -1,18 +1,16 @@
-"""A trainer's own step, set up the way train/run/loop.py sets it up, on one process with a fixed
-real batch: what the benchmarks time. One place, so that a change to the trainer's networks,
-optimizers or precision reaches every benchmark."""
+"""A trainer's own step, built by train.run.build as the training loop builds it, on one process
+with a fixed real batch: what the benchmarks time. The set-up is never copied here, so a change to
+the trainer's networks, optimizers or precision reaches every benchmark."""
 from typing import Callable, Sequence
 
 import torch
 from accelerate.state import AcceleratorState
 
+from train.run.build import ObjectiveFactory, build_training, make_accelerator
 from train.run.config import TrainConfig
-from train.run.loop import ObjectiveFactory, Phases, make_accelerator
-from train.run.networks import build_networks
-from train.run.performance import adam, configure_backends, memory_format
-from train.run.precision import prepare
+from train.run.phases import Phases
 
-# The real batch, made on the run's device with the step's generator.
+# The real batch, made on the run's device with the given generator.
 RealBatch = Callable[[TrainConfig, torch.device, torch.Generator], torch.Tensor]
 
 
@@ -33,30 +31,12 @@ def trainer_phases(
     compile_backend: str = "inductor",
     scaler: torch.amp.GradScaler | None = None,
 ) -> Phases:
-    """The networks, memory format, backends, each network's Adam, prepare and the objective, as
-    the loop builds them; `compile_modules` names "generator" and/or "critic" for torch.compile;
-    `scaler` replaces the run's fp16 GradScaler (a scale chosen to overflow)."""
+    """The trainer's step over one fixed real batch; `compile_modules` names "generator" and/or
+    "critic" for torch.compile; `scaler` replaces the run's fp16 GradScaler (a scale chosen to overflow)."""
     AcceleratorState._reset_state(reset_partial_state=True)  # one process, a new precision per call
     accelerator = make_accelerator(config)
     if scaler is not None:
         accelerator.scaler = scaler
-    device = accelerator.device
-    generator, critic = build_networks(config)
-    memory_format(config.channels_last, generator, critic)
-    configure_backends(config.tf32, device)
-    if "generator" in compile_modules:
-        generator = torch.compile(generator, backend=compile_backend)
-    if "critic" in compile_modules:
-        critic = torch.compile(critic, backend=compile_backend)
-    (g_lr, g_betas), (d_lr, d_betas) = config.optimizer_settings()
-    g_opt = adam(generator.parameters(), g_lr, g_betas, config.fused_adam, device)
-    d_opt = adam(critic.parameters(), d_lr, d_betas, config.fused_adam, device)
-    generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
-    rng = torch.Generator(device=device).manual_seed(config.seed)
-    real = real_batch(config, device, rng)
-
-    def latents() -> torch.Tensor:
-        return torch.randn(config.batch_size, config.latent_dim, device=device, generator=rng)
-
-    return Phases(accelerator, generator, critic, g_opt, d_opt, make_objective(config, accelerator.scaler, rng),
-                  lambda: real, latents, config.critic_steps, config.grad_accum, lambda stats: None)
+    training = build_training(config, accelerator, make_objective, compile_modules, compile_backend)
+    real = real_batch(config, accelerator.device, torch.Generator(device=accelerator.device).manual_seed(config.seed))
+    return training.phases(lambda: real)

@@ -4,7 +4,7 @@ tutorial DCGAN.
 
     python bench/unrolled_cost.py [--ks 0 5 10 20] [--steps 5]
 
-Each row times `--steps` steps of the trainer's own step (train.run.loop.Phases, the DCGAN recipe's
+Each row times `--steps` steps of the trainer's own step (train.run.phases.Phases, the DCGAN recipe's
 objective) after one warm-up step; ms per step is the median.
 """
 import argparse

@@ -90,14 +90,15 @@ def one_step(mode: str, args: argparse.Namespace) -> dict[str, int]:
     options = zero.ZeroOptions(stage=int(mode[-1]), micro_batch=args.batch_size)
     accelerator = Accelerator(**zero.accelerator_options(options, use_cpu=True))
     generator, critic, g_opt, d_opt = zero.prepare_pair(accelerator, generator, critic, g_opt, d_opt)
-    run_generator, run_critic = zero.generator_module(generator), zero.critic_module(critic)
+    updates = zero.ZeroUpdates(grad_accum=1)
+    run_generator, run_critic = updates.network(generator), updates.network(critic)
     with torch.no_grad():
         fake = run_generator(z)
-    zero.backward(critic, objective.critic_loss(run_critic, real, fake)[0], last_micro_batch=True)
-    zero.step(critic)
+    updates.backward(critic, objective.critic_loss(run_critic, real, fake)[0], micro=0)
+    updates.update(d_opt, critic)
     critic.requires_grad_(False)
-    zero.backward(generator, objective.generator_loss(run_critic, run_generator(z))[0], last_micro_batch=True)
-    zero.step(generator)
+    updates.backward(generator, objective.generator_loss(run_critic, run_generator(z))[0], micro=0)
+    updates.update(g_opt, generator)
     engines = (generator.optimizer, critic.optimizer)  # DeepSpeedZeroOptimizer: the inner Adam and the fp32 partitions
     result = {
         "parameters": parameters,

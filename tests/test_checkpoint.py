@@ -281,7 +281,7 @@ def test_with_no_whole_checkpoint_a_resume_is_refused_naming_each_and_nothing_is
 def test_a_full_disk_fails_the_save_removes_its_folder_and_keeps_the_checkpoint_before_it(tmp_path, monkeypatch):
     accelerator = setup_pair()
     older = save(accelerator, tmp_path, 10)
-    monkeypatch.setitem(failpoints._ACTIVE, "checkpoint_enospc", "20")  # as FACEGAN_FAILPOINTS=checkpoint_enospc=20
+    monkeypatch.setenv(failpoints.VARIABLE, "checkpoint_enospc=20")
     with pytest.raises(CheckpointWriteError) as raised:
         save(accelerator, tmp_path, 20)
     error, folder = raised.value, tmp_path / "checkpoints"
@@ -295,7 +295,7 @@ def test_a_full_disk_fails_the_save_removes_its_folder_and_keeps_the_checkpoint_
     assert newest_whole_checkpoint(tmp_path, CheckpointLayout.of(accelerator)) == (older, [])
     load_checkpoint(accelerator, older, train_state())
 
-    monkeypatch.delitem(failpoints._ACTIVE, "checkpoint_enospc")  # space is back
+    monkeypatch.delenv(failpoints.VARIABLE)  # space is back
     assert save(accelerator, tmp_path, 20) == latest_checkpoint(tmp_path)
 
 

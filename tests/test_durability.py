@@ -123,7 +123,7 @@ def run_children(commands: list[tuple[list[str], dict[str, str]]]) -> list[subpr
 # Each rank saves steps 1..5; at steps 2, 3 and 4 the ranks listed cannot write (the ENOSPC failpoint,
 # set per rank). After each save every rank prints what it saw.
 TWO_RANKS = """
-import json, sys, torch
+import json, os, sys, torch
 from pathlib import Path
 from accelerate import Accelerator
 from torch import nn
@@ -136,9 +136,9 @@ accelerator = Accelerator(cpu=True)
 model = nn.Linear(8, 8)
 model, optimizer = accelerator.prepare(model, torch.optim.Adam(model.parameters()))
 for step in range(1, 6):
-    failpoints._ACTIVE.pop("checkpoint_enospc", None)
+    os.environ.pop(failpoints.VARIABLE, None)
     if accelerator.process_index in failing.get(str(step), []):
-        failpoints._ACTIVE["checkpoint_enospc"] = str(step)
+        os.environ[failpoints.VARIABLE] = f"checkpoint_enospc={step}"
     state = train_state(seed=step)
     state.step = step
     try:

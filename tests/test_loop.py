@@ -1,4 +1,4 @@
-"""train/run/loop.py: non-finite gradients never reach the weights; the run rolls back, then stops."""
+"""train/run/loop.py (and its phases): non-finite gradients never reach the weights; the run rolls back, then stops."""
 import json
 import os
 import re
@@ -15,17 +15,22 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, run_script
 from tests.fixtures import write_parquet_shards
+from train.common.failpoints import Failpoints
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
 from train.gan.objectives import WGANGP
 from train.report.metrics import read_metrics
-from train.run.loop import Phases
 from train.run.networks import build_networks
-from train.wgangp import WGANGPConfig
+from train.run.phases import Phases
+from train.run.poison import with_failpoints
+from train.run.runner import main
+from train.run.updates import DataParallelUpdates
+from train.wgangp import WGANGPConfig, make_objective
 
 CRITIC_STEPS = 2
 
 
-def toy_setup(scaler: torch.amp.GradScaler | None = None):
+def toy_setup(scaler: torch.amp.GradScaler | None = None, failpoints: str = ""):
+    """The toy step, and its networks and optimizers; `failpoints` as $FACEGAN_FAILPOINTS would set them."""
     accelerator = Accelerator(cpu=True)
     accelerator.scaler = scaler  # the fp16 path's GradScaler, which torch runs on the CPU (Accelerate will not)
     config = WGANGPConfig(model="mlp", latent_dim=2, mlp_hidden=16, data="toy:8gaussians")
@@ -36,11 +41,15 @@ def toy_setup(scaler: torch.amp.GradScaler | None = None):
     rng = torch.Generator().manual_seed(0)
     objective = WGANGP(gp_weight=0.1, scaler=scaler, rng=rng)
 
-    phases = Phases(accelerator, *prepared, objective, lambda: to_model_input(next(stream), "cpu"),
+    steps = [0]
+    updates = with_failpoints(DataParallelUpdates(accelerator, 1), Failpoints.parse(failpoints), lambda: steps[0],
+                              grads_in_engine=False)
+    phases = Phases(*prepared, objective, updates, lambda: to_model_input(next(stream), "cpu"),
                     lambda: torch.randn(16, 2, generator=rng), CRITIC_STEPS, 1, lambda stats: None)
 
-    def step(poison=None):
-        return phases.step(poison)
+    def step():
+        steps[0] += 1
+        return phases.step()
 
     return step, prepared
 
@@ -53,12 +62,12 @@ def snapshot(prepared) -> list[torch.Tensor]:
     return tensors
 
 
-@pytest.mark.parametrize("poison", ["loss", "grad"])
-def test_a_non_finite_loss_or_gradient_leaves_weights_and_optimizer_state_untouched(poison):
-    step, prepared = toy_setup()
+@pytest.mark.parametrize("failpoint", ["nonfinite_loss=2", "nonfinite_grad=2"])
+def test_a_non_finite_loss_or_gradient_leaves_weights_and_optimizer_state_untouched(failpoint):
+    step, prepared = toy_setup(failpoints=failpoint)
     assert step().skipped_updates == 0  # the optimizers now hold state
     before = snapshot(prepared)
-    result = step(poison)
+    result = step()
     assert (result.skipped_updates, result.generator_updated) == (CRITIC_STEPS + 1, False)
     after = snapshot(prepared)
     assert all(torch.equal(a, b) for a, b in zip(before, after))
@@ -70,10 +79,10 @@ def test_a_non_finite_loss_or_gradient_leaves_weights_and_optimizer_state_untouc
 
 def test_under_the_fp16_grad_scaler_a_non_finite_step_is_skipped_and_the_scale_lowered():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    step, prepared = toy_setup(scaler)
+    step, prepared = toy_setup(scaler, failpoints="nonfinite_loss=2")
     step()
     before, scale = snapshot(prepared), scaler.get_scale()
-    result = step("loss")
+    result = step()
     assert (result.skipped_updates, result.generator_updated) == (CRITIC_STEPS + 1, False)
     assert all(torch.equal(a, b) for a, b in zip(before, snapshot(prepared)))
     assert scaler.get_scale() < scale  # halved once per skipped update
@@ -90,14 +99,16 @@ def finite_checkpoint(path: Path) -> bool:
 DEBUG = ["--debug", "--log-every", "1", "--sample-every", "100", "--ckpt-every", "5", "--nonfinite-patience", "3"]
 
 
-def test_a_short_burst_is_skipped_and_counted_and_the_run_finishes(tmp_path):
+def test_a_short_burst_is_skipped_and_counted_and_the_run_finishes(tmp_path, monkeypatch, capsys):
+    # In-process: the failpoints are read when the run starts, not when train.common.failpoints is imported.
     out = tmp_path / "run"
-    env = {"FACEGAN_FAILPOINTS": "nonfinite_loss=7:2"}
-    result = run_script("train/wgangp.py", *DEBUG, "--max-steps", "12", "--out", str(out), env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setenv("FACEGAN_FAILPOINTS", "nonfinite_loss=7:2")
+    code = main(WGANGPConfig, make_objective, "test", [*DEBUG, "--max-steps", "12", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
     records = {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
     assert records[6]["skipped_steps"] == 0 and records[8]["skipped_steps"] == 2 * 6  # 5 critic + 1 generator each
-    assert records[12]["skipped_steps"] == 12 and "rolled back" not in result.stdout
+    assert records[12]["skipped_steps"] == 12 and "rolled back" not in captured.out
     assert finite_checkpoint(out / "checkpoints" / "step_000012")
 
 

@@ -15,13 +15,14 @@ from models import build_models
 from tests.conftest import debug_launch
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
 from train.gan.objectives import WGANGP, FastGANHinge
-from train.run.loop import Phases
+from train.run.phases import Phases
 from train.run.precision import (
     prepare,
     resolve_mixed_precision,
     runs_cpu_fp16,
     use_cpu_fp16,
 )
+from train.run.updates import DataParallelUpdates
 
 # fp16 keeps 11 significant bits: a loss or gradient within 2% of fp32 is fp16 doing its job,
 # while a penalty left scaled (x 65536, or its square) or a gradient left unscaled is off by orders.
@@ -113,7 +114,7 @@ def _toy_loop(accelerator: Accelerator):
     rng = torch.Generator().manual_seed(0)
     objective = WGANGP(gp_weight=0.1, scaler=accelerator.scaler, rng=rng)
 
-    phases = Phases(accelerator, *prepared, objective, lambda: to_model_input(next(stream), "cpu"),
+    phases = Phases(*prepared, objective, DataParallelUpdates(accelerator, 1), lambda: to_model_input(next(stream), "cpu"),
                     lambda: torch.randn(16, 2, generator=rng), 2, 1, lambda stats: None)
 
     def step():

@@ -30,7 +30,7 @@ LR = 1e-3
 # measured: 0 at one micro-batch, 3e-8 at two.
 FP32_TOLERANCE = 1e-6
 # bf16 (autocast, fp32 weights): the same, because both paths run each forward call under its own
-# autocast (Accelerate's prepare, zero.critic_module) on the same half-batch and reduce fp32
+# autocast (Accelerate's prepare, zero.ZeroUpdates.network) on the same half-batch and reduce fp32
 # gradients (lower_precision_safe_modules is empty); measured: 0, and 4e-8 at two micro-batches.
 # What it does catch: one autocast around the whole critic loss (as a first version of this test
 # had) shares the weight casts between the two critic calls and sums their gradients in bf16,
@@ -525,7 +525,7 @@ def _ddp_reference(kind: str, precision: str, micro: list[dict]):
 
 
 def _zero_step(kind: str, options: ZeroOptions, micro: list[dict]):
-    """The same step through train.run.zero's helpers, as the loop is to take it."""
+    """The same step through train.run.zero.ZeroUpdates, as the loop's phases take it."""
     from deepspeed.utils import safe_get_full_grad
 
     from train.run import zero
@@ -535,20 +535,20 @@ def _zero_step(kind: str, options: ZeroOptions, micro: list[dict]):
     objective = _objective(kind)
     g_opt, d_opt = torch.optim.Adam(generator.parameters(), LR), torch.optim.Adam(critic.parameters(), LR)
     generator, critic, g_opt, d_opt = zero.prepare_pair(accelerator, generator, critic, g_opt, d_opt)
-    run_generator, run_critic = zero.generator_module(generator), zero.critic_module(critic)
-    n = len(micro)
+    updates = zero.ZeroUpdates(grad_accum=len(micro))
+    run_generator, run_critic = updates.network(generator), updates.network(critic)
     for i, batch in enumerate(micro):
         with torch.no_grad():
             fake = run_generator(batch["z_critic"])
-        zero.backward(critic, _critic_loss(objective, run_critic, batch, fake), last_micro_batch=i == n - 1)
+        updates.backward(critic, _critic_loss(objective, run_critic, batch, fake), micro=i)
     critic_grads = [safe_get_full_grad(p).clone() for p in critic.module.parameters()]
-    assert zero.step(critic)
+    assert updates.update(d_opt, critic)
     critic.requires_grad_(False)
     for i, batch in enumerate(micro):
         loss = _generator_loss(objective, run_critic, batch, run_generator(batch["z_generator"]))
-        zero.backward(generator, loss, last_micro_batch=i == n - 1)
+        updates.backward(generator, loss, micro=i)
     generator_grads = [safe_get_full_grad(p).clone() for p in generator.module.parameters()]
-    assert zero.step(generator)
+    assert updates.update(g_opt, generator)
     result = (critic_grads, [p.detach().clone() for p in critic.module.parameters()],
               generator_grads, [p.detach().clone() for p in generator.module.parameters()])
     del generator, critic, g_opt, d_opt

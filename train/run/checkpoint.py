@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from train.common.failpoints import pause, step_window
+from train.common.failpoints import Failpoints
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -120,11 +120,11 @@ def save_checkpoint(
     if main and tmp.exists():
         shutil.rmtree(tmp, ignore_errors=True)  # left by a save that died part-way
     accelerator.wait_for_everyone()
-    failure = None
+    failure, failpoints = None, Failpoints.from_environment()
     try:
         accelerator.save_state(str(tmp))
         torch.save(state.state_dict(), tmp / _rank_file(rank))
-        if state.step in step_window("checkpoint_enospc"):  # test-only: the disk fills up part-way
+        if state.step in failpoints.step_window("checkpoint_enospc"):  # test-only: the disk fills up part-way
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / EMA_FILE))
         if main:
             save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, tmp / EMA_FILE)
@@ -136,7 +136,7 @@ def save_checkpoint(
                     _fsync(tmp / name)
     except Exception as error:  # torch.save and safetensors report a full disk as RuntimeError / SafetensorError
         failure = error
-    pause("checkpoint_pause", f"with {tmp} written, before its rename", state.step)  # test-only
+    failpoints.pause("checkpoint_pause", f"with {tmp} written, before its rename", state.step)  # test-only
     _settle(accelerator, failure, final)
     if main:
         try:

@@ -19,7 +19,7 @@ from train.run.multi_cpu import relaunch_on_cpu_processes
 from train.run.outcome import BAD_INPUT, EXIT_STATUS_FILE, RunStatus, write_exit_status
 
 if TYPE_CHECKING:
-    from train.run.loop import ObjectiveFactory
+    from train.run.build import ObjectiveFactory
 
 # Once main has returned, the interpreter's shutdown gets this long before the process is ended
 # with main's exit code: a thread or worker process that will not stop must not hold a Slurm

@@ -9,7 +9,7 @@ What is sound, and why the rest is refused:
   gradient reduction; `torch.autograd.grad(create_graph=True)` through such an output runs that
   reduction in the middle of the critic's step and fails (ZeRO-1/2: IndexError in
   `reduce_ipg_grads`). The critic is therefore always called through the unwrapped module
-  (`critic_module`), and only `engine.backward` of the total loss reduces gradients.
+  (`ZeroUpdates.network`), and only `engine.backward` of the total loss reduces gradients.
 - Precision is DeepSpeed's `torch_autocast` mode: fp32 weights, fp32 optimizer, the forward under
   torch.autocast, as the DDP path does; fp16 then gets a real torch.amp.GradScaler
   (`engine.optimizer.torch_autocast_gradscaler`). DeepSpeed's own `bf16` section would hold bf16
@@ -134,71 +134,46 @@ def prepare_pair(accelerator, generator: nn.Module, critic: nn.Module, g_opt, d_
 
 # --- the step ---------------------------------------------------------------------------------
 
-def critic_module(engine) -> nn.Module:
-    """The critic for the objective's calls: the engine's module, under the engine's autocast.
-
-    Never the engine itself (see the module docstring): the penalty differentiates through it, and
-    the generator's loss must not run the critic engine's gradient reduction. The critic's
-    gradients still reach its engine, whose `backward` of the total loss reduces them."""
-    return _Autocast(engine.module, _autocast_dtype(engine))
-
-
-def generator_module(engine) -> nn.Module:
-    """The generator for the loop's calls, under the engine's autocast. The engine's own forward
-    would do the same; the unwrapped module keeps one rule for both networks."""
-    return _Autocast(engine.module, _autocast_dtype(engine))
-
-
-def backward(engine, loss: torch.Tensor, last_micro_batch: bool) -> None:
-    """One micro-batch's backward. The engine divides by gradient_accumulation_steps itself (do not
-    divide the loss as on the DDP path), and reduces the gradients at the boundary it is told."""
-    engine.set_gradient_accumulation_boundary(last_micro_batch)
-    engine.backward(loss)
-
-
-def step(engine) -> bool:
-    """The update after the last micro-batch; whether it was made. ZeRO-1/2 skip an update whose
-    gradient norm is not finite (the same all-reduced verdict on every rank; under fp16 also the
-    GradScaler's) and clear the gradients themselves."""
-    engine.step()
-    return not engine.optimizer.overflow
-
-
 def gradient_scaler(engine) -> "torch.amp.GradScaler | None":
     """The engine's fp16 GradScaler (torch_autocast mode), which the penalty scales its inner
     gradients with as on the DDP path; None in fp32 and bf16."""
     return getattr(engine.optimizer, "torch_autocast_gradscaler", None)
 
 
-def loss_scale(engine) -> float | None:
-    """The fp16 GradScaler's current scale (None without one)."""
-    scaler = gradient_scaler(engine)
-    return scaler.get_scale() if scaler is not None else None
-
-
 class ZeroUpdates:
-    """What the loop's phases ask of the two engines: the networks to call, when to reduce, the
-    backward and the update (train.run.loop.DataParallelUpdates is the DDP path's same object).
+    """The `Updates` (train.run.updates) of the two DeepSpeed engines: the networks to call, when to
+    reduce, the backward and the update.
 
     The engines divide each micro-batch's loss by the accumulation steps and reduce at the boundary
     they are told (no `no_sync`: it asserts under ZeRO-2); each decides on its own update, skipping a
-    non-finite one with the same verdict on every rank. The gradient failpoint ("grad") poisons the
-    loss instead: ZeRO-2's gradients live in the engine's partitions, not in `p.grad`."""
+    non-finite one with the same verdict on every rank."""
 
     def __init__(self, grad_accum: int):
         self.grad_accum = grad_accum
 
     def network(self, engine) -> nn.Module:
+        """The engine's module under the engine's autocast, for the objective's and the loop's calls.
+
+        Never the engine itself (see the module docstring): the penalty differentiates through the
+        critic, and the generator's loss must not run the critic engine's gradient reduction. The
+        gradients still reach the engine, whose `backward` of the total loss reduces them. The
+        generator follows the same rule, though its engine's own forward would do the same."""
         return _Autocast(engine.module, _autocast_dtype(engine))
 
-    def sync_unless_last(self, engine, micro: int):
+    def sync_unless_last(self, engine, micro: int) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
-    def backward(self, engine, loss: torch.Tensor, micro: int, poison: str | None) -> None:
-        backward(engine, loss * float("inf") if poison == "grad" else loss, last_micro_batch=micro == self.grad_accum - 1)
+    def backward(self, engine, loss: torch.Tensor, micro: int) -> None:
+        """One micro-batch's backward. The engine divides by gradient_accumulation_steps itself (do not
+        divide the loss as on the DDP path), and reduces the gradients at the boundary it is told."""
+        engine.set_gradient_accumulation_boundary(micro == self.grad_accum - 1)
+        engine.backward(loss)
 
-    def update(self, optimizer, engine, poison: str | None) -> bool:
-        return step(engine)
+    def update(self, optimizer, engine) -> bool:
+        """ZeRO-1/2 skip an update whose gradient norm is not finite (the same all-reduced verdict on
+        every rank; under fp16 also the GradScaler's) and clear the gradients themselves."""
+        engine.step()
+        return not engine.optimizer.overflow
 
 
 class _Autocast(nn.Module):
