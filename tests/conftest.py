@@ -5,9 +5,30 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# OpenMP threads spin while another process holds a core: a trainer beside a busy process (another
+# xdist worker, a second rank, a decoding worker) then runs several times slower (the README's
+# "Threads" figures). Each worker takes its share of the cores, as do the processes its tests start;
+# set before torch is imported, which reads it once.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch  # here, after the thread count above: torch reads it once, at import
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One xdist worker runs every test of a file that shares a machine-wide resource: the real
+    Slurm (munged's socket and key are the machine's own)."""
+    for item in items:
+        if item.path.name == "test_slurm.py":
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None, launcher: list[str] | None = None):
@@ -23,15 +44,80 @@ def run_script(script: str, *args: str, timeout: float = 300, env: dict | None =
     )
 
 
+def train_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """A recipe script run as `python script args...` would run it, in this process: its exit code
+    and what it printed. For the runs whose subject is not a signal, an exit code of the process, a
+    lock or a hang; it saves the interpreter's start and the imports (seconds a run)."""
+    import contextlib
+    import importlib
+    import io
+    import warnings
+
+    from accelerate.state import AcceleratorState
+
+    from train.run.finished import RECIPE_CONFIGS
+    from train.run.runner import main
+
+    module_name, config_name = RECIPE_CONFIGS[script].split(":")
+    recipe = importlib.import_module(module_name)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM)}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    AcceleratorState._reset_state(reset_partial_state=True)  # each run chooses its own precision, as a new process would
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: print(
+                warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+            code = main(getattr(recipe, config_name), recipe.make_objective, recipe.__doc__, list(args))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def tool_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """generate.py or evaluate.py as `python script args...` would run it, in this process."""
+    import contextlib
+    import importlib
+    import io
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = importlib.import_module(TOOLS[script]).main(list(args))
+        except SystemExit as exit:  # argparse's own refusals
+            code = exit.code if isinstance(exit.code, int) else 1
+    return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
+
+
 def completed(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     """The result of a script that must have succeeded; its stderr's tail otherwise."""
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
 
+# The command-line tools over a finished run, run in-process as the recipes are.
+TOOLS = {"train/generate.py": "train.generate", "train/evaluate.py": "train.evaluate"}
+
+
+def run_in_process_where_possible(script: str, *args: str, timeout: float = 300, env: dict | None = None,
+                                  launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """A recipe or tool in this process; a launcher or an environment of its own makes the run's
+    subject the process, so those run as `run_script` does."""
+    from train.run.finished import RECIPE_CONFIGS
+
+    if launcher or env or (script not in RECIPE_CONFIGS and script not in TOOLS):
+        return run_script(script, *args, timeout=timeout, env=env, launcher=launcher)
+    if script in TOOLS:
+        return tool_in_process(script, *args)
+    return train_in_process(script, *args)
+
+
 @pytest.fixture
 def run():
-    return run_script
+    """Run a project script: in-process where the subject allows (run_in_process_where_possible)."""
+    return run_in_process_where_possible
 
 
 @pytest.fixture
@@ -46,7 +132,7 @@ def own_handlers():
 
 def finished(tmp_path_factory, script: str, *args: str) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
-    completed(run_script(script, *args, "--out", str(out)))
+    completed(train_in_process(script, *args, "--out", str(out)))
     return out
 
 
@@ -81,6 +167,7 @@ def assert_resumed_like_whole(whole: Path, split: Path, keys: tuple[str, ...], s
     """A run interrupted at step 3 and resumed to `step` logged, drew and averaged exactly what the
     uninterrupted one did: losses from the first log line after the resume (windows of 2 steps),
     the final fixed-noise grid byte for byte, the EMA weights bit for bit."""
+    import torch
     from safetensors.torch import load_file
 
     from train.report.metrics import read_metrics

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from torch import nn
 
 import train.report.fid
-from tests.conftest import debug_launch, run_script
+from tests.conftest import debug_launch, run_in_process_where_possible, run_script
 from train.data import DataOptions, parse_data_spec
 from train.evaluate import main as evaluate_main
 from train.report.fid import (
@@ -260,14 +260,14 @@ def test_training_evaluates_fid_every_k_steps_and_evaluate_py_scores_the_run(tmp
     weights = write_stand_in_inception_weights(tmp_path / INCEPTION_WEIGHTS)
     out, cache = tmp_path / "run", tmp_path / "cache"
     fid_flags = ["--fid-samples", "16", "--fid-weights", str(weights), "--fid-cache", str(cache)]
-    result = run_script("train/wgangp.py", "--debug", "--max-steps", "4", "--fid-every", "2", *fid_flags, "--out", str(out))
+    result = run_in_process_where_possible("train/wgangp.py", "--debug", "--max-steps", "4", "--fid-every", "2", *fid_flags, "--out", str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [r for r in read_metrics(out / "metrics.jsonl") if "fid" in r]
     assert [r["step"] for r in lines] == [2, 4] and all(r["fid_samples"] == 16 for r in lines)
     assert all(math.isfinite(r[k]) for r in lines for k in ("fid", "kid_mean", "kid_std"))
     assert len(list(cache.glob("*.safetensors"))) == 1  # the real features, computed once
 
-    result = run_script("train/evaluate.py", "--run", str(out), *fid_flags, "--output", str(tmp_path / "scores.json"))
+    result = run_in_process_where_possible("train/evaluate.py", "--run", str(out), *fid_flags, "--output", str(tmp_path / "scores.json"))
     assert result.returncode == 0, result.stderr[-4000:]
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["step"] == 4 and scores["fid"] == pytest.approx(lines[-1]["fid"], rel=1e-4)

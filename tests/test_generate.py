@@ -22,11 +22,11 @@ SIZE, PADDING = 64, 2  # the debug preset's resolution; image_grid's padding
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    from tests.conftest import run_script
+    from tests.conftest import train_in_process
 
     out = tmp_path_factory.mktemp("generate") / "toy"
     args = ["--debug", "--data", "toy:8gaussians", "--max-steps", "2", "--ckpt-every", "2", "--sample-every", "2"]
-    completed(run_script("train/wgangp.py", *args, "--out", str(out)))
+    completed(train_in_process("train/wgangp.py", *args, "--out", str(out)))
     return out
 
 

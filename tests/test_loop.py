@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, train_in_process
 from tests.fixtures import write_parquet_shards
 from train.common.failpoints import Failpoints
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
@@ -112,10 +112,10 @@ def test_a_short_burst_is_skipped_and_counted_and_the_run_finishes(tmp_path, mon
     assert finite_checkpoint(out / "checkpoints" / "step_000012")
 
 
-def test_a_lasting_divergence_rolls_back_then_stops_with_a_checkpoint_and_exit_code_4(tmp_path):
+def test_a_lasting_divergence_rolls_back_then_stops_with_a_checkpoint_and_exit_code_4(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    env = {"FACEGAN_FAILPOINTS": "nonfinite_loss=7:100"}
-    result = run_script("train/wgangp.py", *DEBUG, "--max-steps", "40", "--max-rollbacks", "2", "--out", str(out), env=env)
+    monkeypatch.setenv("FACEGAN_FAILPOINTS", "nonfinite_loss=7:100")
+    result = train_in_process("train/wgangp.py", *DEBUG, "--max-steps", "40", "--max-rollbacks", "2", "--out", str(out))
     assert result.returncode == 4, result.stderr[-3000:]
     # steps 7-9 non-finite: back to step 5; 10-12: back to step 10; 13-15: no rollbacks left
     assert result.stdout.count("rolled back to") == 2

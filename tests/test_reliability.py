@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import train_in_process
 from tests.faults import (
     Figures,
     killed_and_resumed,
@@ -87,7 +87,7 @@ def test_a_full_disk_stops_the_run_resumably_and_it_finishes_once_space_is_back(
     out = mount / "run"
     # Debug checkpoints take about 6 MB: the second one cannot be written on 10 MB.
     flags = ["--debug", "--max-steps", "8", "--ckpt-every", "2", "--sample-every", "4", "--log-every", "1"]
-    first = run_script("train/wgangp.py", *flags, "--out", str(out))
+    first = train_in_process("train/wgangp.py", *flags, "--out", str(out))
     assert first.returncode == 75, first.stderr[-3000:]
     errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not write checkpoint" in errors[0] and "No space left on device" in errors[0]
@@ -97,7 +97,7 @@ def test_a_full_disk_stops_the_run_resumably_and_it_finishes_once_space_is_back(
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")]  # every line parses
     assert steps == list(range(1, len(steps) + 1))
     grow()
-    resumed = run_script("train/wgangp.py", "--resume", "--out", str(out))
+    resumed = train_in_process("train/wgangp.py", "--resume", "--out", str(out))
     assert resumed.returncode == 0 and "resumed from step 2" in resumed.stdout, resumed.stderr[-3000:]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 9))
 
