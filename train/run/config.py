@@ -63,7 +63,7 @@ class TrainConfig:
 
     data: str = flag(
         f"hf:{DEFAULT_HUB_DATASET}",
-        "hf:<dataset-id>, 'parquet:<glob>', a folder of images, synthetic, toy:8gaussians or toy:25gaussians",
+        "hf:<dataset-id>, 'parquet:<glob>', a folder of images, synthetic, stacked-mnist (32 px, 1,000 modes), toy:8gaussians or toy:25gaussians",
         non_empty=True,
     )
     split: str = flag("train", "dataset split (hf: sources)", non_empty=True)
