@@ -2,7 +2,8 @@
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-IMAGE_RESOLUTIONS = (64, 128, 256, 512, 1024)
+# 32: Stacked MNIST's size (Metz et al. 2017; PacGAN, VEEGAN), the mode-coverage benchmark.
+IMAGE_RESOLUTIONS = (32, 64, 128, 256, 512, 1024)
 MIN_CHANNELS = 16
 PER_SAMPLE_NORMS = ("layer", "instance", "none")
 CRITIC_NORMS = (*PER_SAMPLE_NORMS, "batch")

@@ -25,14 +25,16 @@ def generator_sle_pairs(resolution: int) -> list[tuple[int, int]]:
     """(source, target) sizes of the generator's excitations: 8->128, 16->256, 32->512 at 1024 px;
     at lower resolutions the same 16x jump, ending at the output (4->64 at 64 px), at most three."""
     pairs = [(low, 16 * low) for low in (4, 8, 16, 32) if 16 * low <= resolution]
-    return pairs[-3:]
+    # Below 64 px no 16x jump fits: 4 -> output keeps the one excitation the design rests on.
+    return pairs[-3:] or [(4, resolution)]
 
 
 def discriminator_sle_pairs(resolution: int) -> list[tuple[int, int]]:
     """(source, target) sizes of the discriminator's excitations, high resolution gating low:
-    256->32, 128->16, 64->8 at 1024 px (the paper's); an 8x jump where it fits, else 4x (64 px)."""
+    256->32, 128->16, 64->8 at 1024 px (the paper's); an 8x jump where it fits, else 4x (64 px),
+    else 2x (32 px: 16->8, the only two feature sizes there)."""
     largest = resolution // 2  # the first feature map
-    ratio = 8 if 8 * 8 <= largest else 4
+    ratio = 8 if 8 * 8 <= largest else 4 if 4 * 8 <= largest else 2
     return [(ratio * low, low) for low in (32, 16, 8) if ratio * low <= largest]
 
 

@@ -15,6 +15,7 @@ from models.lightweight import (
 # Parameter counts at the default widths (channel_base 4096, channel_max 512, latent 256): the
 # width rule keeps them flat from 64 to 1024 px; a change to the architecture shows up here.
 PARAMETERS = {
+    32: (17_952_135, 9_154_503),
     64: (17_561_543, 9_429_223),
     128: (17_879_401, 9_233_783),
     256: (17_954_041, 9_509_511),
@@ -48,12 +49,13 @@ def test_shapes_and_parameter_counts_at_every_resolution(resolution):
     assert (count(generator), count(discriminator)) == (expected_g, expected_d)
 
 
-def test_excitation_pairs_are_the_papers_at_1024_and_scaled_below():
+def test_excitation_pairs_are_the_papers_at_1024_and_scaled_below_down_to_32_px():
     assert generator_sle_pairs(1024) == [(8, 128), (16, 256), (32, 512)]
     assert generator_sle_pairs(256) == [(4, 64), (8, 128), (16, 256)]
     assert generator_sle_pairs(64) == [(4, 64)]
     assert discriminator_sle_pairs(1024) == [(256, 32), (128, 16), (64, 8)]
     assert discriminator_sle_pairs(64) == [(32, 8)]
+    assert generator_sle_pairs(32) == [(4, 32)] and discriminator_sle_pairs(32) == [(16, 8)]  # no 16x or 4x jump fits
     for resolution in IMAGE_RESOLUTIONS:
         generator, discriminator = build_models("lightweight", resolution=resolution, latent_dim=8, channel_base=256, channel_max=16)
         assert len(generator.excitations) >= 1 and len(discriminator.excitations) >= 1

@@ -1,5 +1,7 @@
-"""train/gan/objectives.py: the WGAN-GP and FastGAN losses, and their gradients under DDP on 2 gloo processes."""
+"""train/gan/objectives.py: the WGAN-GP, FastGAN, RpGAN and non-saturating losses with R1/R2, and
+their gradients under DDP on 2 gloo processes."""
 import copy
+import math
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from models import build_models
 from models.lightweight import NoiseInjection, crop_quarter
 from tests.conftest import debug_launch
 from train.gan.diffaugment import DiffAugment
-from train.gan.objectives import WGANGP, FastGANHinge
+from train.gan.objectives import WGANGP, FastGANHinge, NonSaturating, RpGAN, ZeroCentredPenalties
 from train.gan.penalty import zero_centred_penalty
 
 GLOBAL_BATCH = 8
@@ -65,6 +67,52 @@ def test_critic_loss_draws_interpolation_weights_from_its_own_generator():
     assert first.item() != other.item()
 
 
+# --- RpGAN, R1/R2 and the non-saturating loss with R1 ----------------------------------------
+
+def test_rpgan_losses_are_softplus_of_the_paired_score_differences():
+    critic = Linear2D()  # D(x) = 0.6 x0 + 0.8 x1 + 0.5
+    real, fake = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    # D(real) = (1.1, 1.3), D(fake) = (0.5, 1.7): differences 0.6 and -0.4
+    objective = RpGAN()
+    loss, stats = objective.critic_loss(critic, real, fake)
+    expected_critic = (math.log1p(math.exp(-0.6)) + math.log1p(math.exp(0.4))) / 2
+    assert loss.item() == pytest.approx(expected_critic, rel=1e-6) and "r1" not in stats
+    loss, _ = objective.generator_loss(critic, fake)  # paired with the critic phase's real batch
+    assert loss.item() == pytest.approx((math.log1p(math.exp(0.6)) + math.log1p(math.exp(-0.4))) / 2, rel=1e-6)
+
+
+def _tanh_critic() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0))
+
+
+def _direct_penalty(critic: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    inputs = inputs.clone().requires_grad_(True)
+    (grads,) = torch.autograd.grad(critic(inputs).sum(), inputs)
+    return grads.square().sum(1).mean()
+
+
+def test_r1_and_r2_are_half_gamma_times_the_squared_input_gradient_norms_by_direct_autograd():
+    critic = _tanh_critic()
+    real, fake = torch.randn(8, 2), torch.randn(8, 2)
+    objective = RpGAN(penalties=ZeroCentredPenalties(r1_weight=4.0, r2_weight=6.0))
+    loss, stats = objective.critic_loss(critic, real, fake)
+    r1, r2 = _direct_penalty(critic, real), _direct_penalty(critic, fake)
+    torch.testing.assert_close(stats["r1"], r1)
+    torch.testing.assert_close(stats["r2"], r2)
+    torch.testing.assert_close(loss, stats["pairing"] + 2.0 * r1 + 3.0 * r2)
+
+
+def test_non_saturating_loss_with_r1_adds_half_gamma_r1_to_the_cross_entropy():
+    critic = _tanh_critic()
+    real, fake = torch.randn(8, 2), torch.randn(8, 2)
+    plain, _ = NonSaturating().critic_loss(critic, real, fake)
+    loss, stats = NonSaturating(penalties=ZeroCentredPenalties(r1_weight=10.0)).critic_loss(critic, real, fake)
+    torch.testing.assert_close(stats["r1"], _direct_penalty(critic, real))
+    torch.testing.assert_close(loss, plain + 5.0 * stats["r1"])
+    assert "r2" not in stats and stats["d_loss"] == loss.detach()
+
+
 def _models(name: str) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     return build_models(name, resolution=64, latent_dim=8, channel_base=512, channel_max=16, mlp_hidden=64)
@@ -93,9 +141,26 @@ def _max_difference(model: nn.Module, reference: nn.Module) -> float:
     )
 
 
+def _critic_loss(objective, critic: nn.Module, batch: dict[str, torch.Tensor]):
+    extra = (batch["alpha"],) if isinstance(objective, WGANGP) else ()
+    return objective.critic_loss(critic, batch["real"], batch["fake"], *extra)
+
+
+def _generator_loss(objective, critic: nn.Module, fake: torch.Tensor, batch: dict[str, torch.Tensor]):
+    # RpGAN pairs each fake with the real sample of the same index: this (micro-)batch's
+    extra = (batch["real"],) if isinstance(objective, RpGAN) else ()
+    return objective.generator_loss(critic, fake, *extra)
+
+
 def _ddp_step_matches_full_batch(name: str, micro_batches: int) -> None:
-    """On each rank: a 1-process reference on the global batch, then the DDP step on this rank's
-    half (split into micro-batches with no_sync, as the loop does); their gradients must agree."""
+    """On each rank, for WGAN-GP and for RpGAN with R1 and R2: a 1-process reference on the global
+    batch, then the DDP step on this rank's half (split into micro-batches with no_sync, as the loop
+    does); their gradients must agree."""
+    for objective in (WGANGP(gp_weight=10.0), RpGAN(penalties=ZeroCentredPenalties(r1_weight=2.0, r2_weight=3.0))):
+        _ddp_objective_step_matches_full_batch(name, micro_batches, objective)
+
+
+def _ddp_objective_step_matches_full_batch(name: str, micro_batches: int, objective) -> None:
     accelerator = Accelerator(cpu=True)
     rank, world = accelerator.process_index, accelerator.num_processes
     assert world == 2
@@ -105,12 +170,11 @@ def _ddp_step_matches_full_batch(name: str, micro_batches: int) -> None:
     generator.eval()
     ref_generator, ref_critic = copy.deepcopy(generator), copy.deepcopy(critic)
     batch = _global_batch(name, ref_generator)
-    objective = WGANGP(gp_weight=10.0)
 
-    loss, _ = objective.critic_loss(ref_critic, batch["real"], batch["fake"], batch["alpha"])
+    loss, _ = _critic_loss(objective, ref_critic, batch)
     loss.backward()
     ref_critic.requires_grad_(False)
-    objective.generator_loss(ref_critic, ref_generator(batch["z_generator"]))[0].backward()
+    _generator_loss(objective, ref_critic, ref_generator(batch["z_generator"]), batch)[0].backward()
 
     generator, critic = accelerator.prepare(generator, critic)
     assert not critic.static_graph
@@ -119,13 +183,13 @@ def _ddp_step_matches_full_batch(name: str, micro_batches: int) -> None:
     for i in range(micro_batches):
         sync = accelerator.no_sync(critic) if i < micro_batches - 1 else torch.enable_grad()
         with sync:
-            loss, _ = objective.critic_loss(critic, micro["real"][i], micro["fake"][i], micro["alpha"][i])
+            loss, _ = _critic_loss(objective, critic, {k: v[i] for k, v in micro.items()})
             accelerator.backward(loss / micro_batches)
     critic.requires_grad_(False)
     for i in range(micro_batches):
         sync = accelerator.no_sync(generator) if i < micro_batches - 1 else torch.enable_grad()
         with sync:
-            loss, _ = objective.generator_loss(critic, generator(micro["z_generator"][i]))
+            loss, _ = _generator_loss(objective, critic, generator(micro["z_generator"][i]), {k: v[i] for k, v in micro.items()})
             accelerator.backward(loss / micro_batches)
 
     _assert_full_batch_gradients(accelerator, rank, (critic, ref_critic), (generator, ref_generator))

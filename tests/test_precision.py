@@ -14,7 +14,7 @@ from torch import nn
 from models import build_models
 from tests.conftest import debug_launch
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
-from train.gan.objectives import WGANGP, FastGANHinge
+from train.gan.objectives import WGANGP, FastGANHinge, RpGAN, ZeroCentredPenalties
 from train.run.phases import Phases
 from train.run.precision import (
     prepare,
@@ -103,6 +103,18 @@ def test_a_fastgan_step_with_r1_under_cpu_fp16_gives_the_fp32_losses_and_gradien
 
     loss_fn.probe = real[:2]
     _assert_fp16_matches_fp32(discriminator, loss_fn, ("d_loss", "hinge", "recon", "gp"))
+
+
+def test_an_rpgan_critic_step_with_r1_and_r2_under_cpu_fp16_gives_the_fp32_losses_and_gradients():
+    torch.manual_seed(0)
+    _, critic = build_models("dcgan", resolution=32, latent_dim=8, channel_base=256, channel_max=16)
+    real, fake = torch.rand(8, 3, 32, 32) * 2 - 1, torch.rand(8, 3, 32, 32) * 2 - 1
+
+    def loss_fn(critic, scaler):
+        return RpGAN(penalties=ZeroCentredPenalties(r1_weight=10.0, r2_weight=10.0), scaler=scaler).critic_loss(critic, real, fake)
+
+    loss_fn.probe = real[:2]
+    _assert_fp16_matches_fp32(critic, loss_fn, ("d_loss", "pairing", "r1", "r2"))
 
 
 def _toy_loop(accelerator: Accelerator):

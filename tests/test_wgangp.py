@@ -40,8 +40,22 @@ def test_debug_run_leaves_config_metrics_samples_and_checkpoints(wgangp_run):
 def test_generate_writes_a_grid_from_the_ema_generator(run, wgangp_run, tmp_path):
     completed(run("train/generate.py", "--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / "grid.png")))
     assert Image.open(tmp_path / "grid.png").size == (3 * 66 + 2, 3 * 66 + 2)
-    refused = run("train/generate.py", "--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / "x.npy"))
+    refused = run("train/generate.py", "--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / "x.jpg"))
     assert refused.returncode != 0 and "change the file extension" in refused.stderr
+
+
+def test_generate_writes_raw_uint8_samples_to_npy_matching_the_grid(wgangp_run, tmp_path):
+    from train.generate import main as generate
+
+    for output in ("s.npy", "grid.png"):
+        assert generate(["--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / output)]) == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (9, 3, 64, 64) and samples.dtype == np.uint8
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    for i, sample in enumerate(samples):  # the grid's tiles (2 px frames), pixel for pixel
+        row, column = divmod(i, 3)
+        tile = grid[2 + 66 * row: 66 + 66 * row, 2 + 66 * column: 66 + 66 * column]
+        np.testing.assert_array_equal(sample.transpose(1, 2, 0), tile)
 
 
 def test_resumed_run_continues_exactly_like_an_uninterrupted_one(run, tmp_path):

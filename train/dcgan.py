@@ -5,12 +5,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from models import DCGAN_CHOICES, DCGAN_SWITCHES, DCGANOptions, ModelOptions
-from train.gan.objectives import LabelSmoothing, NonSaturating
+from train.gan.objectives import LabelSmoothing, NonSaturating, RpGAN, ZeroCentredPenalties
 from train.gan.unrolled import Unrolling
 from train.run.config import DEBUG_PRESET, TOY_PRESET, ConfigError, TrainConfig, flag, redeclared
 from train.run.runner import run_trainer
 
 UNROLL_MODES = ("exact", "lookahead")
+LOSSES = ("ns", "rpgan")
 
 
 @dataclass
@@ -45,6 +46,10 @@ class DCGANConfig(TrainConfig):
     real_label_range: tuple[float, float] | None = flag(None, "draw each real target uniformly from [LOW, HIGH], e.g. 0.8 1.1", nargs=2, type=float, metavar=("LOW", "HIGH"))
     fake_label_range: tuple[float, float] | None = flag(None, "draw each fake target uniformly from [LOW, HIGH], e.g. 0.0 0.3", nargs=2, type=float, metavar=("LOW", "HIGH"))
     smooth_generator_target: bool = flag(False, "the generator's target drawn as the real one (else 1)")
+    # The objective: the tutorial's, or R3GAN's; zero-centred penalties for either (train/gan/objectives.py).
+    loss: str = flag("ns", "ns: non-saturating (Goodfellow et al. 2014); rpgan: relativistic pairing (Huang et al. 2024, R3GAN)", choices=LOSSES)
+    r1_weight: float = flag(0.0, "gamma of R1, gamma/2 E||grad D(real)||^2 (Mescheder et al. 2018; StyleGAN2 uses it with ns); 0: off", min=0)
+    r2_weight: float = flag(0.0, "gamma of R2, the same on generated samples (R3GAN: rpgan with R1 and R2, one gamma); 0: off", min=0)
     # Unrolled discriminator (Metz et al. 2017).
     unrolled_steps: int = flag(0, "take the generator's loss against the discriminator after this many further updates; 0: off", min=0)
     unroll_mode: str = flag("exact", "exact: gradients through the unrolled updates; lookahead: first-order, on a copy", choices=UNROLL_MODES)
@@ -59,6 +64,11 @@ class DCGANConfig(TrainConfig):
     }
 
     def check_recipe(self) -> None:
+        if self.loss == "rpgan" and (self.unrolled_steps or self.labels() != LabelSmoothing()):
+            raise ConfigError(
+                "--loss rpgan: label smoothing and the unrolled discriminator are the non-saturating loss's;"
+                " drop those flags, or use --loss ns"
+            )
         for name in ("real_label_range", "fake_label_range"):
             span = getattr(self, name)
             if span is not None and not span[0] < span[1]:
@@ -85,12 +95,15 @@ class DCGANConfig(TrainConfig):
                               self.fake_label_range, self.smooth_generator_target)
 
 
-def make_objective(config: DCGANConfig, scaler, rng) -> NonSaturating:
+def make_objective(config: DCGANConfig, scaler, rng) -> NonSaturating | RpGAN:
+    penalties = ZeroCentredPenalties(config.r1_weight, config.r2_weight)
+    if config.loss == "rpgan":
+        return RpGAN(penalties=penalties, scaler=scaler, rng=rng)
     unrolling = None
     if config.unrolled_steps:
         _, (d_lr, d_betas) = config.optimizer_settings()
         unrolling = Unrolling(config.unrolled_steps, d_lr, d_betas, exact=config.unroll_mode == "exact")
-    return NonSaturating(labels=config.labels(), unrolling=unrolling, scaler=scaler, rng=rng)
+    return NonSaturating(labels=config.labels(), penalties=penalties, unrolling=unrolling, scaler=scaler, rng=rng)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """FID and KID of a finished run's EMA generator, against real images of its data source.
 
-    python train/evaluate.py --run DIR [--checkpoint CKPT] [--fid-samples N] [--fid-weights PATH]
+    python train/evaluate.py --run DIR [--checkpoint CKPT] [--samples N] [--fid-weights PATH]
     accelerate launch train/evaluate.py --run DIR ...      # feature extraction shared by every process
 
 Prints one JSON line {"step", "fid", "kid_mean", "kid_std", "samples"} (and writes it to --output).
 The real statistics are cached in --fid-cache and shared with training runs on the same data.
+
+A --data stacked-mnist run is judged by its digit classifier instead (train/report/stacked_mnist.py):
+{"step", "modes", "kl", "frechet", "real_modes", "real_kl", "real_frechet", "samples"}, the real_
+scores those of as many real samples (the floor a perfect generator would reach); 26,000 samples
+by default, as PacGAN's and VEEGAN's tables.
 """
 import argparse
 import json
@@ -21,31 +26,38 @@ from train.report.fid import (
     FIDUnavailable,
     default_cache_dir,
 )
+from train.report.stacked_mnist import REAL_FLOOR_SAMPLES, ClassifierUnfit, StackedMNISTEvaluator
 from train.run.checkpoint import checkpoint_step
 from train.run.finished import FinishedRun, RunNotFound
 from train.run.multi_cpu import relaunch_on_cpu_processes
 from train.run.outcome import BAD_INPUT
+
+FID_SAMPLES = 50_000
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     from accelerate import Accelerator
 
     run = FinishedRun(args.run)
+    data = run.data_options(data=args.data, split=args.split, image_column=args.image_column)
+    stacked = data.spec.kind == "stacked-mnist"
+    samples = args.samples or (REAL_FLOOR_SAMPLES if stacked else FID_SAMPLES)
     generator, checkpoint = run.ema_generator(args.checkpoint)
     # Evaluation needs neither mixed precision nor DDP: only the process group, on the CPU without CUDA.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    evaluator = FIDEvaluator(
-        accelerator,
-        run.data_options(data=args.data, split=args.split, image_column=args.image_column),
-        num_samples=args.fid_samples,
-        batch_size=args.batch_size or run.config.batch_size,
-        cache_dir=args.fid_cache,
-        seed=run.config.seed,
-        weights_path=args.fid_weights,
-    )
+    batch_size = args.batch_size or run.config.batch_size
+    if stacked:
+        evaluator = StackedMNISTEvaluator(accelerator, num_samples=samples, batch_size=batch_size, seed=run.config.seed)
+    else:
+        evaluator = FIDEvaluator(
+            accelerator, data, num_samples=samples, batch_size=batch_size, cache_dir=args.fid_cache,
+            seed=run.config.seed, weights_path=args.fid_weights,
+        )
     scores = evaluator.evaluate(generator.to(accelerator.device), run.config.latent_dim)
+    if stacked:
+        scores.update({f"real_{name}": value for name, value in evaluator.real_floor().items()})
     accelerator.end_training()
-    return {"step": checkpoint_step(checkpoint), **scores, "samples": args.fid_samples}
+    return {"step": checkpoint_step(checkpoint), **scores, "samples": samples}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="the training run's --out folder")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint folder (default: the latest)")
     parser.add_argument(
-        "--fid-samples", type=int, default=50_000, help="generated and real images compared (default: 50000, as published FIDs)"
+        "--samples", "--fid-samples", type=int, default=None, dest="samples",
+        help=f"generated and real images compared (default: {FID_SAMPLES}, as published FIDs; stacked-mnist: {REAL_FLOOR_SAMPLES}, as PacGAN's)",
     )
     parser.add_argument(
         "--fid-weights", default=None,
@@ -72,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-column", default=None, help="image column (default: the run's)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON line to this file")
     args = parser.parse_args(argv)
-    if args.fid_samples < 4:
-        parser.error(f"--fid-samples {args.fid_samples}: must be at least 4")
+    if args.samples is not None and args.samples < 4:
+        parser.error(f"--samples {args.samples}: must be at least 4")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: must be at least 1")
     try:
         result = evaluate(args)
-    except (RunNotFound, FIDUnavailable, FIDNotApplicable, DataSpecError, DataError) as error:
+    except (RunNotFound, FIDUnavailable, FIDNotApplicable, DataSpecError, DataError, ClassifierUnfit) as error:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {error}", file=sys.stderr)
         return BAD_INPUT

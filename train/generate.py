@@ -4,8 +4,10 @@
     python train/generate.py --run DIR --output FILE.png --interpolate K [--n N]  # interpolation strip
     python train/generate.py --run DIR --output FILE.gif --gif [--n N] [--frames F] [--fps R] [--keyframes M]
 
-Image runs write a PNG grid; toy runs write a .npy array of shape (N, 2) in data coordinates
-(or, with a .png output, a scatter plot over the true modes).
+Image runs write a PNG grid, or with a .npy output the raw samples as uint8 (N, 3, H, W) (the
+exact inverse of the data's scaling; written in chunks, so any N fits in memory); toy runs write a
+.npy array of shape (N, 2) in data coordinates (or, with a .png output, a scatter plot over the
+true modes).
 
 --interpolate K: a PNG of N rows (default 8), each the generator along the great circle between
 two random latents in K steps; the left column is the grid's samples for the same --seed.
@@ -24,6 +26,7 @@ from einops import rearrange
 from PIL import Image
 
 from train.common.atomic import atomic_write
+from train.report.fid import to_uint8
 from train.report.gif import write_gif
 from train.report.samples import image_grid, samples_picture, save_png
 from train.run.finished import FinishedRun, RunNotFound
@@ -32,6 +35,7 @@ from train.run.outcome import BAD_INPUT
 
 DEFAULT_N = {"grid": 64, "interpolate": 8, "gif": 16}
 DEFAULT_FRAMES, DEFAULT_FPS, DEFAULT_KEYFRAMES = 48, 12.0, 4
+NPY_CHUNK = 1024  # samples per write: 26,000 images of 1024 px would be 80 GB at once
 MAX_FPS = 50  # GIF delays are whole centiseconds, and viewers slow anything under 2 cs down to 10 cs
 
 
@@ -104,14 +108,28 @@ def save_picture(frames: list[Image.Image], path: Path, fps: float = DEFAULT_FPS
 
 def generate(run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu") -> None:
     finished = FinishedRun(run)
-    _check_output(output, (".npy", ".png") if finished.is_points else (".png",), "this run")
+    _check_output(output, (".npy", ".png"), "this run")
     _check_at_least("n", n, 1)
     generator, _ = finished.ema_generator(checkpoint, device)
-    samples = render_samples(generator, latent_draws(1, n, finished.config.latent_dim, seed)[0])
+    latents = latent_draws(1, n, finished.config.latent_dim, seed)[0]
+    if output.suffix == ".npy" and not finished.is_points:
+        atomic_write(output, lambda tmp: write_uint8_samples(generator, latents, tmp))
+        return
+    samples = render_samples(generator, latents)
     if output.suffix == ".npy":
         atomic_write(output, lambda tmp: np.save(tmp, samples.numpy()))
     else:
         save_picture([samples_picture(samples, *finished.modes())], output)
+
+
+def write_uint8_samples(generator: torch.nn.Module, latents: torch.Tensor, path: Path) -> None:
+    """The images of `latents` as a uint8 (N, 3, H, W) .npy, filled NPY_CHUNK samples at a time."""
+    first = to_uint8(render_samples(generator, latents[:1]))
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(latents), *first.shape[1:]))
+    for start in range(0, len(latents), NPY_CHUNK):
+        array[start:start + NPY_CHUNK] = to_uint8(render_samples(generator, latents[start:start + NPY_CHUNK])).numpy()
+    array.flush()
+    del array
 
 
 def interpolate(
@@ -166,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="the training run's --out folder")
     parser.add_argument("--n", type=int, default=None, help="samples: 64 in a grid, 8 strip rows, 16 per GIF frame")
-    parser.add_argument("--output", type=Path, required=True, help="a .png grid or strip, a .gif, or .npy points for toy runs")
+    parser.add_argument("--output", type=Path, required=True, help="a .png grid or strip, a .gif, or a .npy of uint8 images (toy runs: points)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents (default: 0)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint folder (default: the latest)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

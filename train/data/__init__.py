@@ -1,6 +1,6 @@
 """Data sources behind one interface: each rank gets an endless, resumable stream of batches.
 
-A `--data` spec names the source: `synthetic`, `toy:8gaussians`, `toy:25gaussians`, a folder of
+A `--data` spec names the source: `synthetic`, `stacked-mnist`, `toy:8gaussians`, `toy:25gaussians`, a folder of
 images, `hf:<dataset-id>` or `parquet:<glob>`; the last three share one `datasets` streaming
 pipeline (streaming.py). Streams yield CPU tensors: uint8 images (N, 3, H, W) or float32 points
 (N, 2); `to_model_input` turns them into model inputs on the device.
@@ -43,6 +43,10 @@ def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, 
         return ToyStream(spec.name, batch_size, stream_seed(seed, rank, SeedPurpose.DATA))
     if spec.kind == "synthetic":
         return SyntheticImageStream(options.resolution, batch_size, stream_seed(seed, rank, SeedPurpose.DATA))
+    if spec.kind == "stacked-mnist":
+        from train.data.stacked_mnist import StackedMNISTStream
+
+        return StackedMNISTStream(options.resolution, batch_size, stream_seed(seed, rank, SeedPurpose.DATA))
     # datasets and pyarrow cost seconds to import: only runs that stream pay them.
     from train.data.streaming import StreamingImages
 

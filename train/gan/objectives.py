@@ -145,6 +145,66 @@ class FastGANHinge:
 
 
 @dataclass(frozen=True)
+class ZeroCentredPenalties:
+    """R1 on real samples (Mescheder et al. 2018) and R2 on generated ones, each gamma / 2 * E||grad D||^2
+    with its own gamma; 0 leaves a penalty out (and its forward and double backward with it). They are
+    added to the critic's loss, whose one backward touches every parameter (penalty.py's DDP rule)."""
+
+    r1_weight: float = 0.0
+    r2_weight: float = 0.0
+
+    def __call__(
+        self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, scaler: torch.amp.GradScaler | None
+    ) -> tuple[torch.Tensor | float, Stats]:
+        total, stats = 0.0, {}
+        for name, weight, inputs in (("r1", self.r1_weight, real), ("r2", self.r2_weight, fake)):
+            if weight:
+                penalty, _ = zero_centred_penalty(critic, inputs.detach(), scaler)
+                total = total + weight / 2 * penalty
+                stats[name] = penalty
+        return total, stats
+
+
+@dataclass
+class RpGAN:
+    """The relativistic pairing GAN loss (Huang et al. 2024, "The GAN is dead; long live the GAN!",
+    R3GAN; after Jolicoeur-Martineau 2019): the critic minimises softplus(-(D(real) - D(fake))), the
+    generator softplus(-(D(fake) - D(real))), over pairs of a real and a generated sample; with R1
+    and R2 (R3GAN's regularised form, gamma the same for both in the paper) it converges locally.
+
+    The generator's loss pairs each fake with a real sample: the last real batch the critic phase
+    saw (the same step's with critic_steps 1), or `real` when given (how the DDP test splits one
+    global batch). Real and fake go through the critic apart, as in NonSaturating (BatchNorm)."""
+
+    penalties: ZeroCentredPenalties = field(default_factory=ZeroCentredPenalties)
+    scaler: torch.amp.GradScaler | None = None
+    rng: torch.Generator | None = None
+    last_real: torch.Tensor | None = None
+
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        self.last_real = real.detach()
+        d_real, d_fake = critic(real).float(), critic(fake.detach()).float()
+        pairing = F.softplus(-(d_real - d_fake)).mean()
+        penalty, stats = self.penalties(critic, real, fake, self.scaler)
+        loss = pairing + penalty
+        stats = {**stats, "d_loss": loss, "pairing": pairing, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
+        return loss, {k: v.detach() for k, v in stats.items()}
+
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, real: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
+        real = self.last_real if real is None else real
+        if real is None or len(real) != len(fake):
+            raise ValueError("RpGAN pairs each fake with a real sample: run the critic phase first, on batches of the same size")
+        loss = F.softplus(-(critic(fake).float() - critic(real.detach()).float())).mean()
+        return loss, {"g_loss": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass(frozen=True)
 class LabelSmoothing:
     """The discriminator's targets: fixed (one-sided: real 0.9; two-sided: real 0.95, fake 0.15),
     drawn per sample from a range (real in [0.8, 1.1], fake in [0, 0.3]), or jittered with Gaussian
@@ -180,9 +240,11 @@ class NonSaturating:
     Real and fake go through the discriminator apart, as in the DCGAN tutorial: with BatchNorm in
     the discriminator a batch's statistics would otherwise mix the two. `unrolling` takes the
     generator's loss against the discriminator after k further updates (train/gan/unrolled.py),
-    on the last real batch the critic phase saw."""
+    on the last real batch the critic phase saw. `penalties` (R1 alone: StyleGAN2's default, Karras
+    et al. 2020) are added to the critic's loss, not to the unrolled updates'."""
 
     labels: LabelSmoothing = field(default_factory=LabelSmoothing)
+    penalties: ZeroCentredPenalties = field(default_factory=ZeroCentredPenalties)
     unrolling: Unrolling | None = None
     scaler: torch.amp.GradScaler | None = None
     rng: torch.Generator | None = None
@@ -190,7 +252,12 @@ class NonSaturating:
 
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         self.last_real = real.detach()
-        return self.discriminator_loss(critic, real, fake.detach())
+        loss, stats = self.discriminator_loss(critic, real, fake.detach())
+        penalty, penalties = self.penalties(critic, real, fake, self.scaler)
+        if not penalties:
+            return loss, stats
+        loss = loss + penalty
+        return loss, {**stats, **{k: v.detach() for k, v in penalties.items()}, "d_loss": loss.detach()}
 
     def discriminator_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         """The discriminator's loss, differentiable in `fake` too (the exact unrolled updates need that)."""

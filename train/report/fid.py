@@ -109,6 +109,39 @@ def rank_share(num_samples: int, block: int, rank: int, world_size: int) -> rang
     return range(min(first * block, num_samples), min(last * block, num_samples))
 
 
+def generated_blocks(
+    generator: nn.Module, latent_dim: int, share: range, batch_size: int, seed: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """uint8 samples of `share` (a rank_share), one block of `batch_size` per forward, in eval mode.
+
+    Each block is seeded by its index: latents and any noise the generator draws inside (torch's
+    global generator) do not depend on the number of ranks."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        for first in range(share.start, share.stop, batch_size):
+            block = first // batch_size
+            count = min(batch_size, share.stop - first)
+            latents = torch.Generator().manual_seed(stream_seed(seed, block, SeedPurpose.FID_LATENTS))
+            z = torch.randn(count, latent_dim, generator=latents)
+            torch.manual_seed(stream_seed(seed, block, SeedPurpose.FID_NOISE))
+            yield to_uint8(generator(z.to(device)))
+    finally:
+        generator.train(was_training)
+
+
+def gather_shares(accelerator: "Accelerator", rows: torch.Tensor, num_samples: int, block: int) -> torch.Tensor:
+    """Every rank's rows (N_rank, ...) of its rank_share, in sample order, on every rank."""
+    world = accelerator.num_processes
+    if world == 1:
+        return rows
+    counts = [len(rank_share(num_samples, block, rank, world)) for rank in range(world)]
+    padded = rows.new_zeros(max(counts), *rows.shape[1:])
+    padded[: len(rows)] = rows
+    gathered = accelerator.gather(padded).split(max(counts))
+    return torch.cat([part[:count] for part, count in zip(gathered, counts)])
+
+
 class _Precomputed(nn.Module):
     """The metrics' `feature` network when features are extracted once for both of them."""
 
@@ -232,32 +265,10 @@ class FIDEvaluator:
 
     def _gather(self, features: torch.Tensor) -> torch.Tensor:
         """Every rank's features, in sample order, on every rank."""
-        world = self.accelerator.num_processes
-        if world == 1:
-            return features
-        counts = [len(self._share(rank)) for rank in range(world)]
-        padded = features.new_zeros(max(counts), features.shape[1])
-        padded[: len(features)] = features
-        gathered = self.accelerator.gather(padded).split(max(counts))
-        return torch.cat([part[:count] for part, count in zip(gathered, counts)])
+        return gather_shares(self.accelerator, features, self.num_samples, self.batch_size)
 
     def _fake_batches(self, generator: nn.Module, latent_dim: int) -> Iterator[torch.Tensor]:
-        # One block of `batch_size` per forward, seeded by its index: latents and any noise the
-        # generator draws inside (torch's global generator) do not depend on the number of ranks.
-        share = self._share()
-        device = self.accelerator.device
-        was_training = generator.training
-        generator.eval()
-        try:
-            for first in range(share.start, share.stop, self.batch_size):
-                block = first // self.batch_size
-                count = min(self.batch_size, share.stop - first)
-                latents = torch.Generator().manual_seed(stream_seed(self.seed, block, SeedPurpose.FID_LATENTS))
-                z = torch.randn(count, latent_dim, generator=latents)
-                torch.manual_seed(stream_seed(self.seed, block, SeedPurpose.FID_NOISE))
-                yield to_uint8(generator(z.to(device)))
-        finally:
-            generator.train(was_training)
+        return generated_blocks(generator, latent_dim, self._share(), self.batch_size, self.seed, self.accelerator.device)
 
     def _real_batches(self) -> Iterator[torch.Tensor]:
         remaining = len(self._share())

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models import POINT_MODELS, ModelOptionError, check_model
+from train.data.stacked_mnist import check_resolution as check_stacked_mnist_resolution
 from train.run.checkpoint import latest_checkpoint
 from train.run.environment import BadEnvironment, check_environment
 from train.run.flags import ConfigError, check_limits, flag_name
@@ -73,6 +74,8 @@ def check_data_and_model(config: "TrainConfig") -> None:
     """The data source, the model pair and its options, and whether they suit each other."""
     try:
         spec = config.data_options.spec
+        if spec.kind == "stacked-mnist":
+            check_stacked_mnist_resolution(config.resolution)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     try:

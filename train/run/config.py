@@ -63,12 +63,12 @@ class TrainConfig:
 
     data: str = flag(
         f"hf:{DEFAULT_HUB_DATASET}",
-        "hf:<dataset-id>, 'parquet:<glob>', a folder of images, synthetic, toy:8gaussians or toy:25gaussians",
+        "hf:<dataset-id>, 'parquet:<glob>', a folder of images, synthetic, stacked-mnist (32 px, 1,000 modes), toy:8gaussians or toy:25gaussians",
         non_empty=True,
     )
     split: str = flag("train", "dataset split (hf: sources)", non_empty=True)
     image_column: str | None = flag(None, "the image column (default: the dataset's single Image column)", non_empty=True)
-    resolution: int = flag(64, "image size in pixels: 64, 128, 256, 512 or 1024")
+    resolution: int = flag(64, "image size in pixels: 32 (stacked-mnist), 64, 128, 256, 512 or 1024")
     celeba_crop: int = flag(0, "centre-crop this many pixels before resizing (108 for the original aligned CelebA); 0: off", min=0)
     hflip: bool = flag(True, "random horizontal flips of real images")
     alpha_background: tuple[int, int, int] = flag(
