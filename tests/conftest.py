@@ -10,9 +10,10 @@ import pytest
 # xdist worker, a second rank, a decoding worker) then runs several times slower (the README's
 # "Threads" figures). Each worker takes its share of the cores, as do the processes its tests start;
 # set before torch is imported, which reads it once.
+# One process (no xdist) keeps torch's defaults, and torchrun its one thread per rank.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // WORKERS)))
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def pytest_configure(config: pytest.Config) -> None:
     import torch  # here, after the thread count above: torch reads it once, at import
 
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

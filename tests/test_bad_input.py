@@ -129,7 +129,7 @@ CASES = [
         for flag in ("gp-weight", "collapse-loss-floor", "collapse-flat-tolerance")
     ],
     Case("--resolution 96", [*DEBUG, "--resolution", "96"], "--resolution: resolution 96 is not supported"),
-    Case("--resolution 2048", [*DEBUG, "--resolution", "2048"], "choose one of 64, 128, 256, 512, 1024"),
+    Case("--resolution 2048", [*DEBUG, "--resolution", "2048"], "choose one of 32, 64, 128, 256, 512, 1024"),
     Case("--alpha-background 256", [*DEBUG, "--alpha-background", "0", "0", "256"], "give three values in 0..255"),
     Case("--lr 0", [*DEBUG, "--lr", "0"], "--lr 0.0: must be above 0"),
     Case("--lr nan", [*DEBUG, "--lr", "nan"], "--lr nan: must be a finite number"),

@@ -64,7 +64,7 @@ def test_resume_auto_continues_a_run_with_a_checkpoint_and_starts_over_one_witho
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--resolution", "100"], "resolution 100 is not supported by 'resnet'; choose one of 64, 128, 256, 512, 1024"),
+        (["--resolution", "100"], "resolution 100 is not supported by 'resnet'; choose one of 32, 64, 128, 256, 512, 1024"),
         (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
         (["--data", "toy:8gaussians", "--model", "dcgan"], "--model dcgan: --data toy:8gaussians is 2-D points; use --model mlp"),
         (["--model", "mlp"], "--model mlp is for toy data; for images use --model dcgan or resnet"),

@@ -139,7 +139,7 @@ def test_toy_runs_animate_the_scatter_plot_but_have_no_strip(toy_run, tmp_path, 
     [
         (["--interpolate", "4", "--output", "x.gif"], "--output x.gif: --interpolate writes .png files; change the file extension"),
         (["--gif", "--output", "x.png"], "--output x.png: --gif writes .gif files; change the file extension"),
-        (["--output", "x.gif"], "this run writes .png files; change the file extension; or add --gif"),
+        (["--output", "x.gif"], "this run writes .npy or .png files; change the file extension; or add --gif"),
         (["--interpolate", "1", "--output", "x.png"], "--interpolate 1: must be at least 2"),
         (["--gif", "--frames", "3", "--keyframes", "4", "--output", "x.gif"], "--frames 3: must be at least 4"),
         (["--gif", "--fps", "0", "--output", "x.gif"], "--fps 0.0: must be above 0"),

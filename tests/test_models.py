@@ -68,8 +68,8 @@ def test_critic_norm_is_selectable(norm, kind):
     "kwargs, message",
     [
         ({"name": "stylegan9", "resolution": 64}, "unknown model 'stylegan9'; choose one of dcgan, resnet, lightweight, mlp"),
-        ({"name": "dcgan", "resolution": 96}, "resolution 96 is not supported by 'dcgan'; choose one of 64, 128, 256, 512, 1024"),
-        ({"name": "resnet", "resolution": 2048}, "choose one of 64, 128, 256, 512, 1024"),
+        ({"name": "dcgan", "resolution": 96}, "resolution 96 is not supported by 'dcgan'; choose one of 32, 64, 128, 256, 512, 1024"),
+        ({"name": "resnet", "resolution": 2048}, "choose one of 32, 64, 128, 256, 512, 1024"),
         ({"name": "dcgan", "resolution": 64, "critic_norm": "group"}, "unknown critic norm 'group'; choose one of layer, instance, none, batch"),
     ],
 )
