@@ -46,22 +46,15 @@ def run_script(script: str, *args: str, timeout: float = 300, env: dict | None =
     )
 
 
-def train_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
-    """A recipe script run as `python script args...` would run it, in this process: its exit code
-    and what it printed. For the runs whose subject is not a signal, an exit code of the process, a
-    lock or a hang; it saves the interpreter's start and the imports (seconds a run)."""
+def in_process(script: str, args: tuple[str, ...], call) -> subprocess.CompletedProcess:
+    """`call()`'s exit code and what it printed (warnings included), as `python script args...`
+    would have reported them, with this process's signal handlers and Accelerate state kept apart."""
     import contextlib
-    import importlib
     import io
     import warnings
 
     from accelerate.state import AcceleratorState
 
-    from train.run.finished import RECIPE_CONFIGS
-    from train.run.runner import main
-
-    module_name, config_name = RECIPE_CONFIGS[script].split(":")
-    recipe = importlib.import_module(module_name)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM)}
     stdout, stderr = io.StringIO(), io.StringIO()
     AcceleratorState._reset_state(reset_partial_state=True)  # each run chooses its own precision, as a new process would
@@ -70,7 +63,10 @@ def train_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: print(
                 warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
-            code = main(getattr(recipe, config_name), recipe.make_objective, recipe.__doc__, list(args))
+            try:
+                code = call()
+            except SystemExit as exit:  # argparse's own refusals
+                code = exit.code if isinstance(exit.code, int) else 1
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         for sig, handler in handlers.items():
@@ -78,19 +74,24 @@ def train_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
 
 
-def tool_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
-    """generate.py or evaluate.py as `python script args...` would run it, in this process."""
-    import contextlib
+def train_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """A recipe script run in this process, for the runs whose subject is not a signal, an exit code
+    of the process, a lock or a hang; it saves the interpreter's start and the imports (seconds a run)."""
     import importlib
-    import io
 
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = importlib.import_module(TOOLS[script]).main(list(args))
-        except SystemExit as exit:  # argparse's own refusals
-            code = exit.code if isinstance(exit.code, int) else 1
-    return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())
+    from train.run.finished import RECIPE_CONFIGS
+    from train.run.runner import main
+
+    module_name, config_name = RECIPE_CONFIGS[script].split(":")
+    recipe = importlib.import_module(module_name)
+    return in_process(script, args, lambda: main(getattr(recipe, config_name), recipe.make_objective, recipe.__doc__, list(args)))
+
+
+def tool_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """generate.py or evaluate.py run in this process."""
+    import importlib
+
+    return in_process(script, args, lambda: importlib.import_module(TOOLS[script]).main(list(args)))
 
 
 def completed(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
