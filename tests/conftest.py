@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,31 @@ def wgangp_run(tmp_path_factory) -> Path:
 def lightweight_run(tmp_path_factory) -> Path:
     """`train/lightweight_gan.py --debug`: 40 steps of a tiny lightweight pair, checkpoints at 20 and 40."""
     return finished(tmp_path_factory, "train/lightweight_gan.py", "--debug")
+
+
+# Its flags: 32 px keeps a 2-rank step cheap; every step logged and a checkpoint every 4 steps, so
+# that faults at random moments land around checkpoints.
+TWO_RANK_FLAGS = ["--debug", "--resolution", "32", "--max-steps", "16", "--log-every", "1", "--ckpt-every", "4", "--sample-every", "8"]
+
+
+@dataclass(frozen=True)
+class LaunchedRun:
+    out: Path
+    output: str  # the launcher's and both ranks' stdout and stderr
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def two_rank_run(tmp_path_factory) -> LaunchedRun:
+    """`accelerate launch --cpu --num_processes 2 train/wgangp.py` with TWO_RANK_FLAGS: 16 steps on
+    2 gloo ranks. test_wgangp checks the launch; test_reliability judges faulted runs against it
+    and continues a copy of it on other numbers of processes."""
+    from tests.faults import run_to_end
+
+    out = tmp_path_factory.mktemp("two_rank") / "run"
+    code, output, seconds = run_to_end(out, 2, flags=TWO_RANK_FLAGS)
+    assert code == 0, output[-3000:]
+    return LaunchedRun(out, output, seconds)
 
 
 def debug_launch(target: str, *args, num_processes: int = 2, timeout: float = 240) -> None:

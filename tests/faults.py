@@ -48,23 +48,23 @@ class Figures:
                 f" {self.failed_loads} | {same} |")
 
 
-def command(out: Path, processes: int, *extra: str) -> list[str]:
+def command(out: Path, processes: int, *extra: str, flags: list[str] = RUN_FLAGS) -> list[str]:
     launcher = [str(Path(sys.executable).with_name(TWO_PROCESSES[0])), *TWO_PROCESSES[1:]] if processes > 1 else [sys.executable]
-    flags = RUN_FLAGS if "--debug" not in extra else []  # a caller's own flags replace the harness's
     return [*launcher, str(TRAINER), *flags, *extra, "--out", str(out)]
 
 
-def start(out: Path, processes: int, env: dict | None = None, *extra: str) -> subprocess.Popen:
+def start(out: Path, processes: int, env: dict | None = None, *extra: str, flags: list[str] = RUN_FLAGS) -> subprocess.Popen:
     # Its own session, so that a kill reaches the launcher, every rank and every decoding worker.
     return subprocess.Popen(
-        command(out, processes, *extra), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command(out, processes, *extra, flags=flags), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
     )
 
 
-def run_to_end(out: Path, processes: int, *extra: str, timeout: float = 300) -> tuple[int, str, float]:
+def run_to_end(out: Path, processes: int, *extra: str, timeout: float = 300, flags: list[str] = RUN_FLAGS) -> tuple[int, str, float]:
+    """Start the run (`flags`, then `extra`) and wait for it; its exit code, output and duration."""
     began = time.monotonic()
-    process = start(out, processes, None, *extra)
+    process = start(out, processes, None, *extra, flags=flags)
     try:
         output, _ = process.communicate(timeout=timeout)
     finally:
@@ -115,17 +115,18 @@ def same_as(reference: Path, out: Path, keys=("d_loss", "g_loss", "gp", "wdist")
 
 def killed_and_resumed(
     figures: Figures, reference: Path, out: Path, processes: int, moments: list[float], env: dict | None = None,
-    signals: list[int] | None = None, timeout: float = 300,
+    signals: list[int] | None = None, timeout: float = 300, flags: list[str] = RUN_FLAGS,
 ) -> None:
     """Start the run with `--resume auto`, send `signals[i]` (SIGKILL by default) `moments[i]`
     seconds in, again and again, then let it finish; fold the outcome into `figures`. SIGKILL goes
-    to every process; a stop signal to the training ranks, as the launchers send it."""
+    to every process; a stop signal to the training ranks, as the launchers send it. Every start
+    gets `flags` (the reference run's)."""
     deadline = time.monotonic() + timeout
     pid_dir = out.parent / f"{out.name}-pids"
     env = {**(env or {}), PID_DIR_VARIABLE: str(pid_dir)}
     for moment, sig in zip(moments, signals or [signal.SIGKILL] * len(moments)):
         expected = latest_checkpoint(out)
-        process = start(out, processes, env, "--resume", "auto")
+        process = start(out, processes, env, "--resume", "auto", flags=flags)
         time.sleep(moment)
         if sig == signal.SIGKILL:
             kill_group(process, sig)
@@ -151,7 +152,7 @@ def killed_and_resumed(
             figures.failed_loads += 1
             figures.notes.append(output[-2000:])
     expected = latest_checkpoint(out)
-    code, output, _ = run_to_end(out, processes, "--resume", "auto", timeout=max(30.0, deadline - time.monotonic()))
+    code, output, _ = run_to_end(out, processes, "--resume", "auto", timeout=max(30.0, deadline - time.monotonic()), flags=flags)
     figures.runs += 1
     if code == 0:
         figures.runs_finished += 1

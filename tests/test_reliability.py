@@ -3,12 +3,13 @@ shutdown): SIGKILL of every process, and stop-signal storms. Each run is resumed
 `--resume auto` until it finishes, then judged against an uninterrupted run: finished, nothing
 lost beyond the last checkpoint, every checkpoint loadable, bit-identical on the CPU. A few moments
 per fault here; bench/reliability.py runs ten per run for the README's figures."""
+import shutil
 import signal
 import subprocess
 
 import pytest
 
-from tests.conftest import train_in_process
+from tests.conftest import TWO_RANK_FLAGS, train_in_process
 from tests.faults import (
     Figures,
     killed_and_resumed,
@@ -22,24 +23,6 @@ from train.report.metrics import read_metrics
 PAUSED_CHECKPOINTS = {"FACEGAN_FAILPOINTS": "checkpoint_pause=0.4"}
 
 
-def reference(tmp_path_factory, processes: int) -> tuple:
-    """An uninterrupted run, and how long it took."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    code, output, seconds = run_to_end(out, processes)
-    assert code == 0, output[-3000:]
-    return out, seconds
-
-
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
-    return reference(tmp_path_factory, 1)
-
-
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    return reference(tmp_path_factory, 2)
-
-
 def judged(figures: Figures) -> None:
     print(f"\n{figures.row()}")
     assert figures.runs_finished == figures.runs == 1, figures.notes
@@ -48,20 +31,16 @@ def judged(figures: Figures) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [2])  # 1 process: bench/reliability.py (the suite's 15-minute budget)
-def test_sigkill_at_random_moments_loses_nothing(request, tmp_path, processes):
-    reference_run, seconds = request.getfixturevalue({1: "one_process", 2: "two_processes"}[processes])
-    figures = Figures(f"SIGKILL, {processes} process{'es' if processes > 1 else ''}")
-    killed_and_resumed(figures, reference_run, tmp_path / "run", processes, moments(processes, 2, seconds), PAUSED_CHECKPOINTS)
-    judged(figures)
-
-
-@pytest.mark.slow
-def test_stop_signals_at_random_moments_always_leave_a_whole_checkpoint_and_exit_75(two_processes, tmp_path):
-    reference_run, seconds = two_processes
-    figures = Figures("SIGUSR1/SIGTERM storm, 2 processes")
-    storm = [signal.SIGUSR1, signal.SIGTERM]  # ten of them: bench/reliability.py
-    killed_and_resumed(figures, reference_run, tmp_path / "run", 2, moments(3, len(storm), seconds), PAUSED_CHECKPOINTS, storm)
+def test_sigkill_and_stop_signals_at_random_moments_lose_nothing_and_each_stop_leaves_a_whole_checkpoint_and_exit_75(two_rank_run, tmp_path):
+    """One run of 2 processes, resumed after each fault: SIGKILL of every process, then SIGUSR1 and
+    SIGTERM to the ranks (as the launchers send them), each at a seeded-random moment of the
+    reference run's span. A stop must end with exit code 75 and a whole checkpoint of the step it
+    stopped at (or a finished run); a kill may lose only what the last checkpoint had not kept.
+    One process, and ten moments of each: bench/reliability.py."""
+    faults = [signal.SIGKILL, signal.SIGUSR1, signal.SIGTERM]
+    figures = Figures("SIGKILL, SIGUSR1, SIGTERM; 2 processes")
+    killed_and_resumed(figures, two_rank_run.out, tmp_path / "run", 2, moments(2, len(faults), two_rank_run.seconds),
+                       PAUSED_CHECKPOINTS, faults, flags=TWO_RANK_FLAGS)
     judged(figures)
 
 
@@ -103,18 +82,18 @@ def test_a_full_disk_stops_the_run_resumably_and_it_finishes_once_space_is_back(
 
 
 @pytest.mark.slow
-def test_a_run_goes_on_across_numbers_of_processes(tmp_path):
-    """2 processes, then 1, then 2 again: the weights, optimizers and step continue; each time the
-    world size changes, the data is split anew and each process's share read from its start."""
+def test_a_run_goes_on_across_numbers_of_processes(two_rank_run, tmp_path):
+    """The 2-process run, then 1 process, then 2 again: the weights, optimizers and step continue;
+    each time the world size changes, the data is split anew and each process's share read from its start."""
     out = tmp_path / "run"
-    flags = ["--debug", "--log-every", "1", "--ckpt-every", "2", "--sample-every", "100"]
-    for processes, steps in ((2, 4), (1, 6), (2, 8)):
-        extra = ["--resume"] if steps > 4 else []
-        code, output, _ = run_to_end(out, processes, *flags, *extra, "--max-steps", str(steps))
-        assert code == 0, output[-3000:]
-        if extra:
-            assert f"resumed from step {steps - 2}" in output
-            assert "the checkpoint was made by another number of processes" in output
+    shutil.copytree(two_rank_run.out, out)  # the session's run is read by other tests: continue a copy
+    steps = len(read_metrics(out / "metrics.jsonl"))
+    one = train_in_process("train/wgangp.py", "--resume", "--max-steps", str(steps + 2), "--out", str(out))
+    code, output, _ = run_to_end(out, 2, "--resume", "--max-steps", str(steps + 4), flags=[])
+    assert one.returncode == 0 and code == 0, (one.stderr[-3000:], output[-3000:])
+    for text, resumed in ((one.stdout + one.stderr, steps), (output, steps + 2)):
+        assert f"resumed from step {resumed}" in text
+        assert "the checkpoint was made by another number of processes" in text
     records = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in records] == list(range(1, 9))
-    assert [r["world_size"] for r in records] == [2, 2, 2, 2, 1, 1, 2, 2]
+    assert [r["step"] for r in records] == list(range(1, steps + 5))
+    assert [r["world_size"] for r in records] == [2] * steps + [1, 1, 2, 2]

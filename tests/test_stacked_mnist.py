@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import completed, run_script
+from tests.conftest import completed
 from train.data.stacked_mnist import stacked_images, stacked_indices
 from train.report import stacked_mnist
 from train.report.stacked_mnist import (
@@ -82,19 +82,20 @@ def test_real_samples_cover_every_mode_evenly_and_one_repeated_image_collapses(c
     assert score(real.float() / 127.5 - 1, classifier, reference) == score(real, classifier, reference)
 
 
-def test_a_stacked_mnist_run_is_judged_by_modes_kl_and_frechet_distance(classifier_cache, tmp_path):
+def test_a_stacked_mnist_run_is_judged_by_modes_kl_and_frechet_distance(classifier_cache, run, tmp_path, monkeypatch):
     """4 DCGAN steps, then evaluate.py (the classifier from the session's cache) and generate.py's .npy."""
-    out, env = tmp_path / "run", {"XDG_CACHE_HOME": str(classifier_cache.parents[1]), "OMP_NUM_THREADS": "1"}
-    completed(run_script(
+    out = tmp_path / "run"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(classifier_cache.parents[1]))
+    completed(run(
         "train/dcgan.py", "--data", "stacked-mnist", "--resolution", "32", "--max-steps", "4", "--batch-size", "16",
-        "--channel-max", "32", "--fid-every", "0", "--wandb-mode", "disabled", "--workers", "0", "--out", str(out), env=env,
+        "--channel-max", "32", "--fid-every", "0", "--wandb-mode", "disabled", "--workers", "0", "--out", str(out),
     ))
-    result = completed(run_script("train/evaluate.py", "--run", str(out), "--samples", "500", env=env))
+    result = completed(run("train/evaluate.py", "--run", str(out), "--samples", "500"))
     assert "digit classifier held-out accuracy" not in result.stdout  # read from the cache, not trained again
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["step"] == 4 and scores["samples"] == 500
     assert 1 <= scores["modes"] < scores["real_modes"] <= 1000
     assert scores["kl"] > scores["real_kl"] >= 0 and scores["frechet"] > scores["real_frechet"] > 0
-    completed(run_script("train/generate.py", "--run", str(out), "--n", "70", "--output", str(tmp_path / "s.npy"), env=env))
+    completed(run("train/generate.py", "--run", str(out), "--n", "70", "--output", str(tmp_path / "s.npy")))
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (70, 3, 32, 32) and samples.dtype == np.uint8
