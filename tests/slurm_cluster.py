@@ -7,12 +7,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_SOCKET_DIR = Path("/run/munge")
+# Both real jobs of tests/test_slurm.py at once (one task, then two): the node declares that many
+# CPUs whatever the machine has, and config_overrides makes slurmd take the declaration over what
+# it counts (an over-subscribed 2-core machine only runs them slower).
+CPUS = 4
 # cred_expire also sets how long Slurm holds a requeued job before it may start again (120 s by
 # default), and the schedulers look for it every 5 s (60 and 30 by default): a short requeue.
 SLURM_CONF = """\
@@ -43,9 +49,11 @@ SchedulerParameters=sched_interval=5,bf_interval=5
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 MinJobAge=600
+SlurmdParameters=config_overrides
 NodeName={host} CPUs={cpus} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
+WAITING_OR_RUNNING = ("PENDING", "RUNNING")
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
@@ -79,7 +87,7 @@ class LocalSlurm:
         self._start_munge()
         self.conf.write_text(SLURM_CONF.format(
             host=socket.gethostname().split(".")[0], ctld_port=_free_port(), slurmd_port=_free_port(),
-            dir=self.folder, cpus=os.cpu_count(),
+            dir=self.folder, cpus=CPUS,
         ))
         for daemon in ("slurmctld", "slurmd"):
             subprocess.run([daemon, "-f", str(self.conf)], check=True, env=self.env, capture_output=True, timeout=60)
@@ -145,6 +153,53 @@ class LocalSlurm:
                 tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
                 raise AssertionError(f"job {job_id} not done after {timeout:.0f} s: {job.get('JobState')}\n{tail}")
             time.sleep(1)
+
+
+class WatchedJob:
+    """A submitted job and a thread that does one thing to it (`act`) as soon as `ready()`, while
+    it is still pending or running: what a test would do between sbatch and the job's end, so that
+    several jobs run side by side. What kept the thread from acting (its deadline, the job ending
+    first, an error) is kept for the job's test to report; the job is then cancelled, so that it
+    does not slow the others."""
+
+    def __init__(self, cluster: LocalSlurm, job_id: int, log: Path, ready: Callable[[], bool],
+                 act: Callable[[], None], timeout: float):
+        self.cluster, self.id, self.log = cluster, job_id, log
+        self.problem: str | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(ready, act, timeout), name=f"job {job_id}", daemon=True)
+        self._thread.start()
+
+    def _watch(self, ready: Callable[[], bool], act: Callable[[], None], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            while not ready():
+                state = self.cluster.job(self.id).get("JobState")
+                if state not in WAITING_OR_RUNNING and not ready():  # ready() again: it may have come just before
+                    self.problem = f"job {self.id} was {state} before the moment to act"
+                elif time.monotonic() > deadline:
+                    self.problem = f"job {self.id} still {state} and not ready to act on after {timeout:.0f} s"
+                if self.problem or self._stopping.wait(0.5):
+                    break
+            else:
+                act()
+        except Exception as error:  # reported by the job's test, not lost in this thread
+            self.problem = f"watching job {self.id}: {error!r}"
+        if self.problem:
+            subprocess.run(["scancel", str(self.id)], env=self.cluster.env, capture_output=True, timeout=30)
+
+    def wait_until_done(self, timeout: float) -> dict[str, str]:
+        """The job's final state, once the thread has acted on it; fails with the thread's problem
+        and the log's end."""
+        self._thread.join(timeout)
+        tail = self.log.read_text()[-4000:] if self.log.exists() else ""
+        assert not self._thread.is_alive(), f"job {self.id}: its watcher still busy after {timeout:.0f} s\n{tail}"
+        assert self.problem is None, f"{self.problem}\n{tail}"
+        return self.cluster.wait_until_done(self.id, timeout, self.log)
+
+    def stop_watching(self) -> None:
+        self._stopping.set()
+        self._thread.join(60)
 
 
 def _terminate(pid: int, timeout: float = 15) -> None:

@@ -1,19 +1,20 @@
 """launch/slurm/: the sbatch scripts' commands, checks and requeue bound, then the scripts on a
 real single-node Slurm (tests/slurm_cluster.py): a job preempted by its time limit, and two tasks
-standing in for two nodes."""
+standing in for two nodes, side by side."""
 import json
 import os
 import re
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.slurm_cluster import LocalSlurm, unavailable_reason
+from tests.slurm_cluster import LocalSlurm, WatchedJob, unavailable_reason
 from train.report.metrics import read_metrics
 from train.run.outcome import RunStatus
 
@@ -184,27 +185,72 @@ def stamped(log: str, pattern: str) -> list[datetime]:
     return [datetime.strptime(m.group(1), "%H:%M:%S") for m in re.finditer(rf"\[(\d\d:\d\d:\d\d)\] {pattern}", log)]
 
 
-@pytest.mark.slow
-def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finishes(slurm, tmp_path):
-    out, log = tmp_path / "run", tmp_path / "slurm.out"
-    # Slurm sends B:USR1 at its first time-limit check (every 30 s) once less than 110 s is left of
-    # 2 minutes: 10 to 40 s in. 40 steps of at least 1 s each (a test-only failpoint, for the first
-    # start only) outlast that on any machine; the rerun gets more time, so it is not signalled again.
-    steps = 40
+# Both real jobs start at once, each with a thread doing what its test would do between sbatch and
+# the end (the node declares CPUs for both): the file waits for the longer job, not for the sum.
+TIME_LIMITED_STEPS = 40
+TWO_NODE_STEPS = 6
+
+
+def submit_time_limited_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
+    """Slurm sends B:USR1 at its first time-limit check (every 30 s) once less than 110 s is left of
+    2 minutes: 10 to 40 s in. 40 steps of at least 1 s each (a test-only failpoint, for the first
+    start only) outlast that on any machine. Once the batch shell says it has the signal, the job
+    gets 10 minutes, so that the rerun is not signalled again."""
+    out, log = folder / "run", folder / "slurm.out"
+    steps = TIME_LIMITED_STEPS
     job = slurm.sbatch(
         "--time=2", "--signal=B:USR1@110", f"--output={log}", str(SLURM / "single_node.sbatch"),
         "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--max-restarts", "3",
         "--", "--debug", "--max-steps", str(steps), "--log-every", "1", "--sample-every", str(steps // 2),
         "--ckpt-every", str(steps // 4),
-        env={**ENV, "FACEGAN_FAILPOINTS": "step_pause=1"}, cwd=tmp_path,  # submitted from elsewhere than the repository
+        env={**ENV, "FACEGAN_FAILPOINTS": "step_pause=1"}, cwd=folder,  # submitted from elsewhere than the repository
     )
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "SIGUSR1: asking" in log.read_text()):
-        assert time.monotonic() < deadline and slurm.job(job)["JobState"] in ("PENDING", "RUNNING"), log.read_text()[-4000:]
-        time.sleep(0.5)
-    slurm.scontrol("update", f"JobId={job}", "TimeLimit=10")
-    state = slurm.wait_until_done(job, timeout=300, log=log)
-    text = log.read_text()
+    return WatchedJob(slurm, job, log, ready=lambda: log.exists() and "SIGUSR1: asking" in log.read_text(),
+                      act=lambda: slurm.scontrol("update", f"JobId={job}", "TimeLimit=10"), timeout=180)
+
+
+def submit_two_node_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
+    """Two tasks standing in for two nodes; after 2 steps the batch shell gets what
+    --signal=B:USR1@N sends it at the time limit, and srun must carry it to both "nodes"."""
+    out, log = folder / "run", folder / "slurm.out"
+    job = slurm.sbatch(
+        "--time=15", "--signal=B:USR1@60", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2", f"--output={log}", str(SLURM / "multi_node.sbatch"),
+        "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--", "--debug", "--max-steps", str(TWO_NODE_STEPS), "--log-every", "1",
+        env=ENV, cwd=ROOT,
+    )
+    signal_batch_shell = ["scancel", "--batch", "--signal=USR1", str(job)]
+    return WatchedJob(slurm, job, log, ready=lambda: len(logged(out)) >= 2,
+                      act=lambda: subprocess.run(signal_batch_shell, env=slurm.env, check=True, timeout=30), timeout=180)
+
+
+@dataclass(frozen=True)
+class RealJobs:
+    time_limited: WatchedJob
+    two_nodes: WatchedJob
+
+
+@pytest.fixture(scope="module")
+def real_jobs(slurm, tmp_path_factory) -> Iterator[RealJobs]:
+    """Each test waits for its own job only: a job that fails, or a watcher that gives up, costs
+    the other test nothing; the cluster's teardown cancels what is left."""
+    jobs = RealJobs(submit_time_limited_job(slurm, tmp_path_factory.mktemp("time_limited")),
+                    submit_two_node_job(slurm, tmp_path_factory.mktemp("two_nodes")))
+    yield jobs
+    for job in (jobs.time_limited, jobs.two_nodes):
+        job.stop_watching()
+
+
+def run_folder(job: WatchedJob) -> Path:
+    """The trainer's --out, beside the job's log: the submit functions' layout."""
+    return job.log.parent / "run"
+
+
+@pytest.mark.slow
+def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finishes(real_jobs):
+    job, steps = real_jobs.time_limited, TIME_LIMITED_STEPS
+    out = run_folder(job)
+    state = job.wait_until_done(timeout=300)
+    text = job.log.read_text()
     assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
     assert int(state["Restarts"]) == 1
     assert "rank 0: SIGUSR1 received; stopping after this step with a checkpoint" in text
@@ -213,29 +259,18 @@ def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finis
     for made in ("config.json", f"samples/step_{steps:06d}.png", f"checkpoints/step_{steps:06d}", "progress.gif", "loss.png"):
         assert (out / made).exists(), made
     assert json.loads((out / "exit_status.json").read_text())["status"] == "finished"
-    signalled, restarted = stamped(text, "SIGUSR1: asking"), stamped(text, rf"job {job} start 1 ")
+    signalled, restarted = stamped(text, "SIGUSR1: asking"), stamped(text, rf"job {job.id} start 1 ")
     print(f"preempt -> requeue -> restart: {(restarted[0] - signalled[0]).total_seconds():.0f} s")
 
 
 @pytest.mark.slow
-def test_two_tasks_as_two_nodes_rendezvous_and_resume_after_the_batch_shell_is_signalled(slurm, tmp_path):
-    out, log = tmp_path / "run", tmp_path / "slurm.out"
-    job = slurm.sbatch(
-        "--time=15", "--signal=B:USR1@60", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2", f"--output={log}", str(SLURM / "multi_node.sbatch"),
-        "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--", "--debug", "--max-steps", "6", "--log-every", "1",
-        env=ENV, cwd=ROOT,
-    )
-    deadline = time.monotonic() + 180
-    while len(logged(out)) < 2:
-        assert time.monotonic() < deadline and slurm.job(job)["JobState"] in ("PENDING", "RUNNING"), log.read_text()[-4000:]
-        time.sleep(0.5)
-    # What --signal=B:USR1@N does at the time limit, now: srun must carry it to both "nodes".
-    subprocess.run(["scancel", "--batch", "--signal=USR1", str(job)], env=slurm.env, check=True, timeout=30)
-    state = slurm.wait_until_done(job, timeout=300, log=log)
-    text = log.read_text()
+def test_two_tasks_as_two_nodes_rendezvous_and_resume_after_the_batch_shell_is_signalled(real_jobs):
+    job = real_jobs.two_nodes
+    state = job.wait_until_done(timeout=300)
+    text = job.log.read_text()
     assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
     assert int(state["Restarts"]) == 1
     assert "node 0 of 2" in text and "node 1 of 2" in text and "node 1: SIGUSR1, passing it to the training processes" in text
-    records = logged(out)
-    assert [r["step"] for r in records] == list(range(1, 7))
+    records = logged(run_folder(job))
+    assert [r["step"] for r in records] == list(range(1, TWO_NODE_STEPS + 1))
     assert {r["world_size"] for r in records} == {2}
