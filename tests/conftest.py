@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +13,7 @@ import pytest
 # xdist worker, a second rank, a decoding worker) then runs several times slower (the README's
 # "Threads" figures). Each worker takes its share of the cores, as do the processes its tests start;
 # set before torch is imported, which reads it once.
-# One process (no xdist) keeps torch's defaults, and torchrun its one thread per rank.
+# One process (no xdist) keeps torch's defaults; torchrun and debug_launch give one thread per rank.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // WORKERS)))
@@ -178,18 +180,103 @@ def two_rank_run(tmp_path_factory) -> LaunchedRun:
     return LaunchedRun(out, output, seconds)
 
 
-def debug_launch(target: str, *args, num_processes: int = 2, timeout: float = 240) -> None:
-    """Run `module:function(*args)` on `num_processes` gloo CPU processes (accelerate's debug_launcher)
+def _debug_launcher(target: str, args: tuple, num_processes: int, timeout: float) -> subprocess.CompletedProcess:
+    """`module:function(*args)` on `num_processes` gloo CPU processes (accelerate's debug_launcher)
     from a fresh interpreter: the launcher forks, and a fork of a process that has already run
-    OpenMP-parallel torch ops (as pytest's has, by then) can deadlock."""
+    OpenMP-parallel torch ops (as pytest's has, by then) can deadlock. A launch past `timeout` is
+    killed with the ranks it forked and reported as exit code -9."""
     module, function = target.split(":")
     code = (
         "import sys; from accelerate import debug_launcher; "
         f"from {module} import {function}; "
         f"debug_launcher({function}, args={args!r}, num_processes={num_processes})"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    # One OpenMP thread per rank, as torchrun gives: with OMP_NUM_THREADS unset, Accelerate gives each
+    # debug-launched rank every physical core (it counts a local world of 1), so two ranks spin twice
+    # the cores; measured on 2 cores: 39 s against 4 s for the ResNet DDP check of test_objectives.py.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the ranks too: one blocked in a collective waits 30 min
+        stdout, stderr = process.communicate()
+        stderr += f"\n[killed after {timeout:.0f} s]"
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def debug_launch(target: str, *args, num_processes: int = 2, timeout: float = 240) -> None:
+    """Run `module:function(*args)` on `num_processes` gloo CPU processes; it must succeed on every rank."""
+    result = _debug_launcher(target, args, num_processes, timeout)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchedCases:
+    """What each rank reported for each case of one `debug_launch_cases`: None for a pass, else the
+    traceback; a case missing from a rank's report was not reached (the launch's stderr says why)."""
+
+    reports: tuple[dict[str, str | None], ...]
+    launch: subprocess.CompletedProcess
+
+    def assert_passed(self, case: str) -> None:
+        failures = [f"rank {rank}, case {case!r}:\n{report[case][-3000:]}"
+                    for rank, report in enumerate(self.reports) if report.get(case)]
+        missing = [str(rank) for rank, report in enumerate(self.reports) if case not in report]
+        if missing:
+            failures.append(f"case {case!r} not reached on rank {', '.join(missing)}; the launch exited with"
+                            f" {self.launch.returncode}:\n{self.launch.stderr[-3000:]}")
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
+
+
+def debug_launch_cases(cases: dict[str, tuple[str, tuple]], folder: Path, num_processes: int = 2,
+                       timeout: float = 600, peer_timeout: float = 60) -> LaunchedCases:
+    """Run every case, `id: ("module:function", args)`, on ONE set of `num_processes` gloo processes,
+    one case after another: an interpreter start, the imports and a rendezvous once, not once per
+    case (seconds each: the first DDP wrap alone imports torch.distributed.tensor, 2 s a rank).
+    A case passes by returning; an exception fails it alone. Each case builds and ends its own
+    Accelerator: under debug_launcher `end_training` keeps the process group for the next.
+
+    After each case the ranks wait (at most `peer_timeout` s) for each other through a FileStore in
+    `folder`, not gloo: a case that fails on one rank between two collectives leaves the other blocked
+    in one, and the cases after it would then pair the wrong collectives; the ranks stop there, each
+    having reported what it ran, and the cases not reached fail as such."""
+    launch = _debug_launcher("tests.conftest:run_cases", (cases, str(folder), peer_timeout), num_processes, timeout)
+    reports = [folder / f"rank_{rank}.json" for rank in range(num_processes)]
+    return LaunchedCases(tuple(json.loads(r.read_text()) if r.exists() else {} for r in reports), launch)
+
+
+def run_cases(cases: dict[str, tuple[str, tuple]], folder: str, peer_timeout: float) -> None:
+    """debug_launch_cases' worker, on each rank: runs the cases, writing rank_<r>.json after each."""
+    import datetime
+    import importlib
+    import traceback
+
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    store = dist.FileStore(str(Path(folder) / "finished_cases"), world)
+    report: dict[str, str | None] = {}
+    for case, (target, args) in cases.items():
+        module, function = target.split(":")
+        try:
+            getattr(importlib.import_module(module), function)(*args)
+            report[case] = None
+        except Exception:
+            report[case] = traceback.format_exc()
+        (Path(folder) / f"rank_{rank}.json").write_text(json.dumps(report, indent=1))
+        store.set(f"{case}/{rank}", "failed" if report[case] else "passed")
+        try:
+            store.wait([f"{case}/{peer}" for peer in range(world)], datetime.timedelta(seconds=peer_timeout))
+        except RuntimeError:  # FileStore's timeout: a peer still inside this case, our collectives out of step
+            print(f"rank {rank}: a rank did not finish case {case!r} within {peer_timeout:.0f} s; stopping",
+                  file=sys.stderr)
+            store.set("stop", case)
+            return
+        if store.check(["stop"]):  # the peer that stopped has left; our next collective would fail
+            return
 
 
 def assert_resumed_like_whole(whole: Path, split: Path, keys: tuple[str, ...], step: int = 6) -> None:

@@ -157,7 +157,6 @@ def test_a_damaged_cache_file_is_recomputed(accelerator, tmp_path, count_stream_
 def _two_process_scores(cached: str, fresh: str, expected: dict) -> None:
     """On each of two ranks: with the one-process run's cached real statistics, the same scores;
     with none, real statistics gathered from both ranks' shares, cached once, the same on both ranks."""
-    torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
     assert accelerator.num_processes == 2
     scores = make_evaluator(accelerator, Path(cached)).evaluate(SyntheticLikeGenerator(), LATENT_DIM)

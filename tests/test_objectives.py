@@ -11,13 +11,16 @@ from torch.nn import functional as F
 
 from models import build_models
 from models.lightweight import NoiseInjection, crop_quarter
-from tests.conftest import debug_launch
+from tests.conftest import LaunchedCases, debug_launch_cases
 from train.gan.diffaugment import DiffAugment
 from train.gan.objectives import WGANGP, FastGANHinge, NonSaturating, RpGAN, ZeroCentredPenalties
 from train.gan.penalty import zero_centred_penalty
 
 GLOBAL_BATCH = 8
 TOLERANCE = 1e-5
+# The DDP checks' images: the smallest size the image pairs build, 'resnet' still with 3 residual
+# blocks each way; at 64 px its penalties' double backward cost about 4 times as much, proving no more.
+RESOLUTION = 32
 
 
 class Linear2D(nn.Module):
@@ -115,12 +118,12 @@ def test_non_saturating_loss_with_r1_adds_half_gamma_r1_to_the_cross_entropy():
 
 def _models(name: str) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    return build_models(name, resolution=64, latent_dim=8, channel_base=512, channel_max=16, mlp_hidden=64)
+    return build_models(name, resolution=RESOLUTION, latent_dim=8, channel_base=512, channel_max=16, mlp_hidden=64)
 
 
 def _global_batch(name: str, generator: nn.Module) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
-    shape = (GLOBAL_BATCH, 2) if name == "mlp" else (GLOBAL_BATCH, 3, 64, 64)
+    shape = (GLOBAL_BATCH, 2) if name == "mlp" else (GLOBAL_BATCH, 3, RESOLUTION, RESOLUTION)
     batch = {
         "real": torch.randn(shape),
         "z_critic": torch.randn(GLOBAL_BATCH, 8),
@@ -205,13 +208,26 @@ def _assert_full_batch_gradients(accelerator, rank: int, *pairs) -> None:
         assert difference <= TOLERANCE, f"rank {rank}: {name} gradients differ by {difference:.2e}"
 
 
+# Every DDP check of this file, run by one pair of gloo processes (`two_gloo_processes`).
+DDP_CASES = {
+    **{name: (f"{__name__}:_ddp_step_matches_full_batch", (name, 1)) for name in ("mlp", "dcgan", "resnet")},
+    "mlp, 2 micro-batches": (f"{__name__}:_ddp_step_matches_full_batch", ("mlp", 2)),
+    "fastgan": (f"{__name__}:_lightweight_ddp_step_matches_full_batch", ()),
+}
+
+
+@pytest.fixture(scope="module")
+def two_gloo_processes(tmp_path_factory) -> LaunchedCases:
+    return debug_launch_cases(DDP_CASES, tmp_path_factory.mktemp("ddp_cases"))
+
+
 @pytest.mark.parametrize("name", ["mlp", "dcgan", "resnet"])
-def test_two_gloo_processes_give_the_full_batch_gradients(name):
-    debug_launch(f"{__name__}:_ddp_step_matches_full_batch", name, 1)
+def test_two_gloo_processes_give_the_full_batch_gradients(name, two_gloo_processes):
+    two_gloo_processes.assert_passed(name)
 
 
-def test_accumulated_micro_batches_on_two_processes_give_the_full_batch_gradients():
-    debug_launch(f"{__name__}:_ddp_step_matches_full_batch", "mlp", 2)
+def test_accumulated_micro_batches_on_two_processes_give_the_full_batch_gradients(two_gloo_processes):
+    two_gloo_processes.assert_passed("mlp, 2 micro-batches")
 
 
 # --- FastGANHinge: the lightweight GAN's objective -------------------------------------------
@@ -337,7 +353,7 @@ def _lightweight_ddp_step_matches_full_batch() -> None:
     accelerator.end_training()
 
 
-def test_fastgan_step_on_two_gloo_processes_gives_the_full_batch_gradients():
+def test_fastgan_step_on_two_gloo_processes_gives_the_full_batch_gradients(two_gloo_processes):
     """Augmentation, labels, quarters and the penalty drawn once for the global batch, each rank
     taking its half: DDP's averaged gradients must equal the 1-process ones."""
-    debug_launch(f"{__name__}:_lightweight_ddp_step_matches_full_batch")
+    two_gloo_processes.assert_passed("fastgan")

@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from models import build_models
-from tests.conftest import debug_launch
+from tests.conftest import LaunchedCases, debug_launch_cases
 from train.gan.objectives import NonSaturating
 from train.gan.unrolled import Unrolling
 
@@ -93,10 +93,20 @@ def _unrolled_ddp_step_matches_full_batch(pack: int, steps: int) -> None:
     accelerator.end_training()
 
 
+# Both DDP checks, run by one pair of gloo processes (`two_gloo_processes`): id: (pack, unrolled steps).
+DDP_CASES = {"unrolled": (1, 3), "packed": (2, 0)}
+
+
+@pytest.fixture(scope="module")
+def two_gloo_processes(tmp_path_factory) -> LaunchedCases:
+    cases = {case: (f"{__name__}:_unrolled_ddp_step_matches_full_batch", args) for case, args in DDP_CASES.items()}
+    return debug_launch_cases(cases, tmp_path_factory.mktemp("ddp_cases"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("pack, steps", [(1, 3), (2, 0)], ids=["unrolled", "packed"])
-def test_an_unrolled_or_packed_step_on_two_gloo_processes_gives_the_full_batch_gradients(pack, steps):
-    debug_launch(f"{__name__}:_unrolled_ddp_step_matches_full_batch", pack, steps)
+@pytest.mark.parametrize("case", DDP_CASES)
+def test_an_unrolled_or_packed_step_on_two_gloo_processes_gives_the_full_batch_gradients(case, two_gloo_processes):
+    two_gloo_processes.assert_passed(case)
 
 
 def test_the_non_saturating_losses_are_binary_cross_entropy_on_logits():
