@@ -2,19 +2,26 @@
 2 gloo processes (real DeepSpeed, no mocks), and every refused configuration says why in one line.
 
 The multi-process checks run under torchrun (not accelerate's debug_launcher, which sets
-ACCELERATE_USE_CPU, the very setting that makes Accelerate drop DeepSpeed). Each launch runs ZeRO-1
-and ZeRO-2, each with 1 and 2 micro-batches, resetting Accelerate's state in between. On each rank
-the reference is the plain DDP step (torch's DistributedDataParallel on the same gloo group, this
+ACCELERATE_USE_CPU, the very setting that makes Accelerate drop DeepSpeed), as cases of one launch
+per session (`zero_cases`), each case recording its own outcome on each rank. A step case runs
+ZeRO-1 and ZeRO-2, each with 1 and 2 micro-batches, resetting Accelerate's state in between. On each
+rank the reference is the plain DDP step (torch's DistributedDataParallel on the same gloo group, this
 rank's half of the global batch, `no_sync` and loss / micro-batches as the loop does), and the
 engines must give its full gradients (deepspeed.utils.safe_get_full_grad) and, after an Adam
 step, its weights.
 """
+import contextlib
+import dataclasses
+import io
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -122,42 +129,91 @@ def test_fp16_is_torch_autocast_with_fp32_weights():
 
 # --- 2 gloo processes ----------------------------------------------------------------------
 
-def torchrun(worker: str, *args: str, timeout: float = 420) -> str:
-    """This file's `worker(*args)` on 2 CPU processes; its stdout. DS_ACCELERATOR=cpu: DeepSpeed's
-    CPU accelerator without the warning."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(ROOT / "tests" / "test_zero.py"), worker, *args]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for variable in ("ACCELERATE_USE_CPU", "ACCELERATE_MIXED_PRECISION"):
-        env.pop(variable, None)
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-6000:])
-    return result.stdout
+def _torchrun(script: str, *args: str, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`script args...` on `processes` CPU processes, without an outer launcher's ACCELERATE_* settings.
+    DS_ACCELERATOR=cpu: DeepSpeed's CPU accelerator without the warning."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(ROOT / script), *args]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ACCELERATE_")}
+    env |= {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# The cases (about 20 s on 2 cores) and, on a fresh machine, the op's compilation (45-80 s), with
+# room for a busy machine.
+CASES_TIMEOUT_S = 900
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseOutcome:
+    stdout: str  # what the case printed: rank 0's, then rank 1's
+    out: Path  # the case's own folder, where its runs are
+
+
+class ZeroCases:
+    """The outcomes the session's launch of CASES left, one case at a time: a case that failed, or
+    that the launch never finished, fails the test that reads it, with the reason, and only it."""
+
+    def __init__(self, folder: Path, launch: subprocess.CompletedProcess | subprocess.TimeoutExpired):
+        self.folder, self.launch = folder, launch
+
+    def __getitem__(self, name: str) -> CaseOutcome:
+        recorded = [self.folder / f"{name}.rank{rank}.json" for rank in range(2)]
+        outcomes = [json.loads(path.read_text()) if path.exists() else None for path in recorded]
+        stdout = "".join(outcome["stdout"] for outcome in outcomes if outcome)
+        failures = [f"rank {rank}: {outcome['error'] if outcome else 'no outcome: the launch ended first'}"
+                    for rank, outcome in enumerate(outcomes) if outcome is None or outcome["error"]]
+        if None in outcomes:
+            failures.append(f"the launch {self._ended()}; its stderr ends:\n{self._stderr()[-6000:]}")
+        if failures:
+            pytest.fail(f"case {name} failed\n" + "\n".join(failures) + f"\nits output:\n{stdout[-4000:]}", pytrace=False)
+        return CaseOutcome(stdout, self.folder / name)
+
+    def _ended(self) -> str:
+        if isinstance(self.launch, subprocess.TimeoutExpired):
+            return f"timed out after {self.launch.timeout:.0f} s"
+        return f"ended with exit code {self.launch.returncode}"
+
+    def _stderr(self) -> str:
+        stderr = self.launch.stderr or ""  # a TimeoutExpired's is bytes
+        return stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
 
 
 @pytest.fixture(scope="session")
-def deepspeed_op_compiled():
-    """The first `deepspeed.init_distributed` compiles the deepspeed_shm_comm op (about 45-80 s on
-    2 cores, cached in ~/.cache/torch_extensions): paid here, once, so no test times out on it."""
-    torchrun("warm_up", timeout=600)
+def zero_cases(tmp_path_factory) -> ZeroCases:
+    """Every 2-process case (CASES) in one torchrun launch: the launch (2 interpreters, torch,
+    DeepSpeed and Accelerate imported, a rendezvous) costs more than most cases. Its first
+    `deepspeed.init_distributed` compiles the deepspeed_shm_comm op (about 45-80 s on 2 cores, cached
+    in ~/.cache/torch_extensions), paid here, once, so no test times out on it."""
+    folder = tmp_path_factory.mktemp("zero_cases")
+    try:
+        launch = _torchrun("tests/test_zero.py", "cases", str(folder), timeout=CASES_TIMEOUT_S)
+    except subprocess.TimeoutExpired as timed_out:  # the cases recorded before it still count
+        launch = timed_out
+    return ZeroCases(folder, launch)
+
+
+@pytest.fixture(scope="session")
+def deepspeed_op_compiled(zero_cases) -> None:
+    """For the tests that launch on their own: the cases' launch compiled the op before them."""
 
 
 @pytest.mark.slow
-def test_wgangp_step_under_zero_1_and_2_gives_the_ddp_gradients_and_weights(deepspeed_op_compiled):
-    out = torchrun("wgangp_matches_ddp", "no", "bf16")  # one launch for both precisions
+def test_wgangp_step_under_zero_1_and_2_gives_the_ddp_gradients_and_weights(zero_cases):
+    out = zero_cases["wgangp_matches_ddp"].stdout  # fp32 and bf16
     assert out.count("OK") == 2 * 2 * 4, out  # 2 ranks x (fp32, bf16) x (ZeRO-1, ZeRO-2) x (1, 2 micro-batches)
 
 
 @pytest.mark.slow
-def test_fastgan_step_with_r1_under_zero_1_and_2_gives_the_ddp_gradients_and_weights(deepspeed_op_compiled):
-    out = torchrun("fastgan_matches_ddp", "no", "bf16")
+def test_fastgan_step_with_r1_under_zero_1_and_2_gives_the_ddp_gradients_and_weights(zero_cases):
+    out = zero_cases["fastgan_matches_ddp"].stdout
     assert out.count("OK") == 2 * 2 * 4, out
 
 
 @pytest.mark.slow
-def test_accelerate_sees_two_cpu_processes_under_deepspeed(deepspeed_op_compiled):
+def test_accelerate_sees_two_cpu_processes_under_deepspeed(zero_cases):
     """gloo named as the backend (zero.accelerator_options), cpu=False: 2 processes, DeepSpeed, the CPU."""
-    out = torchrun("world_size")
+    out = zero_cases["world_size"].stdout
     assert sorted(_worlds(out)) == ["DEEPSPEED:0/2:cpu:zero2", "DEEPSPEED:1/2:cpu:zero2"], out
 
 
@@ -311,26 +367,33 @@ def test_an_accelerate_deepspeed_config_sets_the_stage_and_clipping(not_launched
 
 # --- the trainers end to end on 2 processes ----------------------------------------------------
 
-def _torchrun_trainer(script: str, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               str(ROOT / script), *args]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for variable in [name for name in env if name.startswith("ACCELERATE_")]:
-        env.pop(variable)
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-
-
-def _trained_and_resumed(script: str, stage: int, tmp_path: Path, *flags: str) -> tuple[Path, Path]:
-    """The whole run to step 6 and the same run stopped at 3 and resumed, both under ZeRO-`stage` on 2 processes."""
-    from tests.conftest import completed
+def _trained_and_resumed(script: str, stage: int, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    """Run in a case, on its 2 ranks: a run stopped at step 3, the whole run to step 6 and the stopped
+    one resumed, under ZeRO-`stage`, one after another in this process; what the resume printed.
+    The whole run comes between the halves, so that state a fresh process would start anew (and
+    a resume forgot to restore) is not what the stopped half left."""
+    from tests.conftest import completed, train_in_process
 
     common = ["--debug", "--deepspeed", str(stage), "--ckpt-every", "3", "--log-every", "2", "--sample-every", "100", *flags]
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    completed(_torchrun_trainer(script, *common, "--max-steps", "6", "--out", str(whole)))
-    completed(_torchrun_trainer(script, *common, "--max-steps", "3", "--out", str(split)))
-    resumed = completed(_torchrun_trainer(script, "--resume", "--max-steps", "6", "--out", str(split)))
-    assert "resumed from step 3" in resumed.stdout
-    return whole, split
+    whole, split = out / "whole", out / "split"
+    completed(train_in_process(script, *common, "--max-steps", "3", "--out", str(split)))
+    completed(train_in_process(script, *common, "--max-steps", "6", "--out", str(whole)))
+    return completed(train_in_process(script, "--resume", "--max-steps", "6", "--out", str(split)))
+
+
+def wgangp_trained_and_resumed(out: Path) -> None:
+    # The toy MLPs: the same engines, checkpoints and resume, without DeepSpeed's slow CPU conv steps.
+    sys.stdout.write(_trained_and_resumed("train/wgangp.py", 2, out, "--data", "toy:8gaussians").stdout)
+
+
+def wgangp_with_non_finite_updates(out: Path) -> None:
+    """Run in a case: the gradient failpoint (a non-finite loss under DeepSpeed) at steps 2 and 3."""
+    from tests.conftest import completed, train_in_process
+
+    # Read where the run starts; the case's environment is restored after it.
+    os.environ["FACEGAN_FAILPOINTS"] = "nonfinite_grad=2:2"
+    completed(train_in_process("train/wgangp.py", "--debug", "--data", "toy:8gaussians", "--deepspeed", "2", "--max-steps",
+                               "4", "--log-every", "1", "--sample-every", "100", "--out", str(out / "run")))
 
 
 def _assert_deepspeed_run(run: Path, stage: int) -> None:
@@ -346,11 +409,12 @@ def _assert_deepspeed_run(run: Path, stage: int) -> None:
 
 
 @pytest.mark.slow
-def test_wgangp_under_zero_2_on_two_processes_logs_world_size_2_and_resumes_exactly(deepspeed_op_compiled, tmp_path):
+def test_wgangp_under_zero_2_on_two_processes_logs_world_size_2_and_resumes_exactly(zero_cases):
     from tests.conftest import assert_resumed_like_whole
 
-    # The toy MLPs: the same engines, checkpoints and resume, without DeepSpeed's slow CPU conv steps.
-    whole, split = _trained_and_resumed("train/wgangp.py", 2, tmp_path, "--data", "toy:8gaussians")
+    case = zero_cases["wgangp_trained_and_resumed"]
+    assert "resumed from step 3" in case.stdout
+    whole, split = case.out / "whole", case.out / "split"
     _assert_deepspeed_run(whole, 2)
     assert_resumed_like_whole(whole, split, ("d_loss", "g_loss", "gp", "wdist"))
 
@@ -359,38 +423,94 @@ def test_wgangp_under_zero_2_on_two_processes_logs_world_size_2_and_resumes_exac
 def test_lightweight_gan_under_zero_1_on_two_processes_logs_world_size_2_and_refuses_one_process(deepspeed_op_compiled, tmp_path):
     from tests.conftest import completed
 
-    # The run to step 6 (its exact resume is the same code as the WGAN-GP test's above, which proves it).
+    # The run to step 6 (its exact resume is the same code as the WGAN-GP test's above, which proves it),
+    # launched as a user launches it: the one DeepSpeed trainer here that ends as a process, with its
+    # exit code and end_training's release of the process group (the cases' runs share theirs).
     whole = tmp_path / "whole"
-    completed(_torchrun_trainer("train/lightweight_gan.py", "--debug", "--deepspeed", "1", "--ckpt-every", "3", "--log-every", "2",
-                                "--sample-every", "100", "--max-steps", "6", "--out", str(whole)))
+    completed(_torchrun("train/lightweight_gan.py", "--debug", "--deepspeed", "1", "--ckpt-every", "3", "--log-every", "2",
+                        "--sample-every", "100", "--max-steps", "6", "--out", str(whole)))
     _assert_deepspeed_run(whole, 1)
     # ZeRO's optimizer states are split over the 2 ranks that saved them: 1 process is refused in one line.
     # The runner's own files aside: it clears the previous ending before it trains and, after a
     # refused start, removes the (empty) lock file it took (runner.py, lock.py).
     before = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.name not in ("exit_status.json", "run.lock"))
-    refused = _torchrun_trainer("train/lightweight_gan.py", "--resume", "--max-steps", "9", "--out", str(whole), processes=1)
+    refused = _torchrun("train/lightweight_gan.py", "--resume", "--max-steps", "9", "--out", str(whole), processes=1)
     assert "exitcode: 2" in refused.stderr, refused.stderr[-3000:]  # the rank's; torchrun itself answers 1
     assert "error: --resume: " in refused.stderr and "saved by 2 DeepSpeed processes" in refused.stderr
     assert sorted(p.relative_to(whole) for p in whole.rglob("*")) == before
 
 
 @pytest.mark.slow
-def test_non_finite_updates_are_left_out_by_the_engines_on_every_rank(deepspeed_op_compiled, tmp_path, monkeypatch):
+def test_non_finite_updates_are_left_out_by_the_engines_on_every_rank(zero_cases):
     """The gradient failpoint (a non-finite loss under DeepSpeed) at steps 2 and 3: their 5 critic and
     1 generator updates each are skipped, and the run goes on with finite weights."""
-    from tests.conftest import completed
     from train.report.metrics import read_metrics
 
-    out = tmp_path / "run"
-    monkeypatch.setenv("FACEGAN_FAILPOINTS", "nonfinite_grad=2:2")
-    completed(_torchrun_trainer("train/wgangp.py", "--debug", "--data", "toy:8gaussians", "--deepspeed", "2", "--max-steps",
-                                "4", "--log-every", "1", "--sample-every", "100", "--out", str(out)))
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_metrics(zero_cases["wgangp_with_non_finite_updates"].out / "run" / "metrics.jsonl")
     assert [r["skipped_steps"] for r in records] == [0, 6, 12, 12]
     assert all(math.isfinite(records[-1][k]) for k in ("d_loss", "g_loss", "gp"))
 
 
 # --- the workers (run under torchrun) --------------------------------------------------------
+
+def cases(folder: str, *names: str) -> None:
+    """The cases `names` (all of CASES without any), one after another in this process; each rank
+    leaves `<case>.rank<r>.json` in `folder`: what the case printed and, had it failed, why."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from train.run.runner import end_with_launcher
+
+    end_with_launcher()  # a timed-out launch's ranks end with their torchrun
+    # Accelerate's own launchers' setting: the process group is the launcher's, and end_training
+    # leaves it to the trainer runs after it (DeepSpeed keeps its groups from the first; a group
+    # made again is not registered there).
+    os.environ["FORK_LAUNCHED"] = "1"
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world, folder = dist.get_rank(), dist.get_world_size(), Path(folder)
+    for name in names or CASES:
+        (folder / name).mkdir(exist_ok=True)
+        printed, error = io.StringIO(), None
+        with _case_apart(), contextlib.redirect_stdout(printed):
+            try:
+                CASES[name](folder / name)
+            except Exception:  # whatever it raised fails its own test, not the cases after it
+                error = traceback.format_exc()
+        recorded = folder / f"{name}.rank{rank}.json"
+        recorded.with_suffix(".part").write_text(json.dumps({"stdout": printed.getvalue(), "error": error}))
+        recorded.with_suffix(".part").rename(recorded)  # whole, for the ranks that look for it
+        if error is not None and not _every_rank_recorded(folder, name, world):
+            sys.stdout.flush()
+            os._exit(1)  # another rank waits in a collective this one left: torchrun ends it; later cases go unrecorded
+
+
+@contextlib.contextmanager
+def _case_apart():
+    """Undoes what a case leaves in the process for the next one: the environment (Accelerate sets
+    ACCELERATE_USE_DEEPSPEED, a case its failpoints) and Accelerate's state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _every_rank_recorded(folder: Path, name: str, world: int, deadline_s: float = 60) -> bool:
+    """Whether every rank records case `name` within `deadline_s` of this one. A case's last
+    collective pairs the ranks, so after a failure that came after it the others follow at once;
+    after one in the middle they wait in a collective this rank never joins."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if all((folder / f"{name}.rank{rank}.json").exists() for rank in range(world)):
+            return True
+        time.sleep(0.1)
+    return False
+
 
 def _start(options: ZeroOptions):
     from accelerate import Accelerator
@@ -406,12 +526,6 @@ def _finish(accelerator) -> None:
     GradientState._reset_state()
 
 
-def warm_up() -> None:
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="gloo")
-
-
 def world_size() -> None:
     from train.run.zero import zero_from_environment
 
@@ -422,6 +536,7 @@ def world_size() -> None:
     stage = state.deepspeed_plugin.zero_stage
     report = f"{state.distributed_type.value}:{accelerator.process_index}/{accelerator.num_processes}:{accelerator.device.type}:zero{stage}"
     sys.stdout.write(report + "\n")  # one write: the line and its newline together
+    _finish(accelerator)
 
 
 def _fix_injected_noise(generator: nn.Module) -> None:
@@ -562,12 +677,11 @@ def _relative(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
 
 
 def _matches_ddp(kind: str, precisions: tuple[str, ...]) -> None:
-    import deepspeed
     import torch.distributed as dist
 
-    deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     batch = _global_batch(kind, _objective(kind))
+    differ = []  # reported after every configuration: a rank that stopped at the first would leave the other in a collective
     for precision, micro_batches in [(p, m) for p in precisions for m in (1, 2)]:
         tolerance = BF16_TOLERANCE if precision == "bf16" else FP32_TOLERANCE
         micro = _micro_batches(batch, rank, world, micro_batches)
@@ -575,22 +689,24 @@ def _matches_ddp(kind: str, precisions: tuple[str, ...]) -> None:
         for stage in (1, 2):
             options = ZeroOptions(stage=stage, micro_batch=len(micro[0]["real"]), grad_accum=micro_batches, precision=precision)
             got = _zero_step(kind, options, micro)
-            differences = {}
-            for name, g, e in zip(("critic grads", "critic weights", "generator grads", "generator weights"), got, expected):
-                differences[name] = _relative(g, e)
-                assert differences[name] <= tolerance, (
-                    f"rank {rank} ZeRO-{stage} x{micro_batches} {precision}: {name} differ by {differences[name]:.2e}"
-                )
-            worst = ", ".join(f"{name} {value:.1e}" for name, value in differences.items())
-            print(f"OK rank {rank} ZeRO-{stage} micro-batches {micro_batches} {precision}: {worst}", flush=True)
+            names = ("critic grads", "critic weights", "generator grads", "generator weights")
+            differences = {name: _relative(g, e) for name, g, e in zip(names, got, expected)}
+            configuration = f"rank {rank} ZeRO-{stage} x{micro_batches} {precision}"
+            differ += [f"{configuration}: {name} differ by {value:.2e}" for name, value in differences.items() if value > tolerance]
+            if all(value <= tolerance for value in differences.values()):
+                worst = ", ".join(f"{name} {value:.1e}" for name, value in differences.items())
+                print(f"OK rank {rank} ZeRO-{stage} micro-batches {micro_batches} {precision}: {worst}", flush=True)
+    assert not differ, "\n".join(differ)
 
 
-def wgangp_matches_ddp(*precisions: str) -> None:
-    _matches_ddp("mlp", precisions)
-
-
-def fastgan_matches_ddp(*precisions: str) -> None:
-    _matches_ddp("lightweight", precisions)
+# Each case runs on every rank of the session's launch (`cases`), given a folder of its own.
+CASES: dict[str, Callable[[Path], None]] = {
+    "world_size": lambda out: world_size(),
+    "wgangp_matches_ddp": lambda out: _matches_ddp("mlp", ("no", "bf16")),
+    "fastgan_matches_ddp": lambda out: _matches_ddp("lightweight", ("no", "bf16")),
+    "wgangp_trained_and_resumed": wgangp_trained_and_resumed,
+    "wgangp_with_non_finite_updates": wgangp_with_non_finite_updates,
+}
 
 
 if __name__ == "__main__":
