@@ -136,6 +136,9 @@ def _torchrun(script: str, *args: str, processes: int = 2, timeout: float = 300)
                str(ROOT / script), *args]
     env = {name: value for name, value in os.environ.items() if not name.startswith("ACCELERATE_")}
     env |= {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # The cases import tests.conftest: the repository root on the ranks' path, as pytest's rootdir
+    # is on this process's (the editable install maps only the product's packages).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
