@@ -45,14 +45,17 @@ def test_secrets_from_the_environment_are_redacted_wherever_they_appear(monkeypa
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
     """A debug run logged offline, interrupted at step 3 and resumed to step 6, with a W&B key (and
-    one inside a flag value) in the environment."""
-    from tests.conftest import run_script
+    one inside a flag value) in the environment. In-process: W&B's own service process writes the
+    offline run, as it does for a trainer process."""
+    from tests.conftest import train_in_process
 
     out = tmp_path_factory.mktemp("wandb") / f"run-{FAKE_KEY[:12]}"
-    env = {"WANDB_API_KEY": FAKE_KEY, "RUN_SECRET_TOKEN": FAKE_KEY[:12]}
     common = ["--debug", "--wandb-mode", "offline", "--log-every", "1", "--sample-every", "3", "--ckpt-every", "3"]
-    first = completed(run_script("train/wgangp.py", *common, "--max-steps", "3", "--wandb-tags", "t1", "--out", str(out), env=env))
-    second = completed(run_script("train/wgangp.py", "--resume", "--max-steps", "6", "--out", str(out), env=env))
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("WANDB_API_KEY", FAKE_KEY)
+        environment.setenv("RUN_SECRET_TOKEN", FAKE_KEY[:12])
+        first = completed(train_in_process("train/wgangp.py", *common, "--max-steps", "3", "--wandb-tags", "t1", "--out", str(out)))
+        second = completed(train_in_process("train/wgangp.py", "--resume", "--max-steps", "6", "--out", str(out)))
     return out, first, second
 
 
