@@ -90,8 +90,9 @@ def test_wgangp_covers_all_eight_gaussian_modes(run, tmp_path):
     from train.generate import main as generate
 
     out = tmp_path / "toy"
-    # 350 steps: seeds 0, 3 and 4 gave at least 16 samples on every mode (500 steps: 34 or more).
-    completed(run("train/wgangp.py", "--data", "toy:8gaussians", "--max-steps", "350", "--log-every", "50", "--out", str(out), timeout=600))
+    # The short version of bench/modes.py's 8-Gaussian rows (3,000 steps, every seed): at 200 steps
+    # seeds 0, 1 and 2 put at least 7 of 2,000 samples within 3 std of every mode (350 steps: 16).
+    completed(run("train/wgangp.py", "--data", "toy:8gaussians", "--max-steps", "200", "--log-every", "50", "--out", str(out), timeout=600))
     assert generate(["--run", str(out), "--n", "2000", "--output", str(tmp_path / "points.npy")]) == 0
     points = torch.from_numpy(np.load(tmp_path / "points.npy"))
     assert points.shape == (2000, 2)
@@ -99,7 +100,7 @@ def test_wgangp_covers_all_eight_gaussian_modes(run, tmp_path):
     distance, nearest = torch.cdist(points, modes).min(dim=1)
     on_mode = distance < 3 * std
     per_mode = torch.bincount(nearest[on_mode], minlength=8)
-    assert (per_mode >= 10).all(), f"samples within 3 std of each mode: {per_mode.tolist()}"
+    assert (per_mode >= 5).all(), f"samples within 3 std of each mode: {per_mode.tolist()}"
 
 
 def test_training_from_parquet_shards_logs_data_counters(tmp_path):
