@@ -168,6 +168,9 @@ class TrainConfig:
     collapse_critic_key: ClassVar[str] = "d_loss"  # the statistic that sits near 0 when the critic wins outright
     debug_preset: ClassVar[dict[str, Any]] = DEBUG_PRESET
     toy_preset: ClassVar[dict[str, Any]] = TOY_PRESET
+    # Flags whose value brings settings of its own, {flag: {value: {field: value}}}: defaults that the
+    # flags given still override (train/dcgan.py's --networks).
+    choice_presets: ClassVar[dict[str, dict[Any, dict[str, Any]]]] = {}
 
     def check_recipe(self) -> None:
         """A recipe's own checks of its own fields; raise ConfigError."""
