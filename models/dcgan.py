@@ -12,11 +12,14 @@ from torch import nn
 
 from models.layers import channels_at, critic_norm, doublings
 from models.packing import pack_samples
+from models.published import PUBLISHED
 
 LEAKY_SLOPE = 0.2  # Radford et al. 2016, section 3
 DCGAN_INIT_STD = 0.02  # Radford et al. 2016, section 4
 
+PROJECT_NETWORKS = "project"
 DCGAN_CHOICES = {
+    "networks": (PROJECT_NETWORKS, *PUBLISHED),
     "g_norm": ("batch", "none"),
     "g_activation": ("relu", "leaky_relu"),
     "d_activation": ("relu", "leaky_relu"),
@@ -29,6 +32,7 @@ DCGAN_CHOICES = {
 class DCGANOptions:
     """Architecture switches of the 'dcgan' pair; the critic's norm kind is `critic_norm`, shared by all models."""
 
+    networks: str = PROJECT_NETWORKS  # or a published Stacked MNIST pair (models/published.py), whose layers it fixes
     g_norm: str = "batch"  # after every generator conv but the last
     d_first_norm: bool = False  # the critic's norm on its first layer too (Radford et al. leave it off)
     g_activation: str = "relu"

@@ -4,7 +4,7 @@ from typing import Any
 
 from torch import nn
 
-from models.dcgan import DCGAN_CHOICES, DCGANCritic, DCGANGenerator, DCGANOptions
+from models.dcgan import DCGAN_CHOICES, PROJECT_NETWORKS, DCGANCritic, DCGANGenerator, DCGANOptions
 from models.layers import (
     CRITIC_NORMS,
     IMAGE_RESOLUTIONS,
@@ -17,6 +17,7 @@ from models.lightweight import (
     attention_sizes,
 )
 from models.mlp import MLPCritic, MLPGenerator
+from models.published import LAYER_SWITCHES, PUBLISHED, PublishedCritic, PublishedGenerator
 from models.resnet import ResNetCritic, ResNetGenerator
 
 IMAGE_MODELS = ("dcgan", "resnet", "lightweight")
@@ -63,6 +64,9 @@ def check_model(options: ModelOptions) -> None:
     if name in IMAGE_MODELS and resolution not in IMAGE_RESOLUTIONS:
         valid = ", ".join(map(str, IMAGE_RESOLUTIONS))
         raise ModelOptionError("resolution", f"resolution {resolution} is not supported by {name!r}; choose one of {valid}")
+    # The 'dcgan' switches first: a --networks preset on another model sets a critic norm of its own too.
+    check_dcgan_options(name, options.dcgan)
+    check_published(options)
     if critic_norm not in CRITIC_NORMS:
         raise ModelOptionError("critic_norm", f"unknown critic norm {critic_norm!r}; choose one of {', '.join(CRITIC_NORMS)}")
     if critic_norm not in PER_SAMPLE_NORMS and name != "dcgan":
@@ -71,7 +75,6 @@ def check_model(options: ModelOptions) -> None:
             f"critic norm {critic_norm!r} is a 'dcgan' model option, not {name!r}'s (it couples the samples of a batch);"
             f" choose one of {', '.join(PER_SAMPLE_NORMS)}",
         )
-    check_dcgan_options(name, options.dcgan)
     if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
         raise ModelOptionError("pack", f"pack {pack!r} is not a number of samples; choose a whole number >= 1 (1: no packing)")
     if pack > 1 and name == "lightweight":
@@ -110,6 +113,30 @@ def check_dcgan_options(name: str, options: DCGANOptions) -> None:
         )
 
 
+def check_published(options: ModelOptions) -> None:
+    """A published pair (models/published.py) at its own resolution, its layers left as the reference's."""
+    networks = options.dcgan.networks
+    if networks == PROJECT_NETWORKS:
+        return
+    layout = PUBLISHED[networks]
+    if options.resolution != layout.resolution:
+        raise ModelOptionError(
+            "networks",
+            f"the {networks!r} networks ({layout.source} in fjxmlzn/PacGAN) make {layout.resolution} px images, not"
+            f" {options.resolution}; set resolution {layout.resolution} (Stacked MNIST's), or use networks"
+            f" {PROJECT_NETWORKS!r} at {options.resolution} px",
+        )
+    defaults = DCGANOptions()
+    for option in LAYER_SWITCHES:
+        value, default = getattr(options.dcgan, option), getattr(defaults, option)
+        if value != default:
+            raise ModelOptionError(
+                option,
+                f"{option}={value!r} reshapes layers that the {networks!r} networks take from the reference code;"
+                f" leave it at its default {default!r}, or use networks {PROJECT_NETWORKS!r}",
+            )
+
+
 def build_models(name: str, **options: Any) -> tuple[nn.Module, nn.Module]:
     """build_pair(ModelOptions(name, **options)): ModelOptions refuses a name it does not have."""
     return build_pair(ModelOptions(name, **options))
@@ -127,6 +154,10 @@ def build_pair(options: ModelOptions) -> tuple[nn.Module, nn.Module]:
     elif options.name == "resnet":
         generator = ResNetGenerator(options.latent_dim, options.resolution, options.channel_base, options.channel_max)
         critic = ResNetCritic(options.resolution, options.channel_base, options.channel_max, options.critic_norm, options.pack)
+    elif options.dcgan.networks != PROJECT_NETWORKS:
+        layout, switches = PUBLISHED[options.dcgan.networks], options.dcgan
+        generator = PublishedGenerator(layout, options.latent_dim, switches.g_norm, switches.conv_bias, switches.dcgan_init)
+        critic = PublishedCritic(layout, options.critic_norm, switches.d_first_norm, switches.conv_bias, switches.dcgan_init, options.pack)
     else:
         generator = DCGANGenerator(options.latent_dim, options.resolution, options.channel_base, options.channel_max, options.dcgan)
         critic = DCGANCritic(options.resolution, options.channel_base, options.channel_max, options.critic_norm, options.dcgan, options.pack)

@@ -202,7 +202,7 @@ def test_a_run_read_back_is_its_recipes_typed_config(tmp_path):
 
 
 def test_every_dcgan_switch_reaches_the_model_by_its_own_name():
-    changed = {"g_norm": "none", "d_first_norm": True, "g_activation": "leaky_relu", "d_activation": "relu",
+    changed = {"networks": "veegan", "g_norm": "none", "d_first_norm": True, "g_activation": "leaky_relu", "d_activation": "relu",
                "upsample": "k2s2", "downsample": "maxpool", "g_dropout": 0.1, "d_dropout": 0.2, "conv_bias": True,
                "dcgan_init": False}
     assert set(changed) == set(DCGAN_SWITCHES)  # a new switch needs a row here

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from tests.conftest import assert_resumed_like_whole, completed
-from train.dcgan import DCGANConfig
+from train.dcgan import DCGANConfig, make_objective
 from train.report.metrics import read_metrics
 from train.run.config import ConfigError, load_config
 from train.run.networks import build_networks
+from train.run.runner import main
 from train.wgangp import WGANGPConfig
 
 
@@ -33,6 +34,54 @@ def test_the_debug_run_trains_with_each_network_on_its_own_optimizer_settings(ru
     groups = [torch.load(checkpoint / name, weights_only=True)["param_groups"][0] for name in ("optimizer.bin", "optimizer_1.bin")]
     assert (groups[0]["lr"], tuple(groups[0]["betas"])) == (1e-4, (0.5, 0.999))  # generator: --g-lr, shared betas
     assert (groups[1]["lr"], tuple(groups[1]["betas"])) == (4e-4, (0.0, 0.99))  # discriminator: its own
+
+
+@pytest.mark.parametrize(
+    "networks, latent_dim, first_norm, batch_size, g_optimizer, d_optimizer",
+    [
+        # stacked_MNIST_experiments/unrolled_GAN_experiment/D=0.25G/config.py and D=0.5G/config.py in fjxmlzn/PacGAN
+        ("metz-quarter", 256, True, 128, (1e-4, (0.5, 0.99)), (2e-4, (0.5, 0.99))),
+        ("metz-half", 256, True, 128, (1e-4, (0.5, 0.99)), (2e-4, (0.5, 0.99))),
+        # stacked_MNIST_experiments/VEEGAN_experiment/config.py (Adam's beta2: TensorFlow's default)
+        ("veegan", 100, False, 64, (2e-4, (0.5, 0.999)), (2e-4, (0.5, 0.999))),
+    ],
+)
+def test_a_networks_preset_brings_what_the_reference_trained_with_and_given_flags_win(
+    tmp_path, networks, latent_dim, first_norm, batch_size, g_optimizer, d_optimizer
+):
+    config = load_config(DCGANConfig, ["--data", "stacked-mnist", "--networks", networks, "--out", str(tmp_path / "r")], "test")
+    assert (config.resolution, config.latent_dim, config.batch_size) == (32, latent_dim, batch_size)
+    assert config.optimizer_settings() == (g_optimizer, d_optimizer)
+    assert (config.critic_norm, config.g_norm, config.d_first_norm, config.conv_bias) == ("batch", "batch", first_norm, True)
+    assert config.model_options().dcgan.networks == networks
+    given = load_config(DCGANConfig, ["--data", "stacked-mnist", "--networks", networks, "--batch-size", "32",
+                                      "--g-lr", "3e-4", "--critic-norm", "none", "--out", str(tmp_path / "r")], "test")
+    assert (given.batch_size, given.optimizer_settings()[0][0], given.critic_norm) == (32, 3e-4, "none")
+    assert given.latent_dim == latent_dim  # the rest of the preset stays
+
+
+def test_the_project_networks_keep_the_recipe_defaults(tmp_path):
+    assert load_config(DCGANConfig, ["--out", str(tmp_path / "r")], "test") == DCGANConfig(out=str(tmp_path / "r"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "synthetic", "--networks", "metz-half", "--resolution", "64"],
+         "error: --networks: the 'metz-half' networks (stacked_MNIST_experiments/unrolled_GAN_experiment/D=0.5G/model.py"
+         " in fjxmlzn/PacGAN) make 32 px images, not 64; set resolution 32 (Stacked MNIST's), or use networks 'project' at 64 px"),
+        (["--data", "stacked-mnist", "--networks", "veegan", "--upsample", "k2s2"],
+         "error: --upsample: upsample='k2s2' reshapes layers that the 'veegan' networks take from the reference code;"
+         " leave it at its default 'k4s2', or use networks 'project'"),
+        (["--data", "toy:8gaussians", "--networks", "metz-quarter"],
+         "error: --networks: networks='metz-quarter' is a 'dcgan' model option, not 'mlp''s; leave it at its default 'project'"),
+    ],
+)
+def test_a_networks_preset_that_does_not_fit_is_one_error_line_before_anything_is_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "r"
+    assert main(DCGANConfig, make_objective, "test", [*argv, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+    assert not out.exists()
 
 
 STABILISED = ["--data", "toy:8gaussians", "--cpu", "--mixed-precision", "fp16", "--pack", "2", "--instance-noise", "0.5",

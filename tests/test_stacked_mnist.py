@@ -1,5 +1,6 @@
 """train/report/stacked_mnist.py: the digit classifier, the mode counts and KL, the Fréchet distance,
-and a stacked-mnist run judged end to end by train/evaluate.py and train/generate.py."""
+and a stacked-mnist run judged end to end: in the loop at --fid-every (train/run/evaluation.py), by
+train/evaluate.py and by train/generate.py."""
 import json
 import math
 
@@ -10,6 +11,7 @@ import torch
 from tests.conftest import completed
 from train.data.stacked_mnist import stacked_images, stacked_indices
 from train.report import stacked_mnist
+from train.report.metrics import read_metrics
 from train.report.stacked_mnist import (
     MIN_ACCURACY,
     frechet_distance,
@@ -99,3 +101,31 @@ def test_a_stacked_mnist_run_is_judged_by_modes_kl_and_frechet_distance(classifi
     completed(run("train/generate.py", "--run", str(out), "--n", "70", "--output", str(tmp_path / "s.npy")))
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (70, 3, 32, 32) and samples.dtype == np.uint8
+
+
+def test_a_stacked_mnist_run_logs_its_modes_kl_and_frechet_at_each_evaluation_as_evaluate_py_scores_them(
+    classifier_cache, run, tmp_path, monkeypatch
+):
+    """5 steps of Metz et al.'s networks (--networks metz-quarter), evaluated every 2 steps and at the last:
+    the classifier's scores of the EMA generator, not FID, under sm_ names with their sample count."""
+    out = tmp_path / "run"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(classifier_cache.parents[1]))
+    result = completed(run(
+        "train/dcgan.py", "--data", "stacked-mnist", "--networks", "metz-quarter", "--max-steps", "5", "--batch-size", "16",
+        "--fid-every", "2", "--fid-samples", "200", "--log-every", "5", "--wandb-mode", "disabled", "--workers", "0",
+        "--out", str(out),
+    ))
+    assert "digit classifier held-out accuracy" not in result.stdout  # read from the cache, not trained again
+    records = read_metrics(out / "metrics.jsonl")
+    scored = [r for r in records if "sm_modes" in r]
+    assert [r["step"] for r in scored] == [2, 4, 5]
+    assert not any("fid" in r for r in records)
+    for r in scored:
+        assert set(r) == {"step", "sm_modes", "sm_kl", "sm_frechet", "sm_samples"} and r["sm_samples"] == 200
+        assert r["sm_modes"] == int(r["sm_modes"]) and 1 <= r["sm_modes"] <= 200  # at most one mode per sample
+        assert 0 <= r["sm_kl"] <= math.log(1000) + 1e-9 and 0 < r["sm_frechet"] < math.inf
+    scores = json.loads(completed(run("train/evaluate.py", "--run", str(out), "--samples", "200")).stdout.strip().splitlines()[-1])
+    assert scores["step"] == 5
+    assert {k: scores[k] for k in ("modes", "kl", "frechet")} == pytest.approx(
+        {k: scored[-1][f"sm_{k}"] for k in ("modes", "kl", "frechet")}, rel=1e-5
+    )

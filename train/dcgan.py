@@ -13,6 +13,23 @@ from train.run.runner import run_trainer
 UNROLL_MODES = ("exact", "lookahead")
 LOSSES = ("ns", "rpgan")
 
+# --networks: the published Stacked MNIST pairs (models/published.py) with what their reference code
+# (github.com/fjxmlzn/PacGAN, stacked_MNIST_experiments/) trained them with, as defaults the flags given
+# override. Not taken over: the reference's step counts (Metz: 500,000 steps; VEEGAN: 50 epochs of
+# 2,000 steps, each with two generator updates, which this loop does not make) and VEEGAN's
+# uniform(-1, 1) latents (here Gaussian, as everywhere).
+REFERENCE_NETWORKS = {"resolution": 32, "g_norm": "batch", "critic_norm": "batch", "conv_bias": True, "dcgan_init": True}
+METZ_TRAINING = {  # unrolled_GAN_experiment/D=0.25G/config.py and D=0.5G/config.py, the same
+    "latent_dim": 256, "d_first_norm": True, "batch_size": 128, "g_lr": 1e-4, "d_lr": 2e-4, "betas": (0.5, 0.99),
+}
+NETWORK_PRESETS = {
+    "metz-quarter": {**REFERENCE_NETWORKS, **METZ_TRAINING},
+    "metz-half": {**REFERENCE_NETWORKS, **METZ_TRAINING},
+    # VEEGAN_experiment/config.py; Adam's beta2 is TensorFlow's default
+    "veegan": {**REFERENCE_NETWORKS, "latent_dim": 100, "d_first_norm": False, "batch_size": 64, "g_lr": 2e-4,
+               "d_lr": 2e-4, "betas": (0.5, 0.999)},
+}
+
 
 @dataclass
 class DCGANConfig(TrainConfig):
@@ -29,6 +46,14 @@ class DCGANConfig(TrainConfig):
     lr: float = redeclared(TrainConfig, "lr", 2e-4)
     betas: tuple[float, float] = redeclared(TrainConfig, "betas", (0.5, 0.999))
     # The architecture switches of the usual ablations: one flag per DCGANOptions field, of its name.
+    networks: str = flag(
+        "project",
+        "project: the tutorial's networks, shaped by the switches below; or a published Stacked MNIST pair (PacGAN's"
+        " tables, 32 px): metz-quarter / metz-half (Metz et al. 2017, the discriminator 1/4 / 1/2 of the generator's"
+        " widths), veegan (VEEGAN's DCGAN); each also sets the reference's latent size, norms, Adam settings"
+        " (--g-lr, --d-lr, --betas) and batch size, which flags override",
+        choices=DCGAN_CHOICES["networks"],
+    )
     g_norm: str = flag("batch", "normalisation in the generator", choices=DCGAN_CHOICES["g_norm"])
     d_first_norm: bool = flag(False, "normalise the discriminator's first layer too (the tutorial does not)")
     g_activation: str = flag("relu", "the generator's activation", choices=DCGAN_CHOICES["g_activation"])
@@ -57,6 +82,7 @@ class DCGANConfig(TrainConfig):
 
     architecture_fields: ClassVar[tuple[str, ...]] = TrainConfig.architecture_fields + DCGAN_SWITCHES
     debug_preset: ClassVar[dict[str, Any]] = {**DEBUG_PRESET, "out": "runs/debug-dcgan"}
+    choice_presets: ClassVar[dict[str, dict[Any, dict[str, Any]]]] = {"networks": NETWORK_PRESETS}
     # The toy MLPs know none of the conv switches: their defaults, so that the 'mlp' pair takes them.
     toy_preset: ClassVar[dict[str, Any]] = {
         **{k: v for k, v in TOY_PRESET.items() if k != "gp_weight"},

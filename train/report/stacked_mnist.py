@@ -244,8 +244,14 @@ class StackedMNISTEvaluator:
             raise ValueError(f"--samples {num_samples}: the Fréchet distance needs at least 2 samples (26000 for PacGAN's numbers)")
         self.accelerator = accelerator
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        unfit = None
         with accelerator.main_process_first():
-            self.classifier = load_classifier(cache_dir)
+            try:
+                self.classifier = load_classifier(cache_dir)
+            except ClassifierUnfit as error:  # raised past the barrier, where the other ranks wait for this one
+                unfit = error
+        if unfit is not None:
+            raise unfit
         self.reference = reference_statistics(self.classifier)
 
     @torch.no_grad()

@@ -138,8 +138,13 @@ class TrainConfig:
     wandb_mode: str | None = flag(
         None, "online, offline or disabled (default: $WANDB_MODE, else online with an API key, offline without)", choices=WANDB_MODES
     )
-    fid_every: int = flag(5000, "generator steps between FID/KID evaluations of the EMA generator; 0: off", min=0)
-    fid_samples: int = flag(10000, "generated (and real) images per FID/KID evaluation, over all ranks", min=1)
+    fid_every: int = flag(
+        5000, "generator steps between evaluations of the EMA generator: FID/KID, or on stacked-mnist its modes, KL and"
+        " Fréchet distance (sm_* in metrics.jsonl); 0: off", min=0,
+    )
+    fid_samples: int = flag(
+        10000, "generated (and real) images per evaluation, over all ranks (stacked-mnist: PacGAN's tables use 26000)", min=1
+    )
     fid_weights: str | None = flag(None, f"torch-fidelity's Inception weights file ({INCEPTION_WEIGHTS}), for machines without internet", non_empty=True)
     fid_cache: str = flag(str(default_cache_dir()), "where the real images' Inception features are cached", non_empty=True)
     collapse_loss_floor: float = flag(1e-3, "collapse alarm: critic loss within this of 0 ... (0: off)", min=0)
@@ -168,6 +173,9 @@ class TrainConfig:
     collapse_critic_key: ClassVar[str] = "d_loss"  # the statistic that sits near 0 when the critic wins outright
     debug_preset: ClassVar[dict[str, Any]] = DEBUG_PRESET
     toy_preset: ClassVar[dict[str, Any]] = TOY_PRESET
+    # Flags whose value brings settings of its own, {flag: {value: {field: value}}}: defaults that the
+    # flags given still override (train/dcgan.py's --networks).
+    choice_presets: ClassVar[dict[str, dict[Any, dict[str, Any]]]] = {}
 
     def check_recipe(self) -> None:
         """A recipe's own checks of its own fields; raise ConfigError."""

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 from train.common.failpoints import Failpoints
 from train.data import BatchStream, open_stream
 from train.gan.instance_noise import InstanceNoise
-from train.report.fid import FIDEvaluator
 from train.report.metrics import StatWindow
 from train.report.monitor import CollapseMonitor
 from train.report.reporter import Reporter
@@ -37,11 +36,12 @@ from train.run.config import (
     save_config,
     time_limit_seconds,
 )
+from train.run.evaluation import Evaluation, open_evaluation
 from train.run.outcome import RunEnd, RunStatus
 from train.run.phases import Phases
 from train.run.poison import with_failpoints
 from train.run.profiling import StepProfiler
-from train.run.report import RunReport, open_fid
+from train.run.report import RunReport
 from train.run.rollback import Rollback
 from train.run.state import TrainState
 from train.run.stop import GracefulStop
@@ -66,7 +66,7 @@ class Run:
     batches: StepBatches
     phases: Phases
     noise: InstanceNoise
-    fid: FIDEvaluator | None
+    evaluation: Evaluation | None  # at --fid-every: FID, or Stacked MNIST's scores
     reporter: Reporter
     rollback: Rollback
     stop: GracefulStop
@@ -117,12 +117,12 @@ def _train(config: TrainConfig, make_objective: ObjectiveFactory, accelerator: A
 
 def build_run(config: TrainConfig, training: Training, stream: BatchStream, stop: GracefulStop,
               profiler: StepProfiler, wandb: Wandb, failpoints: Failpoints) -> Run:
-    """Around what the rank trains: the FID evaluator, the state a checkpoint holds, the step's
+    """Around what the rank trains: the evaluation (FID, or Stacked MNIST's scores), the state a checkpoint holds, the step's
     batches, the instance noise, the phases (poisoned where a non-finite failpoint is set) and
     the divergence rollback."""
     accelerator, out = training.accelerator, Path(config.out)
     reporter = Reporter(accelerator, out, wandb_enabled=wandb.mode != "disabled")
-    fid = open_fid(config, accelerator)
+    evaluation = open_evaluation(config, accelerator)
     state = TrainState(latent_rng=training.latent_rng, stream=stream, window=StatWindow(), objective=training.objective,
                        monitor=CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key),
                        run_id=new_run_id(), world_size=accelerator.num_processes)
@@ -133,7 +133,7 @@ def build_run(config: TrainConfig, training: Training, stream: BatchStream, stop
     phases = training.phases(batches.next_real, state.window.add, updates=updates,
                              perturb=lambda samples, kind: noise(samples, kind, state.step, training.latent_rng))
     rollback = Rollback(accelerator, out, training.ema, reporter, config.nonfinite_patience, config.max_rollbacks)
-    return Run(config, out, training, state, batches, phases, noise, fid, reporter, rollback, stop, profiler,
+    return Run(config, out, training, state, batches, phases, noise, evaluation, reporter, rollback, stop, profiler,
                resuming(config), failpoints.seconds("step_pause"))
 
 
@@ -179,7 +179,7 @@ def run_steps(run: Run) -> RunEnd:
     """The steps after the restored one, up to --max-steps or the first reason to stop."""
     config, state = run.config, run.state
     progress = tqdm(total=config.max_steps, initial=state.step, unit="step", disable=not run.accelerator.is_main_process)
-    report = RunReport(config, run.accelerator, run.reporter, state, run.batches, run.noise, run.training.ema, run.fid, progress)
+    report = RunReport(config, run.accelerator, run.reporter, state, run.batches, run.noise, run.training.ema, run.evaluation, progress)
     end, session_start = None, state.step
     for step in range(state.step + 1, config.max_steps + 1):
         if (end := data_failure(run, session_start)) is not None:

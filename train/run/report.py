@@ -1,9 +1,8 @@
 """What a run reports, at its cadences and on every rank in step: the metrics line (--log-every),
-the samples and their collapse check (--sample-every) and FID (--fid-every), each also at the last
-step; and whether a collapse alarm has sounded."""
-import sys
+the samples and their collapse check (--sample-every) and the evaluation (--fid-every: FID, or
+Stacked MNIST's scores; train/run/evaluation.py), each also at the last step; and whether a collapse
+alarm has sounded."""
 import time
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -12,43 +11,23 @@ from tqdm.auto import tqdm
 
 from train.data import DataError, DataOptions, check_skipped, toy_modes
 from train.gan.instance_noise import InstanceNoise
-from train.report.fid import FIDEvaluator, FIDUnavailable
 from train.report.reporter import Reporter
 from train.run.batches import StepBatches
 from train.run.config import TrainConfig
 from train.run.ema import GeneratorEMA
+from train.run.evaluation import Evaluation
 from train.run.networks import fixed_noise, render_samples
 from train.run.outcome import RunEnd, RunStatus
 from train.run.state import TrainState
-
-
-def open_fid(config: TrainConfig, accelerator: Accelerator) -> FIDEvaluator | None:
-    """The FID evaluator under --fid-every, else None; also None, said once, where FID cannot run."""
-    if not config.fid_every:
-        return None
-    try:
-        return FIDEvaluator(
-            accelerator,
-            config.data_options,
-            num_samples=config.fid_samples,
-            batch_size=config.batch_size,
-            cache_dir=Path(config.fid_cache).expanduser(),
-            seed=config.seed,
-            weights_path=config.fid_weights,
-        )
-    except FIDUnavailable as error:  # a long run is worth more than its FID curve
-        if accelerator.is_main_process:
-            print(f"error: {error}; training continues with FID disabled", file=sys.stderr)
-        return None
 
 
 class RunReport:
     """The run's reports after each step; `collapsed` once a loss or sample alarm has sounded."""
 
     def __init__(self, config: TrainConfig, accelerator: Accelerator, reporter: Reporter, state: TrainState,
-                 batches: StepBatches, noise: InstanceNoise, ema: GeneratorEMA, fid: FIDEvaluator | None, progress: tqdm):
+                 batches: StepBatches, noise: InstanceNoise, ema: GeneratorEMA, evaluation: Evaluation | None, progress: tqdm):
         self.config, self.accelerator, self.reporter, self.state = config, accelerator, reporter, state
-        self.batches, self.noise, self.ema, self.fid, self.progress = batches, noise, ema, fid, progress
+        self.batches, self.noise, self.ema, self.evaluation, self.progress = batches, noise, ema, evaluation, progress
         self.eval_noise = fixed_noise(config.num_samples, config.latent_dim, config.seed)
         data: DataOptions = config.data_options
         self.modes, self.std = toy_modes(data.spec.name) if data.spec.is_points else (None, 0.0)
@@ -63,9 +42,9 @@ class RunReport:
         end = self.metrics_line(step) if step % config.log_every == 0 or last else None
         if step % config.sample_every == 0 or last:
             self.samples(step)
-        if self.fid is not None and (step % config.fid_every == 0 or last):
-            scores = self.fid.evaluate(self.ema.generator, config.latent_dim)  # collective: every rank
-            self.reporter.log({"step": step, **scores, "fid_samples": config.fid_samples})
+        if self.evaluation is not None and (step % config.fid_every == 0 or last):
+            scores = self.evaluation.scores(self.ema.generator, config.latent_dim)  # collective: every rank
+            self.reporter.log({"step": step, **scores})
         return end
 
     def metrics_line(self, step: int) -> RunEnd | None:

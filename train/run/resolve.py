@@ -1,5 +1,6 @@
 """One run's configuration from its sources, lowest first: the recipe's defaults, the --debug
-preset, the toy-data preset, the run's saved config.json (with --resume), then the flags given.
+preset, the toy-data preset, the presets a chosen flag value brings (`choice_presets`: --networks),
+the run's saved config.json (with --resume), then the flags given.
 
 config.json is read back into the recipe's own dataclass: each value checked against its field's
 type and its flag's declaration (choices, limits), so a hand-edited file fails with the line to fix.
@@ -56,6 +57,8 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
             values.update(config_cls.debug_preset)
         if given.get("data", values["data"]).startswith("toy:"):  # the toy preset; check_config judges the name
             values.update({k: v for k, v in config_cls.toy_preset.items() if k in values})
+        for name, presets in config_cls.choice_presets.items():  # the value chosen, else the default's own
+            values.update(presets.get(given.get(name, values[name]), {}))
     values.update(given)
     config = config_cls(**{name: typed(value) for name, value in values.items()})  # argparse gives lists
     check_config(config)
