@@ -1,13 +1,23 @@
-"""What the benchmarks share: device sync, peak memory, releasing memory between rows, number format."""
+"""What the benchmarks share: device sync, peak memory, releasing memory between rows, number
+formats, and a project script run as its CLI runs, on one thread."""
 import ctypes
 import gc
+import os
+import statistics
+import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
+# OpenMP threads spin while another process holds a core: runs side by side get one thread each.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 DEVICE = torch.device("cuda", 0) if CUDA else torch.device("cpu")
 
 
@@ -56,3 +66,35 @@ def release() -> None:
 
 def significant(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2g}"
+
+
+def mean_spread(values: list[float], fmt: str) -> str:
+    """"mean ± sample standard deviation" (the mean alone for one value)."""
+    mean = statistics.fmean(values)
+    return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}" if len(values) > 1 else f"{mean:{fmt}}"
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    returncode: int
+    wall_s: float  # start-up included
+    cpu_s: float  # user + system time of the process and its children: what it really got of a shared machine
+    output: str  # its stdout and stderr, as written to its log
+
+
+def run_on_one_thread(command: list[str], log: Path) -> ScriptRun:
+    """`command` (a project script and its flags) run from the repository root as its CLI runs it,
+    with one OpenMP thread, its stdout and stderr written to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **ONE_THREAD})
+        _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage, not every child's of this process
+        process.returncode = os.waitstatus_to_exitcode(status)
+    return ScriptRun(process.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime, log.read_text())
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a failed command's output: its error."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"

@@ -15,19 +15,16 @@ PacGAN4 24.8 ± 0.2 / 93.6%; ring: PacGAN2 7.9 / 95.6%.
 import argparse
 import concurrent.futures
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from bench.measure import last_line, mean_spread, run_on_one_thread
 from train.report.modes import mode_coverage
 from train.run.finished import FinishedRun
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 2500
 # name: (trainer script, its flags). "{steps}" is the run's length (instance noise's T).
 RECIPES: dict[str, tuple[str, list[str]]] = {
@@ -55,12 +52,9 @@ def command(recipe: str, data: str, steps: int, seed: int, out: Path) -> list[st
 
 def run_one(recipe: str, data: str, steps: int, seed: int, folder: Path) -> dict:
     out = folder / f"{recipe}-{data}-{seed}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # --jobs processes share the cores
-    start = time.perf_counter()
-    result = subprocess.run(command(recipe, data, steps, seed, out), cwd=ROOT, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
+    result = run_on_one_thread(command(recipe, data, steps, seed, out), folder / f"{recipe}-{data}-{seed}.log")
     if result.returncode != 0:
-        return {"recipe": recipe, "data": data, "seed": seed, "error": result.stderr.strip().splitlines()[-1]}
+        return {"recipe": recipe, "data": data, "seed": seed, "error": last_line(result.output)}
     run = FinishedRun(out)
     generator, _ = run.ema_generator()
     centres, std = run.modes()
@@ -69,12 +63,7 @@ def run_one(recipe: str, data: str, steps: int, seed: int, folder: Path) -> dict
         samples = generator.eval()(noise)
     coverage = mode_coverage(samples, centres, std)
     return {"recipe": recipe, "data": data, "seed": seed, "modes": coverage.modes, "total": coverage.total_modes,
-            "hq": coverage.high_quality, "kl": coverage.reverse_kl, "wall": wall}
-
-
-def spread(values: list[float], fmt: str) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}" if len(values) > 1 else f"{mean:{fmt}}"
+            "hq": coverage.high_quality, "kl": coverage.reverse_kl, "wall": result.wall_s}
 
 
 def main() -> None:
@@ -104,11 +93,11 @@ def main() -> None:
             if failed:
                 print(f"| {data} | {recipe} | failed: {failed[0]['error']} | | | | {args.steps} |")
                 continue
-            modes = spread([r["modes"] for r in runs], ".1f") + f" / {runs[0]['total']}"
+            modes = mean_spread([r["modes"] for r in runs], ".1f") + f" / {runs[0]['total']}"
             kls = [r["kl"] for r in runs]
-            kl = spread(kls, ".3f") if all(k != float("inf") for k in kls) else "inf"
-            print(f"| {data} | {recipe} | {modes} | {spread([100 * r['hq'] for r in runs], '.1f')} | {kl}"
-                  f" | {spread([r['wall'] for r in runs], '.0f')} | {args.steps} |")
+            kl = mean_spread(kls, ".3f") if all(k != float("inf") for k in kls) else "inf"
+            print(f"| {data} | {recipe} | {modes} | {mean_spread([100 * r['hq'] for r in runs], '.1f')} | {kl}"
+                  f" | {mean_spread([r['wall'] for r in runs], '.0f')} | {args.steps} |")
     print("\nrecipes: " + "; ".join(f"{name}: {script} {' '.join(flags)}".strip() for name, (script, flags) in RECIPES.items()))
 
 

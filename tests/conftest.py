@@ -159,6 +159,17 @@ def lightweight_run(tmp_path_factory) -> Path:
     return finished(tmp_path_factory, "train/lightweight_gan.py", "--debug")
 
 
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory) -> Path:
+    """A cache holding Stacked MNIST's trained digit classifier (trained once per session, ~12 s on
+    one core); XDG_CACHE_HOME=classifier_cache.parents[1] makes it the default cache."""
+    from train.report.stacked_mnist import load_classifier
+
+    cache = tmp_path_factory.mktemp("xdg-cache") / "facegan" / "stacked-mnist"  # default_cache_dir()'s layout
+    load_classifier(cache)
+    return cache
+
+
 # Its flags: 32 px keeps a 2-rank step cheap; every step logged and a checkpoint every 4 steps, so
 # that faults at random moments land around checkpoints.
 TWO_RANK_FLAGS = ["--debug", "--resolution", "32", "--max-steps", "16", "--log-every", "1", "--ckpt-every", "4", "--sample-every", "8"]

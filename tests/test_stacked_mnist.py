@@ -24,14 +24,6 @@ from train.report.stacked_mnist import (
 
 
 @pytest.fixture(scope="session")
-def classifier_cache(tmp_path_factory):
-    """A cache holding the trained classifier (trained once per session, ~12 s on one core)."""
-    cache = tmp_path_factory.mktemp("xdg-cache") / "facegan" / "stacked-mnist"  # default_cache_dir()'s layout
-    load_classifier(cache)
-    return cache
-
-
-@pytest.fixture(scope="session")
 def classifier(classifier_cache):
     return load_classifier(classifier_cache)
 

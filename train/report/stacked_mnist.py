@@ -231,6 +231,29 @@ def real_floor(
     return _scores(torch.cat(modes), torch.cat(features), reference or reference_statistics(classifier))
 
 
+@torch.no_grad()
+def classify_generated(
+    generator: nn.Module, latent_dim: int, classifier: DigitClassifier, share: range, batch_size: int, seed: int,
+    device: torch.device = torch.device("cpu"),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(modes, features) of the generator's samples `share` (FID's seeded blocks of `batch_size`),
+    as classify gives them; the caller's RNG states are left as they were."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        blocks = [classify(images, classifier) for images in generated_blocks(generator, latent_dim, share, batch_size, seed, device)]
+    if not blocks:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, CHANNELS * classifier.num_features, dtype=torch.float64)
+    return torch.cat([m for m, _ in blocks]), torch.cat([f for _, f in blocks])
+
+
+def score_generator(
+    generator: nn.Module, latent_dim: int, classifier: DigitClassifier, reference: Reference, *, num_samples: int, batch_size: int, seed: int
+) -> dict[str, float]:
+    """{"modes", "kl", "frechet"} of `num_samples` samples on one process: the samples, and so the
+    numbers, that `train/evaluate.py --samples N` gives a run with this batch size and seed."""
+    modes, features = classify_generated(generator, latent_dim, classifier, range(num_samples), batch_size, seed)
+    return _scores(modes, features, reference)
+
+
 class StackedMNISTEvaluator:
     """Modes, KL and Fréchet distance of a generator's `num_samples` samples; FIDEvaluator's shape.
 
@@ -261,10 +284,7 @@ class StackedMNISTEvaluator:
         accelerator = self.accelerator
         device = accelerator.device
         share = rank_share(self.num_samples, self.batch_size, accelerator.process_index, accelerator.num_processes)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            blocks = [classify(images, self.classifier) for images in generated_blocks(generator, latent_dim, share, self.batch_size, self.seed, device)]
-        modes = torch.cat([m for m, _ in blocks]) if blocks else torch.zeros(0, dtype=torch.long)
-        features = torch.cat([f for _, f in blocks]) if blocks else torch.zeros(0, CHANNELS * self.classifier.num_features, dtype=torch.float64)
+        modes, features = classify_generated(generator, latent_dim, self.classifier, share, self.batch_size, self.seed, device)
         modes = gather_shares(accelerator, modes.to(device), self.num_samples, self.batch_size).cpu()
         features = gather_shares(accelerator, features.to(device), self.num_samples, self.batch_size).cpu()
         return _scores(modes, features, self.reference)
