@@ -87,6 +87,11 @@ def test_one_recipe_trained_for_its_seconds_is_scored_as_evaluate_py_scores_it(c
 
     evaluated = completed(tool_in_process("train/evaluate.py", "--run", str(out / "gan-seed0"), "--samples", "200"))
     scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
-    assert {k: scores[k] for k in ("step", "modes", "kl", "frechet")} == {k: run[k] for k in ("step", "modes", "kl", "frechet")}
-    assert {k: scores[f"real_{k}"] for k in ("modes", "kl", "frechet")} == record["floor"]
+    # The same samples and classes; the Fréchet distance's float sums may run on other thread counts
+    # (measured: 0.0440173 against 0.0440169 in the whole suite), so to 1e-4 as the FID tests compare.
+    assert {k: scores[k] for k in ("step", "modes", "kl")} == {k: run[k] for k in ("step", "modes", "kl")}
+    assert scores["frechet"] == pytest.approx(run["frechet"], rel=1e-4)
+    floor = record["floor"]
+    assert (scores["real_modes"], scores["real_kl"]) == (floor["modes"], floor["kl"])
+    assert scores["real_frechet"] == pytest.approx(floor["frechet"], rel=1e-4)
     assert Path(out / "gan-seed0.log").read_text().strip()
