@@ -149,7 +149,7 @@ def test_requeues_stop_at_the_maximum_restarts():
 # ---- on a real Slurm ----
 
 
-@pytest.fixture(scope="session")  # the real jobs' tests run last (marked `last`), after this module's others
+@pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
@@ -186,9 +186,7 @@ def stamped(log: str, pattern: str) -> list[datetime]:
 
 
 # Both real jobs start at once, each with a thread doing what its test would do between sbatch and
-# the end (the node declares CPUs for both): the suite waits for neither. They run beside other
-# tests, so each of their processes gets one OpenMP thread (spinning threads on shared cores).
-JOB_ENV = {**ENV, "OMP_NUM_THREADS": "1"}
+# the end (the node declares CPUs for both): the file waits for the longer job, not for the sum.
 TIME_LIMITED_STEPS = 40
 TWO_NODE_STEPS = 6
 
@@ -205,7 +203,7 @@ def submit_time_limited_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
         "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--max-restarts", "3",
         "--", "--debug", "--max-steps", str(steps), "--log-every", "1", "--sample-every", str(steps // 2),
         "--ckpt-every", str(steps // 4),
-        env={**JOB_ENV, "FACEGAN_FAILPOINTS": "step_pause=1"}, cwd=folder,  # submitted from elsewhere than the repository
+        env={**ENV, "FACEGAN_FAILPOINTS": "step_pause=1"}, cwd=folder,  # submitted from elsewhere than the repository
     )
     return WatchedJob(slurm, job, log, ready=lambda: log.exists() and "SIGUSR1: asking" in log.read_text(),
                       act=lambda: slurm.scontrol("update", f"JobId={job}", "TimeLimit=10"), timeout=180)
@@ -218,7 +216,7 @@ def submit_two_node_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
     job = slurm.sbatch(
         "--time=15", "--signal=B:USR1@60", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2", f"--output={log}", str(SLURM / "multi_node.sbatch"),
         "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--", "--debug", "--max-steps", str(TWO_NODE_STEPS), "--log-every", "1",
-        env=JOB_ENV, cwd=ROOT,
+        env=ENV, cwd=ROOT,
     )
     signal_batch_shell = ["scancel", "--batch", "--signal=USR1", str(job)]
     return WatchedJob(slurm, job, log, ready=lambda: len(logged(out)) >= 2,
@@ -231,7 +229,7 @@ class RealJobs:
     two_nodes: WatchedJob
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_jobs(slurm, tmp_path_factory) -> Iterator[RealJobs]:
     """Each test waits for its own job only: a job that fails, or a watcher that gives up, costs
     the other test nothing; the cluster's teardown cancels what is left."""
@@ -248,17 +246,6 @@ def run_folder(job: WatchedJob) -> Path:
 
 
 @pytest.mark.slow
-def test_both_real_jobs_are_accepted_and_run_beside_the_rest_of_the_suite(slurm, real_jobs):
-    """Both jobs start here, in the file's order; the two tests that judge them are marked `last`
-    (tests/conftest.py runs those after every other test), so the minute the jobs mostly spend
-    waiting (Slurm's 30-s time-limit check, the step pause) passes beside the rest of the suite."""
-    for job in (real_jobs.time_limited, real_jobs.two_nodes):
-        state = slurm.job(job.id)["JobState"]
-        assert state in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED"), f"job {job.id}: {state}"
-
-
-@pytest.mark.slow
-@pytest.mark.last
 def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finishes(real_jobs):
     job, steps = real_jobs.time_limited, TIME_LIMITED_STEPS
     out = run_folder(job)
@@ -277,7 +264,6 @@ def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finis
 
 
 @pytest.mark.slow
-@pytest.mark.last
 def test_two_tasks_as_two_nodes_rendezvous_and_resume_after_the_batch_shell_is_signalled(real_jobs):
     job = real_jobs.two_nodes
     state = job.wait_until_done(timeout=300)
