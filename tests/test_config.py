@@ -22,7 +22,7 @@ def config(*argv: str) -> WGANGPConfig:
 
 def test_debug_preset_is_a_tiny_dcgan_on_synthetic_images(tmp_path):
     c = config("--debug", "--out", str(tmp_path / "r"))
-    assert (c.data, c.model, c.resolution, c.max_steps) == ("synthetic", "dcgan", 64, 40)
+    assert (c.data, c.model, c.resolution, c.max_steps) == ("synthetic", "dcgan", 32, 40)
     assert c.gp_weight == 10.0 and c.betas == (0.0, 0.9)
 
 
@@ -44,7 +44,7 @@ def test_resume_takes_the_saved_config_and_new_flags(tmp_path):
     (out / "checkpoints" / "step_000020").mkdir(parents=True)
     c = config("--resume", "--out", str(out), "--max-steps", "80")
     assert (c.batch_size, c.model, c.max_steps, c.resume) == (3, "dcgan", 80, "yes")
-    with pytest.raises(ConfigError, match=r"--resolution 128 differs from the run in .* \(64\); drop the flag to resume"):
+    with pytest.raises(ConfigError, match=r"--resolution 128 differs from the run in .* \(32\); drop the flag to resume"):
         config("--resume", "--out", str(out), "--resolution", "128")
 
 

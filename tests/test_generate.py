@@ -13,10 +13,11 @@ from PIL import Image, ImageSequence
 
 from tests.conftest import completed
 from train.generate import latent_draws, loop_latents, main, slerp
+from train.run.config import DEBUG_PRESET
 from train.run.finished import FinishedRun
 from train.run.networks import render_samples
 
-SIZE, PADDING = 64, 2  # the debug preset's resolution; image_grid's padding
+SIZE, PADDING = DEBUG_PRESET["resolution"], 2  # the debug runs' images; image_grid's padding
 
 
 

@@ -46,10 +46,10 @@ def test_sigkill_and_stop_signals_at_random_moments_lose_nothing_and_each_stop_l
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 10 MB tmpfs (root mounts one here), grown to 64 MB when the test asks; skipped where no mount is allowed."""
+    """A 7 MB tmpfs (root mounts one here), grown to 64 MB when the test asks; skipped where no mount is allowed."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mount)], capture_output=True, text=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(mount)], capture_output=True, text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
 
@@ -64,7 +64,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_stops_the_run_resumably_and_it_finishes_once_space_is_back(small_disk):
     mount, grow = small_disk
     out = mount / "run"
-    # Debug checkpoints take about 6 MB: the second one cannot be written on 10 MB.
+    # Debug checkpoints take about 4.7 MB: the second one cannot be written on 7 MB.
     flags = ["--debug", "--max-steps", "8", "--ckpt-every", "2", "--sample-every", "4", "--log-every", "1"]
     first = train_in_process("train/wgangp.py", *flags, "--out", str(out))
     assert first.returncode == 75, first.stderr[-3000:]

@@ -27,7 +27,7 @@ def test_debug_run_leaves_config_metrics_samples_and_checkpoints(wgangp_run):
     assert records[-1]["world_size"] == 1
     for step in (20, 40):
         image = Image.open(wgangp_run / "samples" / f"step_{step:06d}.png")
-        assert image.size == (4 * 66 + 2, 4 * 66 + 2)  # 16 fixed-noise samples, 64 px, 2 px padding
+        assert image.size == (4 * 34 + 2, 4 * 34 + 2)  # 16 fixed-noise samples, 32 px, 2 px padding
     checkpoints = sorted(p.name for p in (wgangp_run / "checkpoints").iterdir())
     assert checkpoints == ["step_000020", "step_000040"]
     files = {p.name for p in (wgangp_run / "checkpoints" / "step_000040").iterdir()}
@@ -37,7 +37,7 @@ def test_debug_run_leaves_config_metrics_samples_and_checkpoints(wgangp_run):
 
 def test_generate_writes_a_grid_from_the_ema_generator(run, wgangp_run, tmp_path):
     completed(run("train/generate.py", "--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / "grid.png")))
-    assert Image.open(tmp_path / "grid.png").size == (3 * 66 + 2, 3 * 66 + 2)
+    assert Image.open(tmp_path / "grid.png").size == (3 * 34 + 2, 3 * 34 + 2)
     refused = run("train/generate.py", "--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / "x.jpg"))
     assert refused.returncode != 0 and "change the file extension" in refused.stderr
 
@@ -48,7 +48,7 @@ def test_generate_writes_raw_uint8_samples_to_npy_matching_the_grid(wgangp_run, 
     for output in ("s.npy", "grid.png"):
         assert generate(["--run", str(wgangp_run), "--n", "9", "--output", str(tmp_path / output)]) == 0
     samples = np.load(tmp_path / "s.npy")
-    assert samples.shape == (9, 3, 64, 64) and samples.dtype == np.uint8
+    assert samples.shape == (9, 3, 32, 32) and samples.dtype == np.uint8
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     for i, sample in enumerate(samples):  # the grid's tiles (2 px frames), pixel for pixel
         row, column = divmod(i, 3)

@@ -44,6 +44,7 @@ class LightweightGANConfig(TrainConfig):
     debug_preset: ClassVar[dict[str, Any]] = {
         **DEBUG_PRESET,
         "model": "lightweight",
+        "resolution": 64,  # its attention at 16 px, one of the lightweight GAN's own resolutions
         "latent_dim": 64,
         "attn_resolutions": (16,),
         "out": "runs/debug-lightweight",

@@ -34,7 +34,7 @@ BETAS = {"min": 0.0, "max": 1.0, "exclusive_max": True, "example": "0.0 0.9"}
 DEBUG_PRESET: dict[str, Any] = {
     "data": "synthetic",
     "model": "dcgan",
-    "resolution": 64,
+    "resolution": 32,
     "latent_dim": 64,
     "channel_base": 1024,
     "channel_max": 64,
