@@ -52,7 +52,7 @@ def test_generate_writes_raw_uint8_samples_to_npy_matching_the_grid(wgangp_run, 
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     for i, sample in enumerate(samples):  # the grid's tiles (2 px frames), pixel for pixel
         row, column = divmod(i, 3)
-        tile = grid[2 + 66 * row: 66 + 66 * row, 2 + 66 * column: 66 + 66 * column]
+        tile = grid[2 + 34 * row: 34 + 34 * row, 2 + 34 * column: 34 + 34 * column]  # 32 px, 2 px frames
         np.testing.assert_array_equal(sample.transpose(1, 2, 0), tile)
 
 
