@@ -32,14 +32,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """One xdist worker runs every test of a file that shares a machine-wide resource: the real
-    Slurm (munged's socket and key are the machine's own). Tests marked `last` run last."""
+    Slurm (munged's socket and key are the machine's own)."""
     for item in items:
         if item.path.name == "test_slurm.py":
             item.add_marker(pytest.mark.xdist_group("slurm"))
-    # A test marked `last` judges work that an earlier test started and that runs beside the rest
-    # of the suite (the time-limited Slurm job, which mostly waits on Slurm's timer): it runs after them.
-    items[:] = [item for item in items if not item.get_closest_marker("last")] + [
-        item for item in items if item.get_closest_marker("last")]
 
 
 def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None, launcher: list[str] | None = None):

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def test_requeues_stop_at_the_maximum_restarts():
 # ---- on a real Slurm ----
 
 
-@pytest.fixture(scope="session")  # the time-limited job's test runs last (marked `last`), after this module's others
+@pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
@@ -184,11 +185,8 @@ def stamped(log: str, pattern: str) -> list[datetime]:
     return [datetime.strptime(m.group(1), "%H:%M:%S") for m in re.finditer(rf"\[(\d\d:\d\d:\d\d)\] {pattern}", log)]
 
 
-# Each real job runs with a thread doing what its test would do between sbatch and the end (the node
-# declares CPUs for both at once). The time-limited job spends most of its minute waiting (Slurm's
-# 30-s time-limit check, the step pause): it starts in this file's order and its test runs after
-# every other test (marked `last`, tests/conftest.py), so that minute passes beside the rest of the
-# suite; its processes get one OpenMP thread each, not to spin on cores the other tests use.
+# Both real jobs start at once, each with a thread doing what its test would do between sbatch and
+# the end (the node declares CPUs for both): the file waits for the longer job, not for the sum.
 TIME_LIMITED_STEPS = 40
 TWO_NODE_STEPS = 6
 
@@ -205,7 +203,7 @@ def submit_time_limited_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
         "--trainer", "wgangp", "--out", str(out), "--cpu", "1", "--max-restarts", "3",
         "--", "--debug", "--max-steps", str(steps), "--log-every", "1", "--sample-every", str(steps // 2),
         "--ckpt-every", str(steps // 4),
-        env={**ENV, "OMP_NUM_THREADS": "1", "FACEGAN_FAILPOINTS": "step_pause=1"}, cwd=folder,  # submitted from elsewhere than the repository
+        env={**ENV, "FACEGAN_FAILPOINTS": "step_pause=1"}, cwd=folder,  # submitted from elsewhere than the repository
     )
     return WatchedJob(slurm, job, log, ready=lambda: log.exists() and "SIGUSR1: asking" in log.read_text(),
                       act=lambda: slurm.scontrol("update", f"JobId={job}", "TimeLimit=10"), timeout=180)
@@ -225,13 +223,21 @@ def submit_two_node_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
                       act=lambda: subprocess.run(signal_batch_shell, env=slurm.env, check=True, timeout=30), timeout=180)
 
 
-@pytest.fixture(scope="session")
-def time_limited_job(slurm, tmp_path_factory) -> Iterator[WatchedJob]:
-    """Its test waits for it alone: a job that fails, or a watcher that gives up, costs the other
-    tests nothing; the cluster's teardown cancels what is left."""
-    job = submit_time_limited_job(slurm, tmp_path_factory.mktemp("time_limited"))
-    yield job
-    job.stop_watching()
+@dataclass(frozen=True)
+class RealJobs:
+    time_limited: WatchedJob
+    two_nodes: WatchedJob
+
+
+@pytest.fixture(scope="module")
+def real_jobs(slurm, tmp_path_factory) -> Iterator[RealJobs]:
+    """Each test waits for its own job only: a job that fails, or a watcher that gives up, costs
+    the other test nothing; the cluster's teardown cancels what is left."""
+    jobs = RealJobs(submit_time_limited_job(slurm, tmp_path_factory.mktemp("time_limited")),
+                    submit_two_node_job(slurm, tmp_path_factory.mktemp("two_nodes")))
+    yield jobs
+    for job in (jobs.time_limited, jobs.two_nodes):
+        job.stop_watching()
 
 
 def run_folder(job: WatchedJob) -> Path:
@@ -240,16 +246,8 @@ def run_folder(job: WatchedJob) -> Path:
 
 
 @pytest.mark.slow
-def test_the_time_limited_job_is_accepted_and_runs_beside_the_rest_of_the_suite(slurm, time_limited_job):
-    """It starts here, in the file's order; the test below judges it after every other test."""
-    state = slurm.job(time_limited_job.id)["JobState"]
-    assert state in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED"), f"job {time_limited_job.id}: {state}"
-
-
-@pytest.mark.slow
-@pytest.mark.last
-def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finishes(time_limited_job):
-    job, steps = time_limited_job, TIME_LIMITED_STEPS
+def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finishes(real_jobs):
+    job, steps = real_jobs.time_limited, TIME_LIMITED_STEPS
     out = run_folder(job)
     state = job.wait_until_done(timeout=300)
     text = job.log.read_text()
@@ -266,12 +264,9 @@ def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finis
 
 
 @pytest.mark.slow
-def test_two_tasks_as_two_nodes_rendezvous_and_resume_after_the_batch_shell_is_signalled(slurm, tmp_path):
-    job = submit_two_node_job(slurm, tmp_path)
-    try:
-        state = job.wait_until_done(timeout=300)
-    finally:
-        job.stop_watching()
+def test_two_tasks_as_two_nodes_rendezvous_and_resume_after_the_batch_shell_is_signalled(real_jobs):
+    job = real_jobs.two_nodes
+    state = job.wait_until_done(timeout=300)
     text = job.log.read_text()
     assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
     assert int(state["Restarts"]) == 1
