@@ -168,9 +168,9 @@ def classifier_cache(tmp_path_factory) -> Path:
     return cache
 
 
-# Its flags: 32 px keeps a 2-rank step cheap; every step logged and a checkpoint every 4 steps, so
+# Its flags: 32 px keeps a 2-rank step cheap; every step logged and a checkpoint every 3 steps, so
 # that faults at random moments land around checkpoints.
-TWO_RANK_FLAGS = ["--debug", "--resolution", "32", "--max-steps", "16", "--log-every", "1", "--ckpt-every", "4", "--sample-every", "8"]
+TWO_RANK_FLAGS = ["--debug", "--resolution", "32", "--max-steps", "12", "--log-every", "1", "--ckpt-every", "3", "--sample-every", "6"]
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class LaunchedRun:
 
 @pytest.fixture(scope="session")
 def two_rank_run(tmp_path_factory) -> LaunchedRun:
-    """`accelerate launch --cpu --num_processes 2 train/wgangp.py` with TWO_RANK_FLAGS: 16 steps on
+    """`accelerate launch --cpu --num_processes 2 train/wgangp.py` with TWO_RANK_FLAGS: 12 steps on
     2 gloo ranks. test_wgangp checks the launch; test_reliability judges faulted runs against it
     and continues a copy of it on other numbers of processes."""
     from tests.faults import run_to_end
