@@ -38,6 +38,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "gan+pack4": ("train/dcgan.py", ["--pack", "4"]),
     "gan+pack4+sn": ("train/dcgan.py", ["--pack", "4", "--d-spectral-norm"]),
     "gan+noise+smooth": ("train/dcgan.py", ["--instance-noise", "0.5", "--instance-noise-steps", "{steps}", "--real-label", "0.9"]),
+    # The zero-centred penalties (R1 on real data, R2 on generated): gamma 1, the best of 0.1 and 1 here.
+    "gan+r1": ("train/dcgan.py", ["--r1-weight", "1"]),
+    "rpgan+r1+r2": ("train/dcgan.py", ["--loss", "rpgan", "--r1-weight", "1", "--r2-weight", "1"]),
 }
 
 
