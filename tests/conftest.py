@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from train.common.stop_signals import STOP_SIGNALS
+
 # OpenMP threads spin while another process holds a core: a trainer beside a busy process (another
 # xdist worker, a second rank, a decoding worker) then runs several times slower (the README's
 # "Threads" figures). Each worker takes its share of the cores, as do the processes its tests start;
@@ -132,7 +134,7 @@ def run():
 def own_handlers():
     """GracefulStop (and so an in-process run) leaves its signal handlers in place; this pytest
     process gets its own back."""
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     yield
     for sig, handler in before.items():
         signal.signal(sig, handler)

@@ -17,6 +17,7 @@ import torch
 from tests.conftest import ROOT
 from tests.fixtures import FEATURES, id_image, jpeg_bytes
 from tests.test_lock import TRAINER_ENV, read_line, started
+from train.common.stop_signals import STOP_SIGNALS
 from train.report.metrics import read_metrics
 from train.run.config import load_config, save_config
 from train.run.runner import main
@@ -83,7 +84,7 @@ def unreadable(tmp_path) -> Path:
 def finished_run(tmp_path_factory) -> Path:
     """A 2-step debug run, finished, with its checkpoint at step 2. Tests copy it before use."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         assert train(*TINY, "--out", str(out)) == 0
     finally:

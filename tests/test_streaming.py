@@ -1,9 +1,11 @@
 """train/data/streaming.py: hub, parquet and folder sources through one datasets pipeline."""
 import io
 import itertools
+import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 import torch
 
@@ -59,6 +61,22 @@ def test_an_image_folder_goes_through_the_same_pipeline(tmp_path):
     rows = [read_rows(stream(str(folder), rank, 2, batch=4, workers=1), 5) for rank in range(2)]
     assert not set(rows[0]) & set(rows[1])
     assert set(rows[0]) | set(rows[1]) == set(range(40))
+
+
+def test_decoding_workers_live_through_ctrl_c_and_the_other_stop_signals(shards):
+    # A terminal's Ctrl-C reaches every process of its group, and Slurm signals every process of a
+    # job: the rank decides when to stop, and its batches must keep coming until then.
+    before = set(psutil.Process().children())
+    source = stream(f"parquet:{shards}", workers=2, batch=5)
+    read_rows(source, 1)
+    workers = set(psutil.Process().children()) - before
+    assert len(workers) == 2
+    for worker in workers:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            worker.send_signal(stop_signal)
+    assert len(read_rows(source, 20)) == 100  # more than the workers had made before the signals
+    assert all(worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+    source.close()
 
 
 def test_the_resumed_stream_does_not_repeat_rows_seen_before_the_checkpoint(shards):

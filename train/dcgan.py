@@ -1,5 +1,12 @@
 """Train a DCGAN (Radford et al. 2016), the PyTorch tutorial's networks by default, with the
 stabilisers of the usual experiments: `accelerate launch train/dcgan.py [flags]`."""
+# Stop signals are caught before the imports below, which take seconds (torch): a Slurm SIGTERM or a
+# Ctrl-C then ends the run as it would later, instead of killing the process.
+if __name__ == "__main__":
+    from train.common.stop_signals import catch_stop_signals
+
+    catch_stop_signals()
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar

@@ -1,4 +1,11 @@
 """Train a WGAN-GP (Gulrajani et al. 2017): `accelerate launch train/wgangp.py [flags]`."""
+# Stop signals are caught before the imports below, which take seconds (torch): a Slurm SIGTERM or a
+# Ctrl-C then ends the run as it would later, instead of killing the process.
+if __name__ == "__main__":
+    from train.common.stop_signals import catch_stop_signals
+
+    catch_stop_signals()
+
 from dataclasses import dataclass
 
 from train.gan.objectives import WGANGP

@@ -24,7 +24,9 @@ from train.run.batches import StepBatches
 from train.run.build import ObjectiveFactory, Training, build_training, make_accelerator
 from train.run.checkpoint import (
     CheckpointWriteError,
+    checkpoint_step,
     checkpoint_to_resume,
+    latest_checkpoint,
     load_checkpoint,
     remove_partial_checkpoints,
     save_checkpoint,
@@ -85,8 +87,11 @@ def train(config: TrainConfig, make_objective: ObjectiveFactory) -> RunEnd:
     failpoints = Failpoints.from_environment()  # test-only fault injection, read as the run starts
     wandb = Wandb(*resolve_wandb_mode(config.wandb_mode))
     accelerator = make_accelerator(config, log_with=WandbRun.log_with(wandb.mode))
-    # From the first moment: a signal during start-up stops the run after its first step.
+    # A signal during start-up stops the run after its first step; one before the handlers were in
+    # (the entry script caught it) ends it before its set-up.
     with GracefulStop(accelerator, time_limit_seconds(config)) as stop:
+        if (reason := stop.asked_before_set_up()) is not None:
+            return stopped_before_set_up(config, accelerator, reason)
         return _train(config, make_objective, accelerator, stop, wandb, failpoints)
 
 
@@ -113,6 +118,17 @@ def _train(config: TrainConfig, make_objective: ObjectiveFactory, accelerator: A
         del run, training
         release(accelerator)
         return end
+
+
+def stopped_before_set_up(config: TrainConfig, accelerator: Accelerator, reason: str) -> RunEnd:
+    """The end of a run asked to stop in its first seconds: nothing written to --out, so a new run
+    holds no half-made outputs and a resumed one's newest checkpoint stays its newest (the step the
+    end names); the resumable exit tells a launcher to start it again."""
+    newest = latest_checkpoint(Path(config.out)) if resuming(config) else None
+    step = checkpoint_step(newest) if newest else 0
+    accelerator.print(f"stopped before the set-up: {reason} came while the run was starting; nothing written")
+    release(accelerator)
+    return RunEnd(RunStatus.STOPPED, step, f"{reason} while starting")
 
 
 def build_run(config: TrainConfig, training: Training, stream: BatchStream, stop: GracefulStop,

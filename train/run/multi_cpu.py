@@ -8,6 +8,8 @@ import sys
 
 import psutil
 
+from train.common.stop_signals import before_exec
+
 
 def requested_cpu_launch() -> argparse.Namespace | None:
     """The parent `accelerate launch --cpu` command's arguments when it asked for more than one
@@ -47,4 +49,4 @@ def relaunch_on_cpu_processes() -> None:
     print(f"accelerate launch --cpu starts one process; running {local} CPU processes on this machine "
           f"({args.num_processes} on {machines}) with torchrun", flush=True)
     command = [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc_per_node={local}", *sys.argv]
-    os.execve(sys.executable, command, {**os.environ, "ACCELERATE_USE_CPU": "1"})
+    os.execve(sys.executable, command, {**os.environ, "ACCELERATE_USE_CPU": "1", **before_exec()})

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from train.data import DataError, DataSpecError
-from train.run.checkpoint import CheckpointMismatch, NoWholeCheckpoint
+from train.run.checkpoint import (
+    CheckpointMismatch,
+    NoWholeCheckpoint,
+    latest_checkpoint,
+)
 from train.run.config import Config, ConfigError, check_run_dir, load_config
 from train.run.lock import RunLock, RunLocked
 from train.run.multi_cpu import relaunch_on_cpu_processes
@@ -56,8 +60,15 @@ def main(config_cls: type[Config], make_objective: "ObjectiveFactory", descripti
     if main_process and end.status is RunStatus.DATA_FAILED:
         print(f"error: {end.reason}", file=sys.stderr, flush=True)
     if main_process and end.status is RunStatus.STOPPED:
-        print(f"exit code {end.status.exit_code}: stopped early and resumable; continue with --resume (or --resume auto)", flush=True)
+        print(f"exit code {end.status.exit_code}: {how_to_go_on(out)}", flush=True)
     return end.status.exit_code
+
+
+def how_to_go_on(out: Path) -> str:
+    """After a resumable stop: --resume is refused where the run stopped before its first checkpoint."""
+    if latest_checkpoint(out) is None:
+        return "stopped before the first checkpoint; start again with the same command (or --resume auto)"
+    return "stopped early and resumable; continue with --resume (or --resume auto)"
 
 
 def end_with_launcher(poll_s: float = 5.0) -> None:

@@ -1,9 +1,12 @@
-"""Graceful stop: SIGUSR1, SIGTERM or a wall-clock budget (--time-limit) asks the run to stop.
+"""Graceful stop: SIGUSR1, SIGTERM, SIGINT (Ctrl-C) or a wall-clock budget (--time-limit) asks the run to stop.
 
 The request is agreed across ranks at each step boundary (a max all-reduce of every rank's flag),
 so every rank leaves the loop after the same step, writes the same checkpoint and exits with the
 resumable exit code. A signal only sets a flag: a second one while the checkpoint is written
-changes nothing, and the checkpoint is still made atomically (train/run/checkpoint.py).
+changes nothing, and the checkpoint is still made atomically (train/run/checkpoint.py); only a second
+Ctrl-C aborts, at once. A signal in the process's first seconds, before these handlers were in (caught
+from the entry script's first line, train/common/stop_signals.py), ends the run before its set-up,
+with nothing written; one during the set-up stops it after its first step.
 
 Launchers need to signal the training processes themselves: `accelerate launch` and torchrun die
 on SIGUSR1 and give their workers a fixed 30 s after a SIGTERM. When $FACEGAN_PID_DIR is set, each
@@ -21,7 +24,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from train.common.stop_signals import STOP_SIGNALS
+from train.common.stop_signals import STOP_SIGNALS, abort, adopt_early_requests, handled
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -71,6 +74,8 @@ class GracefulStop:
         started = psutil.Process().create_time()
         self.deadline = None if time_limit_s is None else started + time_limit_s
         self.signal_name: str | None = None
+        self.received: list[str] = []  # every stop signal, in order: a second SIGINT aborts
+        self.early: list[str] = []  # those caught before these handlers were in
         self.ended = False
         self.exit_timers: list[threading.Timer] = []  # armed by signals after the run ended
         self._pid_file: Path | None = None
@@ -82,7 +87,11 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_signal)
+            if handled(sig):
+                signal.signal(sig, self._on_signal)
+        self.early = adopt_early_requests()
+        self.received = self.early + self.received
+        self.signal_name = self.received[0] if self.received else None
         pid_dir = os.environ.get(PID_DIR_VARIABLE)
         if pid_dir:  # written after the handlers: a pid listed there never dies of SIGUSR1
             self._pid_file = Path(pid_dir) / f"rank{self.accelerator.process_index}.pid"
@@ -97,6 +106,9 @@ class GracefulStop:
 
     def _on_signal(self, signum: int, frame) -> None:
         name, rank = signal.Signals(signum).name, self.accelerator.process_index
+        if signum == signal.SIGINT and "SIGINT" in self.received:
+            abort(rank)
+        self.received.append(name)
         if self.ended:
             message = f"the run has already ended; the process ends within {AFTER_END_GRACE_S:.0f} s"
             timer = threading.Timer(AFTER_END_GRACE_S, os._exit, (128 + signum,))  # the shell's code for it
@@ -116,6 +128,13 @@ class GracefulStop:
         if self.deadline is not None and time.time() >= self.deadline:
             return "--time-limit"
         return None
+
+    def asked_before_set_up(self) -> str | None:
+        """Collective, as the run's set-up begins: why it ends before its set-up (a stop signal
+        caught on any rank before these handlers were in), or None."""
+        if not self.any_rank(bool(self.early)):
+            return None
+        return self.early[0] if self.early else "a stop signal on another rank"
 
     def any_rank(self, flag: bool) -> bool:
         """Collective: whether `flag` is set on any rank (over the same CPU group as the stop flag)."""
