@@ -29,6 +29,24 @@ TRAINER = [sys.executable, str(ROOT / "train/wgangp.py")]
 LONG_DEBUG = ["--debug", "--max-steps", "400", "--log-every", "1", "--sample-every", "1000", "--ckpt-every", "1000"]
 
 
+# A process that catches the stop signals, gets a SIGTERM, then replaces itself, as
+# train/run/multi_cpu.py hands over to torchrun; the program after the exec reports what it got.
+HANDS_OVER = """
+import os, signal, sys
+from train.common.stop_signals import before_exec, catch_stop_signals
+catch_stop_signals()
+os.kill(os.getpid(), signal.SIGTERM)
+os.execve(sys.executable, [sys.executable, "-c", sys.argv[1]], {**os.environ, **before_exec()})
+"""
+AFTER_THE_EXEC = """
+import signal
+from train.common.stop_signals import adopt_early_requests, catch_stop_signals
+print("SIGUSR1 ignored:", signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN)
+catch_stop_signals()
+print("requests:", adopt_early_requests())
+"""
+
+
 class Output:
     """A process's stdout and stderr together, read line by line as they come (by a thread, so that
     the test can wait for a line and still see the process end)."""
@@ -157,3 +175,12 @@ def test_a_stop_signal_before_the_slow_imports_ends_the_run_resumable_with_nothi
         config = load_config(WGANGPConfig, [*LONG_DEBUG, "--resume", resume, "--out", str(out)], "test")
         check_run_dir(config)
         assert not resuming(config)
+
+
+def test_a_process_that_hands_over_by_exec_passes_on_the_launchers_ignored_sigusr1_and_the_requests_caught():
+    # node.sh starts the launcher with SIGUSR1 ignored: torchrun would die of the one srun passes on.
+    ignoring = subprocess.run([sys.executable, "-c", HANDS_OVER, AFTER_THE_EXEC], cwd=ROOT, env=TRAINER_ENV,
+                              capture_output=True, text=True, timeout=60, check=False,
+                              preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+    assert ignoring.returncode == 0, ignoring.stderr
+    assert ignoring.stdout.splitlines()[-2:] == ["SIGUSR1 ignored: True", "requests: ['SIGTERM']"]

@@ -65,7 +65,8 @@ def before_exec() -> dict[str, str]:
 
 
 def abort(rank: int | str) -> NoReturn:
-    """A second Ctrl-C: the person at the terminal wants the process gone now, not after a checkpoint."""
-    print(f"rank {rank}: SIGINT again: aborting now, without a checkpoint (the last whole one stays)",
-          file=sys.stderr, flush=True)
+    """A second Ctrl-C: the person at the terminal wants the process gone now, not after a checkpoint.
+    Written unbuffered: a print could find stderr's buffer in use by the code the signal interrupted."""
+    message = f"rank {rank}: SIGINT again: aborting now, without a checkpoint (the last whole one stays)\n"
+    os.write(sys.stderr.fileno(), message.encode())
     os._exit(ABORTED)
