@@ -3,8 +3,8 @@ import math
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from PIL import Image, ImageDraw
-from torchvision.utils import make_grid
 
 from train.common.atomic import atomic_write
 
@@ -12,19 +12,23 @@ PADDING = 2  # black pixels between and around the grid's images
 
 
 def image_grid(images: torch.Tensor, columns: int | None = None) -> Image.Image:
-    """(N, 3, H, W) in [-1, 1] -> a grid (square-ish unless `columns` is given) on a black background."""
-    columns = columns or math.ceil(math.sqrt(len(images)))
+    """(N, 3, H, W) in [-1, 1] -> a grid (square-ish unless `columns` is given) on a black background,
+    laid out as torchvision's make_grid would (imported from there, it cost every trainer a second
+    of start-up: torchvision pulls in its models and dynamo)."""
+    count = len(images)
+    columns = min(columns or math.ceil(math.sqrt(count)), count)
+    rows = math.ceil(count / columns)
     pixels = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    grid = make_grid(pixels, nrow=columns, padding=PADDING, pad_value=0)
-    if len(pixels) == 1:  # make_grid hands a lone image back without its frame
-        grid = torch.nn.functional.pad(grid, (PADDING,) * 4)
-    return Image.fromarray(grid.permute(1, 2, 0).numpy())
+    blank = pixels.new_zeros((rows * columns - count, *pixels.shape[1:]))
+    cells = torch.nn.functional.pad(torch.cat([pixels, blank]), (PADDING, 0, PADDING, 0))  # frame left and top
+    grid = rearrange(cells, "(r c) ch h w -> (r h) (c w) ch", r=rows, c=columns)
+    return Image.fromarray(torch.nn.functional.pad(grid, (0, 0, 0, PADDING, 0, PADDING)).numpy())
 
 
 def point_plot(points: torch.Tensor, modes: torch.Tensor, std: float, size: int = 512) -> Image.Image:
     """Samples (blue) over the mode centres with their 3-std circles (red), in data coordinates."""
     extent = float(modes.abs().max()) * 1.4 + 10 * std
-    to_px = lambda xy: ((xy[0] + extent) / (2 * extent) * size, (extent - xy[1]) / (2 * extent) * size)  # noqa: E731
+    to_px = lambda xy: ((xy[0] + extent) / (2 * extent) * size, (extent - xy[1]) / (2 * extent) * size)
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     radius = 3 * std / (2 * extent) * size
