@@ -8,9 +8,14 @@ one, never a renamed folder of empty files. A write that fails on any rank (a fu
 fails the save on every rank: the partial folder goes, the checkpoints before it stay, and
 CheckpointWriteError says what to free. A checkpoint damaged later (truncated, zeroed, a file lost)
 is found before a resume and passed over for the newest whole one; nothing is ever deleted for it.
+Housekeeping (--keep-checkpoints) counts whole checkpoints only: it deletes a whole one only while
+as many newer whole ones stay, and moves a damaged one aside to `step_XXXXXX.damaged/` (a name no
+resume reads) instead of counting or deleting it.
 Everything is loaded with safetensors or torch.load(weights_only=True).
 """
+import contextlib
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -33,7 +38,8 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = "checkpoints"
 EMA_FILE = "ema.safetensors"
-_NAME = re.compile(r"^step_(\d+)$")
+_NAME = re.compile(r"^step_(\d+)$")  # nothing else is a checkpoint: not .tmp, .old or .damaged
+DAMAGED_SUFFIX = ".damaged"
 _RANK_FILE = re.compile(r"^(?:train_state|random_states)_(\d+)\.(?:pt|pkl)$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)")  # Rust's io::Error, in safetensors' messages
@@ -143,9 +149,8 @@ def save_checkpoint(
             _publish(tmp, final)
         except Exception as error:
             failure = error
-        else:  # housekeeping: one that could not be removed is removed by the next save
-            for old in list_checkpoints(out)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        else:  # one that could not be removed or moved is by the next save
+            keep_newest_whole(out, CheckpointLayout.of(accelerator), keep, final)
     _settle(accelerator, failure, final)
     return final
 
@@ -407,6 +412,54 @@ def newest_whole_checkpoint(out: Path, layout: CheckpointLayout) -> tuple[Path |
             return checkpoint, damaged
         damaged.append(DamagedCheckpoint(checkpoint, reason))
     return None, damaged
+
+
+# --- housekeeping -------------------------------------------------------------------------------
+
+
+def keep_newest_whole(out: Path, layout: CheckpointLayout, keep: int, written: Path) -> None:
+    """Main process, once `written` is in place: keep the `keep` newest whole checkpoints, delete the
+    whole ones older than those, and move each damaged one aside. A damaged folder counted as one of
+    the `keep` would cost a whole one (issue 23: an empty step_000099/ with --keep-checkpoints 1 once
+    left no whole checkpoint at all). `written` is whole by construction and is not read again."""
+    whole = 0
+    for checkpoint in reversed(list_checkpoints(out)):
+        try:
+            reason = None if checkpoint == written else checkpoint_damage(checkpoint, layout)
+        except OSError:  # unreadable for now (permissions, a stale handle): neither counted nor removed
+            continue
+        if reason is not None:
+            set_aside(checkpoint, reason)
+        elif whole < keep:
+            whole += 1
+        else:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def set_aside_damaged(out: Path, layout: CheckpointLayout) -> None:
+    """Main process, as a resumed run starts writing: move each damaged checkpoint aside before this
+    run saves a step of the same name over it (a swap that would delete it) or counts it."""
+    for checkpoint in list_checkpoints(out):
+        with contextlib.suppress(OSError):
+            if (reason := checkpoint_damage(checkpoint, layout)) is not None:
+                set_aside(checkpoint, reason)
+
+
+def set_aside(checkpoint: Path, reason: str) -> Path | None:
+    """Rename a damaged checkpoint to `step_XXXXXX.damaged` (`.damaged-2`, ... beside earlier ones),
+    with one warning; its files stay as they are for inspection. None when the rename failed."""
+    aside = checkpoint.with_name(checkpoint.name + DAMAGED_SUFFIX)
+    for number in itertools.count(2):
+        if not aside.exists():
+            break
+        aside = checkpoint.with_name(f"{checkpoint.name}{DAMAGED_SUFFIX}-{number}")
+    try:
+        os.rename(checkpoint, aside)
+    except OSError:
+        return None
+    print(f"warning: checkpoint {checkpoint} is damaged ({reason}); moved aside to {aside.name} (not resumed from,"
+          " not counted by --keep-checkpoints; delete it once inspected)", file=sys.stderr, flush=True)
+    return aside
 
 
 class NoWholeCheckpoint(ValueError):

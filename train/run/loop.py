@@ -23,6 +23,7 @@ from train.report.tracking import WandbRun, new_run_id, resolve_wandb_mode
 from train.run.batches import StepBatches
 from train.run.build import ObjectiveFactory, Training, build_training, make_accelerator
 from train.run.checkpoint import (
+    CheckpointLayout,
     CheckpointWriteError,
     checkpoint_step,
     checkpoint_to_resume,
@@ -30,6 +31,7 @@ from train.run.checkpoint import (
     load_checkpoint,
     remove_partial_checkpoints,
     save_checkpoint,
+    set_aside_damaged,
 )
 from train.run.config import (
     TrainConfig,
@@ -39,7 +41,7 @@ from train.run.config import (
     time_limit_seconds,
 )
 from train.run.evaluation import Evaluation, open_evaluation
-from train.run.outcome import RunEnd, RunStatus
+from train.run.outcome import EXIT_STATUS_FILE, RunEnd, RunStatus
 from train.run.phases import Phases
 from train.run.poison import with_failpoints
 from train.run.profiling import StepProfiler
@@ -170,10 +172,13 @@ def restore(run: Run) -> RunEnd | None:
 
 
 def start_outputs(run: Run, wandb: Wandb) -> None:
-    """The first writes to --out, once the data has proved readable: config.json, metrics, W&B."""
+    """The first writes to --out, once every check has passed and the data has proved readable (a
+    failed start leaves --out as it was): checkpoints tidied, config.json, metrics, W&B."""
     config, accelerator = run.config, run.accelerator
     if accelerator.is_main_process:
         remove_partial_checkpoints(run.out)
+        set_aside_damaged(run.out, CheckpointLayout.of(accelerator))
+        (run.out / EXIT_STATUS_FILE).unlink(missing_ok=True)  # a launcher must never read the previous run's ending
         save_config(config, run.out)
     run.reporter.start(
         resume_step=run.state.step if run.resumed else None,
