@@ -93,7 +93,7 @@ def shard_for_rank(
             dataset, how = by_group, f"{by_group.num_shards} row groups over {world_size} processes"
         else:
             # every rank reads every shard and keeps one row in world_size
-            how = f"every {world_size}th row on each process ({dataset.num_shards} shards do not divide evenly)"
+            how = f"one row in {world_size} on each process ({dataset.num_shards} shards do not divide evenly)"
     return split_dataset_by_node(dataset, rank=rank, world_size=world_size), how
 
 

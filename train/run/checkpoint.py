@@ -106,10 +106,12 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written on some rank (a full disk, most often). Raised on every rank
     once the partial folder is gone; the checkpoints before it are untouched, so the run resumes from
     the newest of them once the cause is fixed. The message names the folder, the error and the fix;
-    `errno` is the failing write's (ENOSPC for a full disk) or None when it gave none."""
+    `errno` is the failing write's (ENOSPC for a full disk) or None when it gave none; `kept_step` the
+    step of the newest checkpoint left, the one a resume continues from (0: there is none)."""
 
-    def __init__(self, message: str, error_number: int | None, folder: Path):
+    def __init__(self, message: str, error_number: int | None, folder: Path, kept_step: int = 0):
         super().__init__(error_number, message, str(folder))
+        self.kept_step = kept_step
 
     def __str__(self) -> str:
         return self.strerror
@@ -204,7 +206,9 @@ def _settle(accelerator: "Accelerator", failure: Exception | None, final: Path) 
         number = errno.ENOSPC
     if failure is not None and number is None:
         raise failure  # not the disk's doing (a bug, say): itself, not a resumable write error
-    raise CheckpointWriteError(_write_error_message(failure, number, final), number, tmp) from failure
+    kept = [p for p in list_checkpoints(final.parent.parent) if p != final]
+    message = _write_error_message(failure, number, final, kept[-1] if kept else None)
+    raise CheckpointWriteError(message, number, tmp, checkpoint_step(kept[-1]) if kept else 0) from failure
 
 
 def _close_half_written_files(error: BaseException) -> None:
@@ -240,7 +244,7 @@ def _disk_full(error: BaseException, folder: Path) -> bool:
         return False
 
 
-def _write_error_message(failure: BaseException | None, number: int | None, final: Path) -> str:
+def _write_error_message(failure: BaseException | None, number: int | None, final: Path, kept: Path | None) -> str:
     disk_full = number in _DISK_FULL
     if failure is None:
         cause = "another rank could not write its part" + (f" ({os.strerror(number)})" if disk_full else "")
@@ -253,14 +257,15 @@ def _write_error_message(failure: BaseException | None, number: int | None, fina
     else:
         cause = f"{type(failure).__name__}: {_first_line(failure)}"
     folder = final.parent
-    kept = [p for p in list_checkpoints(folder.parent) if p != final]
-    before = f"{kept[-1].name} and the checkpoints before it are untouched" if kept else "there is no earlier checkpoint"
+    before = f"{kept.name} and the checkpoints before it are untouched" if kept else "there is no earlier checkpoint"
+    # --resume is refused where there is no checkpoint: the run starts again instead.
+    go_on = "continue with --resume" if kept else "start the run again (without --resume: there is no checkpoint to continue from)"
     if disk_full:
         mount = _mount_point(folder)
-        size = f"; a checkpoint takes about {_megabytes(_folder_bytes(kept[-1]))}" if kept else ""
-        fix = f"free space on {mount} ({_megabytes(_free_bytes(folder))} free{size}), then continue with --resume"
+        size = f"; a checkpoint takes about {_megabytes(_folder_bytes(kept))}" if kept else ""
+        fix = f"free space on {mount} ({_megabytes(_free_bytes(folder))} free{size}), then {go_on}"
     else:
-        fix = f"check that {folder} can be written, then continue with --resume"
+        fix = f"check that {folder} can be written, then {go_on}"
     return f"could not write checkpoint {final}: {cause}; the partial folder was removed, {before}. To go on: {fix}"
 
 
@@ -530,8 +535,8 @@ def load_checkpoint(accelerator: "Accelerator", path: Path, state: "TrainState")
         saved_ranks = _recorded_world_size(path / _rank_file(0))
         if saved_ranks != accelerator.num_processes:
             raise CheckpointMismatch(
-                f"--resume: {path} was saved by {saved_ranks} DeepSpeed processes, each with its part of the optimizer"
-                f" states; resume it on {saved_ranks} processes (this launch has {accelerator.num_processes})"
+                f"--resume: {path} was saved by {saved_ranks} DeepSpeed process{'es' if saved_ranks > 1 else ''}, each with its"
+                f" part of the optimizer states; resume it on as many (this launch has {accelerator.num_processes})"
             )
     ema_state = load_weights(accelerator, path)
     rank_path = path / _rank_file(accelerator.process_index)

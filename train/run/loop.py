@@ -166,7 +166,8 @@ def restore(run: Run) -> RunEnd | None:
     if not state.restored_streams:
         accelerator.print(
             f"the checkpoint was made by another number of processes: the weights, optimizers and step"
-            f" continue; the data is split anew over {accelerator.num_processes} processes and each share read from its start"
+            f" continue; the data is split anew over {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''}"
+            " and each share read from its start"
         )
     return None
 
@@ -230,9 +231,10 @@ def data_failure(run: Run, session_start: int) -> RunEnd | None:
             save(run)
             end.reason += f"; stopped with a checkpoint at step {step}: fix the data, then --resume"
         except CheckpointWriteError as error:
+            end.step = error.kept_step  # exit_status.json names the step a resume continues from
             end.reason += f"; and the checkpoint at step {step} failed too: {error}"
     else:
-        end.reason += "; fix the data, then start again (or --resume)"
+        end.reason += "; fix the data, then " + ("--resume" if run.resumed else "start again")
     return end
 
 
@@ -272,7 +274,7 @@ def checkpoint(run: Run, step: int, end: RunEnd | None, progress: tqdm) -> RunEn
     except CheckpointWriteError as error:
         progress.close()  # the line goes below the progress bar, not after it
         run.accelerator.print(f"error: {error}", file=sys.stderr)
-        return RunEnd(RunStatus.STOPPED, step, str(error))
+        return RunEnd(RunStatus.STOPPED, error.kept_step, str(error))  # the step a resume continues from
     if end is not None:
         run.accelerator.print(f"stopped at step {step}: {end.reason}; checkpoint saved")
     return end
