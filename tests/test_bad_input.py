@@ -132,6 +132,17 @@ def with_lock_path(make: Callable[[Path], None], setup: Callable[[Path, object],
     return made
 
 
+def unreadable_images_and_a_run_without_checkpoint(tmp_path: Path, request) -> Path:
+    """Found unreadable only once the lock is taken (the first batch): the start is undone then."""
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "images" / name).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    out.mkdir()
+    leave_what_a_run_leaves(out)
+    return out
+
+
 def config_value(name: str, value) -> Callable[[str], str]:
     return lambda text: json.dumps({**json.loads(text), name: value}, indent=2)
 
@@ -284,6 +295,8 @@ CASES = [
          setup=made_by(WGANGPConfig, *DEBUG)),
     Case("metrics.jsonl with a garbled line", ["--resume", "--max-steps", "60"],
          "--resume: {out}/metrics.jsonl line 3 is not a JSON record (Expecting", setup=finished_run(garbled_metrics_line)),
+    Case("--data a folder of unreadable images, over a start that died early", [*DEBUG, "--data", "{tmp}/images"],
+         "--data {tmp}/images: not one readable image in 3 passes", setup=unreadable_images_and_a_run_without_checkpoint),
     Case("run.lock a folder, on a start", [*DEBUG], "--out {out}: {out}/run.lock is a folder, where the run keeps its lock file;",
          setup=with_lock_path(os.mkdir, fresh)),
     Case("run.lock a FIFO, on a resume", ["--resume"], "--out {out}: {out}/run.lock is a named pipe (FIFO), where the run keeps",

@@ -140,7 +140,8 @@ def check_wandb_names(config: "TrainConfig") -> None:
 
 
 def check_run_dir(config: "TrainConfig") -> None:
-    """What --out holds against what --resume asks; checked again once the run holds its lock."""
+    """What --out holds against what --resume asks, and for a resume a metrics.jsonl it can read whole;
+    checked again once the run holds its lock."""
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; point --out at a folder (it is made if missing)")
@@ -160,7 +161,7 @@ def check_run_dir(config: "TrainConfig") -> None:
     # to continue, and a new run begins over what it left.
     if config.resume == "no" and checkpoint is not None:
         raise ConfigError(f"--out {out} already holds a run; add --resume to continue it, or choose another --out")
-    if checkpoint is not None and (out / METRICS_FILE).exists():  # a resume, which rewinds metrics.jsonl: read it whole first
+    if checkpoint is not None and (out / METRICS_FILE).exists():  # a resume: it rewinds metrics.jsonl, after config.json
         try:
             read_lines(out / METRICS_FILE)
         except MetricsDamaged as error:
