@@ -314,25 +314,24 @@ FOLDER_DAMAGE = {
 @pytest.mark.parametrize("damage", FOLDER_DAMAGE.values(), ids=FOLDER_DAMAGE.keys())
 def test_housekeeping_keeps_the_newest_whole_checkpoints_and_moves_each_damaged_one_aside(tmp_path, capsys, damage):
     accelerator = setup_pair()
-    older, whole = save(accelerator, tmp_path, 10), save(accelerator, tmp_path, 20)
-    damaged = save(accelerator, tmp_path, 99)
+    older, damaged = save(accelerator, tmp_path, 20), save(accelerator, tmp_path, 99)
     damage(damaged)
     reason = checkpoint_damage(damaged, CheckpointLayout.of(accelerator))
     assert reason is not None
     listing = {name.replace("step_000099", "step_000099.damaged"): size for name, size in files_and_sizes(tmp_path).items()
-               if "step_000010" not in name}
+               if "step_000020" not in name}
     capsys.readouterr()
 
-    newest = save(accelerator, tmp_path, 25, keep=2)  # a resume from step 20 goes on past the damaged one
+    newest = save(accelerator, tmp_path, 25, keep=1)  # a resume from step 20 goes on below the damaged one
 
-    assert list_checkpoints(tmp_path) == [whole, newest]  # two whole ones: the damaged one not counted
+    assert list_checkpoints(tmp_path) == [newest] and not older.exists()  # the damaged one not counted
     aside = tmp_path / "checkpoints" / "step_000099.damaged"
     assert {k: v for k, v in files_and_sizes(tmp_path).items() if "step_000025" not in k} == listing  # moved, not changed
     assert capsys.readouterr().err == (f"warning: checkpoint {damaged} is damaged ({reason}); moved aside to {aside.name}"
                                        " (not resumed from, not counted by --keep-checkpoints; delete it once inspected)\n")
     assert newest_whole_checkpoint(tmp_path, CheckpointLayout.of(accelerator)) == (newest, [])
     remove_partial_checkpoints(tmp_path)  # what a start does: the folder set aside is not a partial save
-    assert aside.is_dir() and not older.exists()
+    assert aside.is_dir()
 
 
 def test_an_empty_checkpoint_folder_with_keep_1_costs_no_whole_checkpoint(tmp_path, capsys):
@@ -359,19 +358,18 @@ def test_a_resume_sets_damaged_checkpoints_aside_before_it_saves_and_keeps_its_w
     shutil.copytree(wgangp_run, out)  # checkpoints at 20 and 40; the session's run is read by other tests
     folder = out / "checkpoints"
     (folder / "step_000099").mkdir()  # the empty folder
-    shutil.copytree(folder / "step_000040", folder / "step_000042")
-    halve(folder / "step_000042" / "model.safetensors")  # damaged, at the step this resume saves
-    damaged_bytes = (folder / "step_000042" / "model.safetensors").read_bytes()
+    shutil.copytree(folder / "step_000040", folder / "step_000041")
+    halve(folder / "step_000041" / "model.safetensors")  # damaged, at the step this resume saves
+    damaged_bytes = (folder / "step_000041" / "model.safetensors").read_bytes()
 
-    resumed = train_in_process("train/wgangp.py", "--resume", "--keep-checkpoints", "1", "--max-steps", "42",
-                               "--ckpt-every", "2", "--sample-every", "100", "--out", str(out))
+    resumed = train_in_process("train/wgangp.py", "--resume", "--keep-checkpoints", "1", "--max-steps", "41", "--out", str(out))
 
     assert resumed.returncode == 0 and "resumed from step 40" in resumed.stdout, resumed.stderr[-3000:]
-    assert sorted(p.name for p in folder.iterdir()) == ["step_000042", "step_000042.damaged", "step_000099.damaged"]
-    assert (folder / "step_000042.damaged" / "model.safetensors").read_bytes() == damaged_bytes
+    assert sorted(p.name for p in folder.iterdir()) == ["step_000041", "step_000041.damaged", "step_000099.damaged"]
+    assert (folder / "step_000041.damaged" / "model.safetensors").read_bytes() == damaged_bytes
     moved = [line for line in resumed.stderr.splitlines() if "moved aside to" in line]
     assert len(moved) == 2 and "step_000099 is damaged (model.safetensors is missing)" in moved[1]
-    assert checkpoint_damage(folder / "step_000042", CheckpointLayout(models=2, optimizers=2)) is None
+    assert checkpoint_damage(folder / "step_000041", CheckpointLayout(models=2, optimizers=2)) is None
 
 
 # A save that cannot be written: gone whole, the one before it kept, CheckpointWriteError.
