@@ -1,15 +1,21 @@
 """Bad input of every kind stops a trainer with one `error:` line, exit code 2, and nothing written.
 
 One table: each flag's invalid values, contradictory flags, an --out that cannot be written, a
-hand-damaged config.json, a run of the other trainer, and the environment variables the toolkit and
-its libraries read set to junk. Every case runs the trainer's `main` in-process and checks the same
-four things: the exit code, the one line, the words that name the input and the fix, and --out
-exactly as it was (or still missing). argparse's own errors (an unknown flag, a value that is not a
-number, a choice not offered) exit through SystemExit(2), with the same one-line format.
+hand-damaged config.json, what else a resume reads (every checkpoint damaged, a garbled metrics.jsonl,
+a run.lock that is no file), a run of the other trainer, and the environment variables the toolkit
+and its libraries read set to junk. Every case runs the trainer's `main` in-process and checks the
+same four things: the exit code, the one line, the words that name the input and the fix, and --out
+exactly as it was, every path's mode and every file's hash (or still missing). The runs a resume is
+refused for keep the run.lock and exit_status.json a run leaves. argparse's own errors (an unknown
+flag, a value that is not a number, a choice not offered) exit through SystemExit(2), with the same
+one-line format.
 """
+import hashlib
 import json
 import os
 import re
+import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +28,8 @@ from train.lightweight_gan import make_objective as lightweight_objective
 from train.report.tracking import SECRET_NAMES, resolve_wandb_mode
 from train.run.config import load_config, save_config
 from train.run.environment import check_environment
+from train.run.lock import LOCK_FILE
+from train.run.outcome import RunEnd, RunStatus, write_exit_status
 from train.run.runner import main
 from train.wgangp import WGANGPConfig
 from train.wgangp import make_objective as wgangp_objective
@@ -66,16 +74,77 @@ def in_read_only(tmp_path: Path, request) -> Path:
 
 
 def made_by(config_cls, *argv: str, edit: Callable[[str], str] = lambda text: text) -> Callable[[Path, object], Path]:
-    """A run with a checkpoint, made by `config_cls` with `argv`; `edit` then changes its config.json's text."""
+    """A run with a checkpoint folder (empty), made by `config_cls` with `argv`, and the run.lock and
+    exit_status.json a run leaves; `edit` then changes its config.json's text."""
 
     def setup(tmp_path: Path, request) -> Path:
         out = tmp_path / "run"
         save_config(load_config(config_cls, [*argv, "--out", str(out)], "test"), out)
         (out / "checkpoints" / "step_000020").mkdir(parents=True)
         (out / "config.json").write_text(edit((out / "config.json").read_text()))
+        leave_what_a_run_leaves(out)
         return out
 
     return setup
+
+
+def leave_what_a_run_leaves(out: Path) -> None:
+    """The released lock and the ending of a run that stopped at step 20; a failed start keeps both."""
+    (out / LOCK_FILE).write_text('{"host": "node7", "pid": 4242, "started": 1700000000.0}')
+    write_exit_status(out, RunEnd(RunStatus.STOPPED, 20, "SIGTERM"))
+
+
+def finished_run(edit: Callable[[Path], None]) -> Callable[[Path, object], Path]:
+    """A copy of the session's finished `--debug` run (checkpoints at 20 and 40), changed by `edit`."""
+
+    def setup(tmp_path: Path, request) -> Path:
+        out = tmp_path / "run"
+        shutil.copytree(request.getfixturevalue("wgangp_run"), out)
+        edit(out)
+        return out
+
+    return setup
+
+
+def every_checkpoint_damaged(out: Path) -> None:
+    (out / "checkpoints" / "step_000020" / "ema.safetensors").unlink()
+    model = out / "checkpoints" / "step_000040" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:1000])
+
+
+def garbled_metrics_line(out: Path) -> None:
+    """Line 3 of 8 cut short and run into the next, as a hand edit or a bad copy leaves it."""
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines[2:4] = [lines[2][:20] + lines[3]]
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def with_lock_path(make: Callable[[Path], None], setup: Callable[[Path, object], Path]) -> Callable[[Path, object], Path]:
+    """`setup`'s --out with run.lock replaced by what `make` puts there (a folder, a FIFO)."""
+
+    def made(tmp_path: Path, request) -> Path:
+        out = setup(tmp_path, request)
+        out.mkdir(exist_ok=True)
+        (out / LOCK_FILE).unlink(missing_ok=True)
+        make(out / LOCK_FILE)
+        return out
+
+    return made
+
+
+def unreadable_images_and_a_run_without_checkpoint(tmp_path: Path, request) -> Path:
+    """Found unreadable only once the lock is taken (the first batch): the start is undone then."""
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "images" / name).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    out.mkdir()
+    leave_what_a_run_leaves(out)
+    return out
+
+
+def config_value(name: str, value) -> Callable[[str], str]:
+    return lambda text: json.dumps({**json.loads(text), name: value}, indent=2)
 
 
 def replace(old: str, new: str) -> Callable[[str], str]:
@@ -194,7 +263,7 @@ CASES = [
     Case("--out that holds a run", [*DEBUG], "--out {out} already holds a run; add --resume", setup=made_by(WGANGPConfig, *DEBUG)),
     Case("--resume of nothing", ["--resume"], "--resume: {out} holds no run (no config.json)"),
     # A hand-edited config.json, on --resume.
-    Case("config.json not JSON", ["--resume"], "config.json is not valid JSON (Expecting property name enclosed in double quotes at line",
+    Case("config.json not JSON", ["--resume"], ", column 19 (Expecting property name enclosed in double quotes); repair that line",
          setup=made_by(WGANGPConfig, *DEBUG, edit=replace('"batch_size": 8,', '"batch_size": 8,,'))),
     Case("config.json a list", ["--resume"], "config.json holds no {{\"setting\": value, ...}} object",
          setup=made_by(WGANGPConfig, *DEBUG, edit=lambda text: "[1, 2]")),
@@ -208,6 +277,30 @@ CASES = [
          setup=made_by(WGANGPConfig, *DEBUG, edit=lambda text: json.dumps({**json.loads(text), "batchsize": 8}))),
     Case("config.json: NaN", ["--resume"], "config.json: \"gp_weight\": NaN is not a finite number",
          setup=made_by(WGANGPConfig, *DEBUG, edit=replace('"gp_weight": 10.0', '"gp_weight": NaN'))),
+    Case("config.json: a choice not offered", ["--resume"], "config.json: \"critic_norm\": \"batch\" is not one of layer, instance, none",
+         setup=made_by(WGANGPConfig, *DEBUG, edit=config_value("critic_norm", "batch"))),
+    Case("config.json: a seed beyond 64 bits", ["--resume"], f"config.json: \"seed\": {2**64}: must be at most {2**64 - 1}; fix that line",
+         setup=made_by(WGANGPConfig, *DEBUG, edit=config_value("seed", 2**64))),
+    Case("config.json: a value below the flag's minimum", ["--resume"], "config.json: \"batch_size\": 0: must be at least 1; fix that line",
+         setup=made_by(WGANGPConfig, *DEBUG, edit=config_value("batch_size", 0))),
+    Case("config.json: a string left open", ["--resume"],
+         ", column 11 (Unterminated string starting there); repair that line",
+         setup=made_by(WGANGPConfig, *DEBUG, edit=lambda text: text.rstrip()[:-1] + ',\n  "note": "unfinished')),
+    # What a resume reads besides config.json: the checkpoints, metrics.jsonl, the lock.
+    Case("every checkpoint damaged", ["--resume"],
+         "--resume: no whole checkpoint in {out}/checkpoints (step_000040: model.safetensors cannot be read",
+         setup=finished_run(every_checkpoint_damaged)),
+    Case("an empty checkpoint folder the only one", ["--resume"],
+         "--resume: no whole checkpoint in {out}/checkpoints (step_000020: model.safetensors is missing)",
+         setup=made_by(WGANGPConfig, *DEBUG)),
+    Case("metrics.jsonl with a garbled line", ["--resume", "--max-steps", "60"],
+         "--resume: {out}/metrics.jsonl line 3 is not a JSON record (Expecting", setup=finished_run(garbled_metrics_line)),
+    Case("--data a folder of unreadable images, over a start that died early", [*DEBUG, "--data", "{tmp}/images"],
+         "--data {tmp}/images: not one readable image in 3 passes", setup=unreadable_images_and_a_run_without_checkpoint),
+    Case("run.lock a folder, on a start", [*DEBUG], "--out {out}: {out}/run.lock is a folder, where the run keeps its lock file;",
+         setup=with_lock_path(os.mkdir, fresh)),
+    Case("run.lock a FIFO, on a resume", ["--resume"], "--out {out}: {out}/run.lock is a named pipe (FIFO), where the run keeps",
+         setup=with_lock_path(os.mkfifo, made_by(WGANGPConfig, *DEBUG))),
     # A run of the other trainer.
     Case("a lightweight run resumed by wgangp", ["--resume"], "the run in {out} was made by train/lightweight_gan.py; resume it with that script",
          setup=made_by(LightweightGANConfig, *DEBUG)),
@@ -254,13 +347,17 @@ CASES = [
 ]
 
 
-def snapshot(out: Path) -> dict[str, bytes | None] | None:
-    """--out's every path and file content; None when it does not exist."""
+def snapshot(out: Path) -> dict[str, tuple[int, str | None]] | None:
+    """--out and everything in it: each path's mode (type and permissions) and each file's SHA-256;
+    None when --out does not exist."""
     if not out.exists():
         return None
-    if out.is_file():
-        return {".": out.read_bytes()}
-    return {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))}
+
+    def entry(path: Path) -> tuple[int, str | None]:
+        mode = path.lstat().st_mode
+        return mode, hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(mode) else None
+
+    return {".": entry(out), **({} if out.is_file() else {str(p.relative_to(out)): entry(p) for p in sorted(out.rglob("*"))})}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.description for case in CASES])

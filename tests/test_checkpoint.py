@@ -2,6 +2,8 @@
 over on resume; a save that cannot be written removed whole, on every rank."""
 import errno
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from tests.conftest import train_in_process
 from train.common import failpoints
 from train.data import DataOptions, open_stream, parse_data_spec
 from train.gan.objectives import WGANGP
@@ -207,18 +210,19 @@ def files_and_sizes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize(
-    "name, damage, reason",
-    [
-        ("model.safetensors", halve, "cannot be read (Error while deserializing header: incomplete metadata"),
-        ("ema.safetensors", zero, "cannot be read (Error while deserializing header"),
-        ("train_state_0.pt", delete, "is missing"),
-        ("model_1.safetensors", delete, "is missing"),
-        ("optimizer.bin", halve, "cannot be read (PytorchStreamReader failed reading zip archive"),
-        ("random_states_0.pkl", zero, "is not a torch archive"),
-        ("optimizer_1.bin", empty, "is empty"),
-    ],
-)
+# (file, damage, the reason checkpoint_damage gives): a file truncated, zeroed, emptied or lost.
+FILE_DAMAGE = [
+    ("model.safetensors", halve, "cannot be read (Error while deserializing header: incomplete metadata"),
+    ("ema.safetensors", zero, "cannot be read (Error while deserializing header"),
+    ("train_state_0.pt", delete, "is missing"),
+    ("model_1.safetensors", delete, "is missing"),
+    ("optimizer.bin", halve, "cannot be read (PytorchStreamReader failed reading zip archive"),
+    ("random_states_0.pkl", zero, "is not a torch archive"),
+    ("optimizer_1.bin", empty, "is empty"),
+]
+
+
+@pytest.mark.parametrize("name, damage, reason", FILE_DAMAGE)
 def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_it_is_resumed(tmp_path, capsys, name, damage, reason):
     accelerator = setup_pair()
     older, latest = save(accelerator, tmp_path, 10), save(accelerator, tmp_path, 20)
@@ -273,6 +277,99 @@ def test_with_no_whole_checkpoint_a_resume_is_refused_naming_each_and_nothing_is
     assert message.endswith("nothing was deleted: restore the damaged files from a copy of the run, or start anew with another --out")
     assert "\n" not in message and capsys.readouterr().err == ""  # the runner's one error line says it all
     assert files_and_sizes(tmp_path) == listing
+
+
+# Housekeeping: --keep-checkpoints counts whole checkpoints only; a damaged one is moved aside, never deleted.
+
+
+def emptied(checkpoint: Path) -> None:
+    """An empty folder of a checkpoint's name (a copy that never happened, files deleted by hand)."""
+    for path in checkpoint.iterdir():
+        path.unlink()
+
+
+def with_a_rank_half_there(checkpoint: Path) -> None:
+    """A second rank's train state without its random states."""
+    (checkpoint / "train_state_1.pt").write_bytes((checkpoint / "train_state_0.pt").read_bytes())
+
+
+def without_its_other_ranks(checkpoint: Path) -> None:
+    """Rank 0 of three; the other ranks' files lost (a node's, say)."""
+    saved = torch.load(checkpoint / "train_state_0.pt", weights_only=True)
+    torch.save({**saved, "world_size": 3}, checkpoint / "train_state_0.pt")
+
+
+def file_damaged(name: str, damage) -> Callable[[Path], None]:
+    return lambda checkpoint: damage(checkpoint / name)
+
+
+FOLDER_DAMAGE = {
+    **{f"{name} {damage.__name__}": file_damaged(name, damage) for name, damage, _ in FILE_DAMAGE},
+    "an empty folder": emptied,
+    "a rank's random states missing": with_a_rank_half_there,
+    "the other ranks' files missing": without_its_other_ranks,
+}
+
+
+@pytest.mark.parametrize("damage", FOLDER_DAMAGE.values(), ids=FOLDER_DAMAGE.keys())
+def test_housekeeping_keeps_the_newest_whole_checkpoints_and_moves_each_damaged_one_aside(tmp_path, capsys, damage):
+    accelerator = setup_pair()
+    older, damaged = save(accelerator, tmp_path, 20), save(accelerator, tmp_path, 99)
+    damage(damaged)
+    reason = checkpoint_damage(damaged, CheckpointLayout.of(accelerator))
+    assert reason is not None
+    listing = {name.replace("step_000099", "step_000099.damaged"): size for name, size in files_and_sizes(tmp_path).items()
+               if "step_000020" not in name}
+    capsys.readouterr()
+
+    newest = save(accelerator, tmp_path, 25, keep=1)  # a resume from step 20 goes on below the damaged one
+
+    assert list_checkpoints(tmp_path) == [newest] and not older.exists()  # the damaged one not counted
+    aside = tmp_path / "checkpoints" / "step_000099.damaged"
+    assert {k: v for k, v in files_and_sizes(tmp_path).items() if "step_000025" not in k} == listing  # moved, not changed
+    assert capsys.readouterr().err == (f"warning: checkpoint {damaged} is damaged ({reason}); moved aside to {aside.name}"
+                                       " (not resumed from, not counted by --keep-checkpoints; delete it once inspected)\n")
+    assert newest_whole_checkpoint(tmp_path, CheckpointLayout.of(accelerator)) == (newest, [])
+    remove_partial_checkpoints(tmp_path)  # what a start does: the folder set aside is not a partial save
+    assert aside.is_dir()
+
+
+def test_an_empty_checkpoint_folder_with_keep_1_costs_no_whole_checkpoint(tmp_path, capsys):
+    """The issue's case: an empty step_000099/ and --keep-checkpoints 1 once deleted every whole checkpoint."""
+    accelerator = setup_pair()
+    save(accelerator, tmp_path, 20)
+    (tmp_path / "checkpoints" / "step_000099").mkdir()
+    newest = save(accelerator, tmp_path, 25, keep=1)
+    assert list_checkpoints(tmp_path) == [newest]
+    assert checkpoint_to_resume(accelerator, tmp_path) == newest
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000025", "step_000099.damaged"]
+    newer = save(accelerator, tmp_path, 30, keep=1)  # a folder already set aside is left alone
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000030", "step_000099.damaged"]
+    assert checkpoint_to_resume(accelerator, tmp_path) == newer
+    (tmp_path / "checkpoints" / "step_000099").mkdir()  # damaged again: set aside beside the first, not over it
+    save(accelerator, tmp_path, 35, keep=1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_000035", "step_000099.damaged", "step_000099.damaged-2"]
+    assert capsys.readouterr().err.count("warning: checkpoint") == 2
+
+
+def test_a_resume_sets_damaged_checkpoints_aside_before_it_saves_and_keeps_its_whole_ones(wgangp_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(wgangp_run, out)  # checkpoints at 20 and 40; the session's run is read by other tests
+    folder = out / "checkpoints"
+    (folder / "step_000099").mkdir()  # the issue's empty folder
+    shutil.copytree(folder / "step_000040", folder / "step_000041")
+    halve(folder / "step_000041" / "model.safetensors")  # damaged, at the step this resume saves
+    damaged_bytes = (folder / "step_000041" / "model.safetensors").read_bytes()
+
+    resumed = train_in_process("train/wgangp.py", "--resume", "--keep-checkpoints", "1", "--max-steps", "41", "--out", str(out))
+
+    assert resumed.returncode == 0 and "resumed from step 40" in resumed.stdout, resumed.stderr[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == ["step_000041", "step_000041.damaged", "step_000099.damaged"]
+    assert (folder / "step_000041.damaged" / "model.safetensors").read_bytes() == damaged_bytes
+    moved = [line for line in resumed.stderr.splitlines() if "moved aside to" in line]
+    assert len(moved) == 2 and "step_000099 is damaged (model.safetensors is missing)" in moved[1]
+    assert checkpoint_damage(folder / "step_000041", CheckpointLayout(models=2, optimizers=2)) is None
 
 
 # A save that cannot be written: gone whole, the one before it kept, CheckpointWriteError.

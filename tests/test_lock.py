@@ -221,6 +221,36 @@ def test_undoing_a_failed_start_removes_the_lock_and_an_out_it_made_but_not_a_us
     assert (existing / "notes.txt").read_text() == "mine"
 
 
+def test_undoing_a_failed_start_puts_back_the_lock_file_it_found_and_removes_every_folder_it_made(tmp_path):
+    nested = tmp_path / "new" / "runs" / "run"
+    with RunLock(nested) as lock:
+        lock.undo_if_alone()
+    assert list(tmp_path.iterdir()) == []
+
+    out = tmp_path / "run"  # a run's: its lock released, its holder's name left in it
+    out.mkdir()
+    found = b'{"host": "node7", "pid": 4242, "started": 1700000000.0}'
+    (out / LOCK_FILE).write_bytes(found)
+    (out / LOCK_FILE).chmod(0o600)
+    with RunLock(out) as lock:
+        assert lock_holder_pid(out) == os.getpid()
+        lock.undo_if_alone()
+    assert (out / LOCK_FILE).read_bytes() == found and (out / LOCK_FILE).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+
+
+@pytest.mark.parametrize("kind, make", [("a folder", os.mkdir), ("a named pipe (FIFO)", os.mkfifo)])
+def test_a_lock_path_that_is_no_regular_file_is_refused_in_one_line_and_left_alone(tmp_path, kind, make):
+    out = tmp_path / "run"
+    out.mkdir()
+    make(out / LOCK_FILE)
+    with pytest.raises(RunLocked) as refused:
+        RunLock(out).acquire()
+    assert str(refused.value) == (f"--out {out}: {out / LOCK_FILE} is {kind}, where the run keeps its lock file; move it"
+                                  " away, or choose another --out")
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+
+
 def test_a_second_start_or_resume_into_a_live_run_is_refused_and_touches_nothing(tmp_path, capsys):
     out, log = tmp_path / "run", tmp_path / "first.log"
     first_run = [sys.executable, str(ROOT / "train/wgangp.py"), "--debug", "--max-steps", "200", "--log-every", "1",

@@ -198,3 +198,32 @@ def test_data_failing_mid_run_stops_with_a_checkpoint_and_one_line_never_a_hang(
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, step + 1))
     assert finite_checkpoint(out / "checkpoints" / f"step_{step:06d}")
     assert json.loads((out / "exit_status.json").read_text())["status"] == "data_failed"
+
+
+TOY_RUN = ["--debug", "--data", "toy:8gaussians", "--max-steps", "4", "--ckpt-every", "2", "--log-every", "1"]
+
+
+def test_a_full_disk_at_the_first_checkpoint_advises_starting_again_not_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEGAN_FAILPOINTS", "checkpoint_enospc=2")  # the first checkpoint cannot be written
+    out = tmp_path / "run"
+    result = train_in_process("train/wgangp.py", *TOY_RUN, "--out", str(out))
+    assert result.returncode == 75, result.stderr[-3000:]
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "there is no earlier checkpoint" in error and "--resume" not in error.replace("without --resume", "")
+    assert error.endswith("then start the run again (without --resume: there is no checkpoint to continue from)")
+    last = result.stdout.strip().splitlines()[-1]
+    assert last == "exit code 75: stopped before the first checkpoint; start again with the same command (or --resume auto)"
+    status = json.loads((out / "exit_status.json").read_text())
+    assert (status["status"], status["step"]) == ("stopped", 0)  # no checkpoint: a start goes on from step 0
+
+
+def test_after_a_failed_checkpoint_exit_status_names_the_step_of_the_checkpoint_a_resume_continues_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEGAN_FAILPOINTS", "checkpoint_enospc=4")  # step 2's is written, step 4's is not
+    out = tmp_path / "run"
+    result = train_in_process("train/wgangp.py", *TOY_RUN, "--out", str(out))
+    assert result.returncode == 75, result.stderr[-3000:]
+    status = json.loads((out / "exit_status.json").read_text())
+    assert (status["status"], status["step"]) == ("stopped", 2) and "step_000004" in status["reason"]
+    assert "step_000002 and the checkpoints before it are untouched" in status["reason"]
+    assert result.stdout.strip().splitlines()[-1].endswith("continue with --resume (or --resume auto)")
+

@@ -91,9 +91,9 @@ def test_a_run_goes_on_across_numbers_of_processes(two_rank_run, tmp_path):
     one = train_in_process("train/wgangp.py", "--resume", "--max-steps", str(steps + 2), "--out", str(out))
     code, output, _ = run_to_end(out, 2, "--resume", "--max-steps", str(steps + 4), flags=[])
     assert one.returncode == 0 and code == 0, (one.stderr[-3000:], output[-3000:])
-    for text, resumed in ((one.stdout + one.stderr, steps), (output, steps + 2)):
+    for text, resumed, processes in ((one.stdout + one.stderr, steps, "1 process"), (output, steps + 2, "2 processes")):
         assert f"resumed from step {resumed}" in text
-        assert "the checkpoint was made by another number of processes" in text
+        assert f"the checkpoint was made by another number of processes: the weights, optimizers and step continue; the data is split anew over {processes} and each share" in text
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, steps + 5))
     assert [r["world_size"] for r in records] == [2] * steps + [1, 1, 2, 2]

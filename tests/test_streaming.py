@@ -46,7 +46,7 @@ def test_workers_never_exceed_the_ranks_shards(shards):
     assert stream(f"parquet:{shards}", 0, 2, workers=8).workers == 2  # 4 shards over 2 ranks
 
 
-@pytest.mark.parametrize("row_group, how", [(25, "row groups"), (None, "every 2th row")])
+@pytest.mark.parametrize("row_group, how", [(25, "row groups"), (None, "one row in 2 on each process")])
 def test_an_uneven_shard_count_still_gives_disjoint_rows(tmp_path, row_group, how):
     glob = write_parquet_shards(tmp_path, rows=150, shards=3, row_group=row_group)
     streams = [stream(f"parquet:{glob}", rank, 2, batch=5, workers=1) for rank in range(2)]

@@ -85,7 +85,7 @@ def shard_for_rank(
     """Split for this rank: whole shards when they divide evenly, else local parquet row groups, else
     every world_size-th example. Returns the dataset and how it was split (for the log)."""
     if world_size == 1:
-        return dataset, f"{dataset.num_shards} shards on one process"
+        return dataset, f"{dataset.num_shards} shard{'s' if dataset.num_shards != 1 else ''} on one process"
     how = f"{dataset.num_shards} shards over {world_size} processes"
     if dataset.num_shards % world_size:
         by_group = row_group_source(parquet_files(spec.name), dataset.features) if spec.kind == "parquet" else None
@@ -93,7 +93,7 @@ def shard_for_rank(
             dataset, how = by_group, f"{by_group.num_shards} row groups over {world_size} processes"
         else:
             # every rank reads every shard and keeps one row in world_size
-            how = f"every {world_size}th row on each process ({dataset.num_shards} shards do not divide evenly)"
+            how = f"one row in {world_size} on each process ({dataset.num_shards} shards do not divide evenly)"
     return split_dataset_by_node(dataset, rank=rank, world_size=world_size), how
 
 
@@ -174,7 +174,7 @@ class StreamingImages:
         source = source.shuffle(seed=seed, buffer_size=options.shuffle_buffer)
         self.workers = min(options.workers, source.num_shards)
         if rank == 0:
-            print(f"data {spec}: {how}, {self.workers} decoding workers per process", flush=True)
+            print(f"data {spec}: {how}, {self.workers} decoding worker{'s' if self.workers != 1 else ''} per process", flush=True)
         self.split_description = how
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 on torch >= 2.10

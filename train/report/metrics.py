@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 class StatWindow:
     """Sums of per-step statistics since the last log line, kept as tensors (no host sync per step)."""
 
@@ -69,15 +72,40 @@ class MetricsFile:
             os.close(fd)
 
 
+class MetricsDamaged(ValueError):
+    """metrics.jsonl holds a line that is no record, before its last line: not a write cut short by a
+    crash (only the last line can be that), so the file was edited or damaged. Names the line."""
+
+
 def read_lines(path: Path) -> list[str]:
-    """The file's JSON lines; a last line cut short (a process killed mid-write) is left out."""
-    lines = [line for line in Path(path).read_text().splitlines() if line]
-    if lines:
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            lines.pop()
+    """The file's lines, each a JSON record with its step; a last line cut short (a process killed
+    mid-write) is left out. MetricsDamaged names the first other line that is not a record: read
+    whole before a resume rewinds the file, so that a damaged one stops the resume before it writes."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise MetricsDamaged(f"{path} is not a file; move it away (the run's log of losses and scores is that file)")
+    numbered = [(number, line) for number, line in enumerate(path.read_bytes().split(b"\n"), 1) if line.strip()]
+    lines = []
+    for number, line in numbered:
+        problem = _record_problem(line)
+        if problem is None:
+            lines.append(line.decode())
+        elif number != numbered[-1][0]:
+            raise MetricsDamaged(f"{path} line {number} {problem}; repair or delete that line (only a last line cut short"
+                                 " by a crash is passed over)")
     return lines
+
+
+def _record_problem(line: bytes) -> str | None:
+    try:
+        record = json.loads(line.decode())
+    except UnicodeDecodeError:
+        return "is not text (not UTF-8)"
+    except json.JSONDecodeError as error:  # json's reasons ending in "at" expect the place after them
+        return f"is not a JSON record ({error.msg.removesuffix(' at')}, column {error.colno})"
+    if not isinstance(record, dict) or type(record.get("step")) is not int:
+        return "is not a JSON record with a step"
+    return None
 
 
 def read_metrics(path: Path) -> list[dict]:

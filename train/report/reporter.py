@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from train.report.metrics import MetricsFile
+from train.report.metrics import METRICS_FILE, MetricsFile
 from train.report.mirror import Mirror
 from train.report.samples import image_grid, samples_picture, save_png
 from train.report.tracking import WandbRun
@@ -39,7 +39,7 @@ class Reporter:
 
     def start(self, *, resume_step: int | None, run_id: str, wandb_options: dict[str, Any]) -> None:
         if self.main:
-            self.metrics = MetricsFile(self.out / "metrics.jsonl", resume_step=resume_step)
+            self.metrics = MetricsFile(self.out / METRICS_FILE, resume_step=resume_step)
             self.mirror = Mirror(self.out, resume_step)
         self.wandb.start(out=self.out, run_id=run_id, **wandb_options)
 

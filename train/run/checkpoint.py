@@ -8,9 +8,14 @@ one, never a renamed folder of empty files. A write that fails on any rank (a fu
 fails the save on every rank: the partial folder goes, the checkpoints before it stay, and
 CheckpointWriteError says what to free. A checkpoint damaged later (truncated, zeroed, a file lost)
 is found before a resume and passed over for the newest whole one; nothing is ever deleted for it.
+Housekeeping (--keep-checkpoints) counts whole checkpoints only: it deletes a whole one only while
+as many newer whole ones stay, and moves a damaged one aside to `step_XXXXXX.damaged/` (a name no
+resume reads) instead of counting or deleting it.
 Everything is loaded with safetensors or torch.load(weights_only=True).
 """
+import contextlib
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -33,7 +38,8 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = "checkpoints"
 EMA_FILE = "ema.safetensors"
-_NAME = re.compile(r"^step_(\d+)$")
+_NAME = re.compile(r"^step_(\d+)$")  # nothing else is a checkpoint: not .tmp, .old or .damaged
+DAMAGED_SUFFIX = ".damaged"
 _RANK_FILE = re.compile(r"^(?:train_state|random_states)_(\d+)\.(?:pt|pkl)$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)")  # Rust's io::Error, in safetensors' messages
@@ -100,10 +106,12 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written on some rank (a full disk, most often). Raised on every rank
     once the partial folder is gone; the checkpoints before it are untouched, so the run resumes from
     the newest of them once the cause is fixed. The message names the folder, the error and the fix;
-    `errno` is the failing write's (ENOSPC for a full disk) or None when it gave none."""
+    `errno` is the failing write's (ENOSPC for a full disk) or None when it gave none; `kept_step` the
+    step of the newest checkpoint left, the one a resume continues from (0: there is none)."""
 
-    def __init__(self, message: str, error_number: int | None, folder: Path):
+    def __init__(self, message: str, error_number: int | None, folder: Path, kept_step: int = 0):
         super().__init__(error_number, message, str(folder))
+        self.kept_step = kept_step
 
     def __str__(self) -> str:
         return self.strerror
@@ -143,9 +151,8 @@ def save_checkpoint(
             _publish(tmp, final)
         except Exception as error:
             failure = error
-        else:  # housekeeping: one that could not be removed is removed by the next save
-            for old in list_checkpoints(out)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        else:  # one that could not be removed or moved is by the next save
+            keep_newest_whole(out, CheckpointLayout.of(accelerator), keep, final)
     _settle(accelerator, failure, final)
     return final
 
@@ -199,7 +206,9 @@ def _settle(accelerator: "Accelerator", failure: Exception | None, final: Path) 
         number = errno.ENOSPC
     if failure is not None and number is None:
         raise failure  # not the disk's doing (a bug, say): itself, not a resumable write error
-    raise CheckpointWriteError(_write_error_message(failure, number, final), number, tmp) from failure
+    kept = [p for p in list_checkpoints(final.parent.parent) if p != final]
+    message = _write_error_message(failure, number, final, kept[-1] if kept else None)
+    raise CheckpointWriteError(message, number, tmp, checkpoint_step(kept[-1]) if kept else 0) from failure
 
 
 def _close_half_written_files(error: BaseException) -> None:
@@ -235,7 +244,7 @@ def _disk_full(error: BaseException, folder: Path) -> bool:
         return False
 
 
-def _write_error_message(failure: BaseException | None, number: int | None, final: Path) -> str:
+def _write_error_message(failure: BaseException | None, number: int | None, final: Path, kept: Path | None) -> str:
     disk_full = number in _DISK_FULL
     if failure is None:
         cause = "another rank could not write its part" + (f" ({os.strerror(number)})" if disk_full else "")
@@ -248,14 +257,15 @@ def _write_error_message(failure: BaseException | None, number: int | None, fina
     else:
         cause = f"{type(failure).__name__}: {_first_line(failure)}"
     folder = final.parent
-    kept = [p for p in list_checkpoints(folder.parent) if p != final]
-    before = f"{kept[-1].name} and the checkpoints before it are untouched" if kept else "there is no earlier checkpoint"
+    before = f"{kept.name} and the checkpoints before it are untouched" if kept else "there is no earlier checkpoint"
+    # --resume is refused where there is no checkpoint: the run starts again instead.
+    go_on = "continue with --resume" if kept else "start the run again (without --resume: there is no checkpoint to continue from)"
     if disk_full:
         mount = _mount_point(folder)
-        size = f"; a checkpoint takes about {_megabytes(_folder_bytes(kept[-1]))}" if kept else ""
-        fix = f"free space on {mount} ({_megabytes(_free_bytes(folder))} free{size}), then continue with --resume"
+        size = f"; a checkpoint takes about {_megabytes(_folder_bytes(kept))}" if kept else ""
+        fix = f"free space on {mount} ({_megabytes(_free_bytes(folder))} free{size}), then {go_on}"
     else:
-        fix = f"check that {folder} can be written, then continue with --resume"
+        fix = f"check that {folder} can be written, then {go_on}"
     return f"could not write checkpoint {final}: {cause}; the partial folder was removed, {before}. To go on: {fix}"
 
 
@@ -409,6 +419,54 @@ def newest_whole_checkpoint(out: Path, layout: CheckpointLayout) -> tuple[Path |
     return None, damaged
 
 
+# --- housekeeping -------------------------------------------------------------------------------
+
+
+def keep_newest_whole(out: Path, layout: CheckpointLayout, keep: int, written: Path) -> None:
+    """Main process, once `written` is in place: keep the `keep` newest whole checkpoints, delete the
+    whole ones older than those, and move each damaged one aside. A damaged folder counted as one of
+    the `keep` would cost a whole one (issue 23: an empty step_000099/ with --keep-checkpoints 1 once
+    left no whole checkpoint at all). `written` is whole by construction and is not read again."""
+    whole = 0
+    for checkpoint in reversed(list_checkpoints(out)):
+        try:
+            reason = None if checkpoint == written else checkpoint_damage(checkpoint, layout)
+        except OSError:  # unreadable for now (permissions, a stale handle): neither counted nor removed
+            continue
+        if reason is not None:
+            set_aside(checkpoint, reason)
+        elif whole < keep:
+            whole += 1
+        else:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def set_aside_damaged(out: Path, layout: CheckpointLayout) -> None:
+    """Main process, as a resumed run starts writing: move each damaged checkpoint aside before this
+    run saves a step of the same name over it (a swap that would delete it) or counts it."""
+    for checkpoint in list_checkpoints(out):
+        with contextlib.suppress(OSError):
+            if (reason := checkpoint_damage(checkpoint, layout)) is not None:
+                set_aside(checkpoint, reason)
+
+
+def set_aside(checkpoint: Path, reason: str) -> Path | None:
+    """Rename a damaged checkpoint to `step_XXXXXX.damaged` (`.damaged-2`, ... beside earlier ones),
+    with one warning; its files stay as they are for inspection. None when the rename failed."""
+    aside = checkpoint.with_name(checkpoint.name + DAMAGED_SUFFIX)
+    for number in itertools.count(2):
+        if not aside.exists():
+            break
+        aside = checkpoint.with_name(f"{checkpoint.name}{DAMAGED_SUFFIX}-{number}")
+    try:
+        os.rename(checkpoint, aside)
+    except OSError:
+        return None
+    print(f"warning: checkpoint {checkpoint} is damaged ({reason}); moved aside to {aside.name} (not resumed from,"
+          " not counted by --keep-checkpoints; delete it once inspected)", file=sys.stderr, flush=True)
+    return aside
+
+
 class NoWholeCheckpoint(ValueError):
     """Every checkpoint in --out is damaged: bad input for the runner (one `error:` line, exit code 2),
     since rerunning cannot help. The message names each damaged checkpoint and the fix."""
@@ -477,8 +535,8 @@ def load_checkpoint(accelerator: "Accelerator", path: Path, state: "TrainState")
         saved_ranks = _recorded_world_size(path / _rank_file(0))
         if saved_ranks != accelerator.num_processes:
             raise CheckpointMismatch(
-                f"--resume: {path} was saved by {saved_ranks} DeepSpeed processes, each with its part of the optimizer"
-                f" states; resume it on {saved_ranks} processes (this launch has {accelerator.num_processes})"
+                f"--resume: {path} was saved by {saved_ranks} DeepSpeed process{'es' if saved_ranks > 1 else ''}, each with its"
+                f" part of the optimizer states; resume it on as many (this launch has {accelerator.num_processes})"
             )
     ema_state = load_weights(accelerator, path)
     rank_path = path / _rank_file(accelerator.process_index)

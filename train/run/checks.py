@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from models import POINT_MODELS, ModelOptionError, check_model
 from train.data.stacked_mnist import check_resolution as check_stacked_mnist_resolution
+from train.report.metrics import METRICS_FILE, MetricsDamaged, read_lines
 from train.run.checkpoint import latest_checkpoint
 from train.run.environment import BadEnvironment, check_environment
 from train.run.flags import ConfigError, check_limits, flag_name
@@ -139,7 +140,8 @@ def check_wandb_names(config: "TrainConfig") -> None:
 
 
 def check_run_dir(config: "TrainConfig") -> None:
-    """What --out holds against what --resume asks; checked again once the run holds its lock."""
+    """What --out holds against what --resume asks, and for a resume a metrics.jsonl it can read whole;
+    checked again once the run holds its lock."""
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; point --out at a folder (it is made if missing)")
@@ -152,9 +154,15 @@ def check_run_dir(config: "TrainConfig") -> None:
         read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
         reason = f"{existing} is on a read-only file system" if read_only else f"no permission to write in {existing}"
         raise ConfigError(f"--out {out}: not writable ({reason}); choose another --out")
-    if config.resume == "yes" and latest_checkpoint(out) is None:
+    checkpoint = latest_checkpoint(out)
+    if config.resume == "yes" and checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
     # A run is there once it has a checkpoint: a start that died before its first one left nothing
     # to continue, and a new run begins over what it left.
-    if config.resume == "no" and latest_checkpoint(out) is not None:
+    if config.resume == "no" and checkpoint is not None:
         raise ConfigError(f"--out {out} already holds a run; add --resume to continue it, or choose another --out")
+    if checkpoint is not None and (out / METRICS_FILE).exists():  # a resume: it rewinds metrics.jsonl, after config.json
+        try:
+            read_lines(out / METRICS_FILE)
+        except MetricsDamaged as error:
+            raise ConfigError(f"--resume: {error}") from None

@@ -23,6 +23,7 @@ from train.report.tracking import WandbRun, new_run_id, resolve_wandb_mode
 from train.run.batches import StepBatches
 from train.run.build import ObjectiveFactory, Training, build_training, make_accelerator
 from train.run.checkpoint import (
+    CheckpointLayout,
     CheckpointWriteError,
     checkpoint_step,
     checkpoint_to_resume,
@@ -30,6 +31,7 @@ from train.run.checkpoint import (
     load_checkpoint,
     remove_partial_checkpoints,
     save_checkpoint,
+    set_aside_damaged,
 )
 from train.run.config import (
     TrainConfig,
@@ -39,7 +41,7 @@ from train.run.config import (
     time_limit_seconds,
 )
 from train.run.evaluation import Evaluation, open_evaluation
-from train.run.outcome import RunEnd, RunStatus
+from train.run.outcome import EXIT_STATUS_FILE, RunEnd, RunStatus
 from train.run.phases import Phases
 from train.run.poison import with_failpoints
 from train.run.profiling import StepProfiler
@@ -164,16 +166,20 @@ def restore(run: Run) -> RunEnd | None:
     if not state.restored_streams:
         accelerator.print(
             f"the checkpoint was made by another number of processes: the weights, optimizers and step"
-            f" continue; the data is split anew over {accelerator.num_processes} processes and each share read from its start"
+            f" continue; the data is split anew over {accelerator.num_processes} process{'es' if accelerator.num_processes > 1 else ''}"
+            " and each share read from its start"
         )
     return None
 
 
 def start_outputs(run: Run, wandb: Wandb) -> None:
-    """The first writes to --out, once the data has proved readable: config.json, metrics, W&B."""
+    """The first writes to --out, once every check has passed and the data has proved readable (a
+    failed start leaves --out as it was): checkpoints tidied, config.json, metrics, W&B."""
     config, accelerator = run.config, run.accelerator
     if accelerator.is_main_process:
         remove_partial_checkpoints(run.out)
+        set_aside_damaged(run.out, CheckpointLayout.of(accelerator))
+        (run.out / EXIT_STATUS_FILE).unlink(missing_ok=True)  # a launcher must never read the previous run's ending
         save_config(config, run.out)
     run.reporter.start(
         resume_step=run.state.step if run.resumed else None,
@@ -225,9 +231,10 @@ def data_failure(run: Run, session_start: int) -> RunEnd | None:
             save(run)
             end.reason += f"; stopped with a checkpoint at step {step}: fix the data, then --resume"
         except CheckpointWriteError as error:
+            end.step = error.kept_step  # exit_status.json names the step a resume continues from
             end.reason += f"; and the checkpoint at step {step} failed too: {error}"
     else:
-        end.reason += "; fix the data, then start again (or --resume)"
+        end.reason += "; fix the data, then " + ("--resume" if run.resumed else "start again")
     return end
 
 
@@ -267,7 +274,7 @@ def checkpoint(run: Run, step: int, end: RunEnd | None, progress: tqdm) -> RunEn
     except CheckpointWriteError as error:
         progress.close()  # the line goes below the progress bar, not after it
         run.accelerator.print(f"error: {error}", file=sys.stderr)
-        return RunEnd(RunStatus.STOPPED, step, str(error))
+        return RunEnd(RunStatus.STOPPED, error.kept_step, str(error))  # the step a resume continues from
     if end is not None:
         run.accelerator.print(f"stopped at step {step}: {end.reason}; checkpoint saved")
     return end

@@ -134,14 +134,19 @@ def read_config_json(path: Path, flag: str) -> dict[str, Any]:
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"{flag}: {path} is not valid JSON ({error.msg} at line {error.lineno}); repair that line ({REPAIR})"
-        ) from None
+        raise ConfigError(f"{flag}: {path} is not valid JSON at {json_error_place(error)}; repair that line ({REPAIR})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{flag}: {path} is not text; restore it from a copy ({REPAIR})") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{flag}: {path} holds no {{\"setting\": value, ...}} object; restore it from a copy ({REPAIR})")
     return saved
+
+
+def json_error_place(error: json.JSONDecodeError) -> str:
+    """"line 3, column 12 (Expecting value)": where the JSON breaks, and why. Some of json's reasons
+    end in "at", meant to be followed by the place ("Unterminated string starting at")."""
+    reason = error.msg[: -len(" at")] + " there" if error.msg.endswith(" at") else error.msg
+    return f"line {error.lineno}, column {error.colno} ({reason})"
 
 
 def saved_values(config_cls: type["TrainConfig"], saved: dict[str, Any], path: Path, flag: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from train.run.checkpoint import (
 from train.run.config import Config, ConfigError, check_run_dir, load_config
 from train.run.lock import RunLock, RunLocked
 from train.run.multi_cpu import relaunch_on_cpu_processes
-from train.run.outcome import BAD_INPUT, EXIT_STATUS_FILE, RunStatus, write_exit_status
+from train.run.outcome import BAD_INPUT, RunStatus, write_exit_status
 
 if TYPE_CHECKING:
     from train.run.build import ObjectiveFactory
@@ -42,8 +42,6 @@ def main(config_cls: type[Config], make_objective: "ObjectiveFactory", descripti
         with RunLock(out) if main_process else contextlib.nullcontext() as lock:
             try:
                 check_run_dir(config)  # again: --out may have changed before the lock was ours
-                if main_process:  # a launcher reading it must never see the previous run's ending
-                    (out / EXIT_STATUS_FILE).unlink(missing_ok=True)
                 from train.run.loop import train
 
                 end = train(config, make_objective)
