@@ -65,6 +65,10 @@ class Training:
     ema: GeneratorEMA
     objective: Objective
     latent_rng: torch.Generator
+    # The generator's own module, which DDP, ZeRO's engine and torch.compile wrap without copying: what
+    # the EMA follows. accelerator.unwrap_model would find it too, but imports DeepSpeed (half a
+    # second of every run's start) only to ask whether the model is one of its engines.
+    generator_module: nn.Module
 
     def latents(self) -> torch.Tensor:
         config = self.config
@@ -102,6 +106,7 @@ def build_training(
     if config.sync_bn and accelerator.num_processes > 1 and device.type == "cuda":
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
     configure_backends(config.tf32, device)
+    generator_module = generator
     if "generator" in compile_modules:
         generator = torch.compile(generator, backend=compile_backend)
     if "critic" in compile_modules:
@@ -117,4 +122,5 @@ def build_training(
         updates, scaler = DataParallelUpdates(accelerator, config.grad_accum), accelerator.scaler
     latent_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, SeedPurpose.LATENTS))
     objective = make_objective(config, scaler, latent_rng)
-    return Training(config, accelerator, generator, critic, g_opt, d_opt, updates, ema, objective, latent_rng)
+    return Training(config, accelerator, generator, critic, g_opt, d_opt, updates, ema, objective, latent_rng,
+                    generator_module)

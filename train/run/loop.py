@@ -245,7 +245,7 @@ def adversarial_step(run: Run, step: int) -> RunEnd | None:
     result = run.phases.step()
     state.skipped_steps += result.skipped_updates
     if result.generator_updated:
-        training.ema.update(training.accelerator.unwrap_model(training.generator))
+        training.ema.update(training.generator_module)
     state.nonfinite_streak = state.nonfinite_streak + 1 if result.skipped_updates else 0
     return run.rollback.after_step(state, step)
 
