@@ -241,7 +241,7 @@ def data_failure(run: Run, session_start: int) -> RunEnd | None:
 
 def adversarial_step(run: Run, step: int, first_steps: bool = False) -> RunEnd | None:
     """One step of the phases, the EMA after a generator update, and the divergence check. Out of
-    memory in the `first_steps` (this session's first --ckpt-every): a batch too large for
+    memory in the `first_steps` (this session's first --ckpt-every steps): a batch too large for
     the device, said in one line."""
     state, training = run.state, run.training
     state.step = step
