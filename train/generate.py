@@ -139,7 +139,7 @@ def _check_picture(finished: FinishedRun, n: int, columns: int | None = None, fr
         )
     if frames * pixels > MAX_ANIMATION_PIXELS:
         raise UsageError(f"--n {n} --frames {frames}: the frames would hold {frames * pixels / 1e6:,.0f} Mpx until written,"
-                         f" beyond {MAX_ANIMATION_PIXELS / 1e6:,.0f}; lower --n or --frames")
+                         f" beyond {MAX_ANIMATION_PIXELS / 1e6:,.0f} Mpx; lower --n or --frames")
 
 
 def grid_pixels(n: int, side: int, columns: int | None = None) -> int:
@@ -174,6 +174,7 @@ def npy_layout(finished: FinishedRun, n: int) -> tuple[tuple[int, ...], type]:
 
 
 def write_samples_npy(path: Path, finished: FinishedRun, generator: torch.nn.Module, n: int, seed: int) -> None:
+    """The grid's `n` samples for `seed` as a .npy (npy_layout), a chunk at a time."""
     shape, dtype = npy_layout(finished, n)
     chunks = sample_chunks(generator, n, finished.config.latent_dim, seed, npy_chunk(math.prod(shape[1:])))
     write_npy(path, shape, dtype, (samples.numpy() if finished.is_points else to_uint8(samples).numpy() for samples in chunks))
