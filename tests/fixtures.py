@@ -79,9 +79,10 @@ def bilevel_png(width: int, height: int) -> bytes:
 
 
 def unwritable_folder(kind: str, tmp_path: Path, request) -> Path:
-    """A folder no file can be written in: "under a file" (a path below a regular file), or
-    "read-only" (a read-only tmpfs mount: permission bits stop no one when the tests run as root;
-    skipped where mount(8) is not permitted)."""
+    """A folder no file can be written in: "under a file" (a path below a regular file), "read-only"
+    (a read-only tmpfs mount: permission bits stop no one when the tests run as root), or "tiny"
+    (a 16 KB tmpfs, which a write fills midway). The mounts are skipped where mount(8) is not
+    permitted."""
     import subprocess
 
     import pytest
@@ -91,7 +92,8 @@ def unwritable_folder(kind: str, tmp_path: Path, request) -> Path:
         return tmp_path / "notes" / "out"
     mount = tmp_path / "ro"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(mount)], check=False, capture_output=True, text=True)
+    options = "size=16k" if kind == "tiny" else "ro"
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=False, capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"a read-only mount needs mount(8) to be permitted here: {result.stderr.strip()}")
     request.addfinalizer(lambda: subprocess.run(["umount", str(mount)], check=True))

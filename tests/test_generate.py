@@ -209,6 +209,16 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(wgangp_run
         assert capsys.readouterr().err.splitlines() == [f"error: --output {output}: {reason}; choose another --output"]
 
 
+def test_a_write_that_fails_midway_is_one_line_and_leaves_no_file(wgangp_run, tmp_path, request, capsys):
+    folder = unwritable_folder("tiny", tmp_path, request)  # room for the check, not for a grid of 64
+    assert main(["--run", str(wgangp_run), "--output", str(folder / "grid.png")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --output {folder / 'grid.png'}: could not write it (No space left on device); free space there or choose"
+        " another --output"
+    ]
+    assert not list(folder.iterdir())
+
+
 HUGE = "300000000"  # its latents alone would take 77 GB
 
 
