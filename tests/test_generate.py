@@ -14,7 +14,14 @@ from PIL import Image, ImageSequence
 
 from tests.conftest import completed
 from tests.fixtures import unwritable_folder
-from train.generate import latent_draws, loop_latents, main, sample_chunks, slerp, write_npy
+from train.generate import (
+    latent_draws,
+    loop_latents,
+    main,
+    sample_chunks,
+    slerp,
+    write_npy,
+)
 from train.report.fid import to_uint8
 from train.run.config import DEBUG_PRESET
 from train.run.finished import FinishedRun
@@ -212,10 +219,8 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(wgangp_run
 def test_a_write_that_fails_midway_is_one_line_and_leaves_no_file(wgangp_run, tmp_path, request, capsys):
     folder = unwritable_folder("tiny", tmp_path, request)  # room for the check, not for a grid of 64
     assert main(["--run", str(wgangp_run), "--output", str(folder / "grid.png")]) == 2
-    assert capsys.readouterr().err.splitlines() == [
-        f"error: --output {folder / 'grid.png'}: could not write it (No space left on device); free space there or choose"
-        " another --output"
-    ]
+    line = f"error: --output {folder / 'grid.png'}: could not write it (No space left on device); free space there or choose another --output"
+    assert capsys.readouterr().err.splitlines() == [line]
     assert not list(folder.iterdir())
 
 
