@@ -1,9 +1,12 @@
-"""Data the tests make themselves: parquet shards with the hub dataset's schema, image folders.
+"""Data the tests make themselves: parquet shards with the hub dataset's schema, image folders,
+and images whose size would be dangerous to decode (small on disk all the same).
 
 Each image carries its row id as a 4x4 grid of black/white 8x8 blocks (16 bits), which survives
 JPEG; `row_ids` reads the ids back from a decoded uint8 batch at 32 px.
 """
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import datasets
@@ -56,3 +59,42 @@ def write_image_folder(folder: Path, rows: int) -> Path:
         sub.mkdir(exist_ok=True)
         id_image(row).save(sub / f"{row:05d}.{'png' if row % 3 else 'jpg'}", quality=95)
     return folder
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height grey pixels, with one row of data: Pillow's open
+    reads the header alone, so this is what a crafted file of any declared size looks like."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b"")
+
+
+def bilevel_png(width: int, height: int) -> bytes:
+    """A real, whole 1-bit PNG of one colour: a few hundred bytes to a few kilobytes at any size."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height), 1).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def unwritable_folder(kind: str, tmp_path: Path, request) -> Path:
+    """A folder no file can be written in: "under a file" (a path below a regular file), "read-only"
+    (a read-only tmpfs mount: permission bits stop no one when the tests run as root), or "tiny"
+    (a 16 KB tmpfs, which a write fills midway). The mounts are skipped where mount(8) is not
+    permitted."""
+    import subprocess
+
+    import pytest
+
+    if kind == "under a file":
+        (tmp_path / "notes").write_text("mine")
+        return tmp_path / "notes" / "out"
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    options = "size=16k" if kind == "tiny" else "ro"
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"a read-only mount needs mount(8) to be permitted here: {result.stderr.strip()}")
+    request.addfinalizer(lambda: subprocess.run(["umount", str(mount)], check=True))
+    return mount

@@ -203,6 +203,8 @@ CASES = [
     Case("--lr 0", [*DEBUG, "--lr", "0"], "--lr 0.0: must be above 0"),
     Case("--lr nan", [*DEBUG, "--lr", "nan"], "--lr nan: must be a finite number"),
     Case("--gp-weight inf", [*DEBUG, "--gp-weight", "inf"], "--gp-weight inf: must be a finite number"),
+    Case("--lr 1e39", [*DEBUG, "--lr", "1e39"], "--lr 1e+39: must fit in float32 (at most 3.4e+38 in size), the precision training computes in"),
+    Case("--gp-weight 1e-50", [*DEBUG, "--gp-weight", "1e-50"], "--gp-weight 1e-50: must fit in float32 (1e-50 rounds to 0 there"),
     Case("--betas 1 0.9", [*DEBUG, "--betas", "1", "0.9"], "--betas 1.0 0.9: each must be in [0, 1)"),
     Case("--betas -0.1 0.9", [*DEBUG, "--betas", "-0.1", "0.9"], "each must be in [0, 1)"),
     Case("--g-betas 1 0.9", [*DEBUG, "--g-betas", "1", "0.9"], "--g-betas 1.0 0.9: each must be in [0, 1)"),
@@ -275,6 +277,8 @@ CASES = [
          setup=made_by(WGANGPConfig, *DEBUG, edit=lambda text: json.dumps({**json.loads(text), "betas": [0.0]}))),
     Case("config.json: an unknown setting", ["--resume"], "config.json: 'batchsize' is no setting of train/wgangp.py; delete that line",
          setup=made_by(WGANGPConfig, *DEBUG, edit=lambda text: json.dumps({**json.loads(text), "batchsize": 8}))),
+    Case("config.json: beyond float32", ["--resume"], "config.json: \"lr\": 1e+39: must fit in float32",
+         setup=made_by(WGANGPConfig, *DEBUG, edit=replace('"lr": 0.0001', '"lr": 1e39'))),
     Case("config.json: NaN", ["--resume"], "config.json: \"gp_weight\": NaN is not a finite number",
          setup=made_by(WGANGPConfig, *DEBUG, edit=replace('"gp_weight": 10.0', '"gp_weight": NaN'))),
     Case("config.json: a choice not offered", ["--resume"], "config.json: \"critic_norm\": \"batch\" is not one of layer, instance, none",
@@ -321,6 +325,12 @@ CASES = [
          env={"WANDB_API_KEY": "0123456789abcdef0123 456789abcdef0123456789"}),
     Case("WANDB_API_KEY padded, offline", [*DEBUG, "--wandb-mode", "offline"], "malformed (it starts or ends with whitespace)",
          env={"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567\n"}),
+    # The real wandb's own lookup of a key, in a home without ~/.netrc (--debug's preset turns W&B off).
+    *[Case(f"{given} without a W&B key", ["--data", "synthetic", "--fid-every", "0", *argv], f"{given}: no W&B API key found (no WANDB_API_KEY, and no `wandb login`"
+           " in ~/.netrc); run `wandb login`, set WANDB_API_KEY to the key from https://wandb.ai/authorize, or log offline"
+           " with --wandb-mode offline", env={"HOME": "{tmp}", "NETRC": "{tmp}/.netrc", **env})
+      for given, argv, env in [("WANDB_MODE=online", [], {"WANDB_MODE": "online"}),
+                               ("--wandb-mode online", ["--wandb-mode", "online"], {})]],
     Case("HF_HUB_OFFLINE=maybe", [*DEBUG], "HF_HUB_OFFLINE=maybe: not a yes/no value; unset it or set it to 1, 0,", env={"HF_HUB_OFFLINE": "maybe"}),
     Case("HF_DATASETS_OFFLINE=offline", [*DEBUG], "HF_DATASETS_OFFLINE=offline: not a yes/no value", env={"HF_DATASETS_OFFLINE": "offline"}),
     Case("ACCELERATE_MIXED_PRECISION=fp32", [*DEBUG], "ACCELERATE_MIXED_PRECISION=fp32: not a precision this toolkit trains in; unset it or set it"

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures import jpeg_bytes
-from train.data.decode import SmallSourceWarning, decode_image
+from tests.fixtures import bilevel_png, declared_png, jpeg_bytes
+from train.data.decode import (
+    MAX_ASPECT,
+    ExtremeImage,
+    SmallSourceWarning,
+    decode_image,
+    max_source_pixels,
+)
 
 
 def png_bytes(image: Image.Image, **params) -> bytes:
@@ -175,3 +181,28 @@ def test_a_colour_key_transparency_entry_shows_the_background(mode):
     out = decode_image(png_bytes(image, transparency=key), SIDE, background=(10, 200, 30)).permute(1, 2, 0).numpy()
     assert (out[:, : SIDE // 2] == (10, 200, 30)).all()
     assert (out[:, SIDE // 2 :] == np.asarray(image.convert("RGB"))[:, SIDE // 2 :]).all()
+
+
+@pytest.mark.parametrize("width, height", [(1, 50_000), (50_000, 1), (64, 20_000)], ids=["tall", "wide", "strip"])
+def test_an_image_of_extreme_shape_is_refused_before_it_is_decoded(width, height):
+    data = bilevel_png(width, height)
+    assert len(data) < 10_000  # tiny on disk: the danger is in what decoding it would make
+    with pytest.raises(ExtremeImage, match=f"{width}x{height} px: an aspect ratio of .*:1, beyond {MAX_ASPECT}:1"):
+        decode_image(data, resolution=32)
+
+
+@pytest.mark.parametrize("data", [bilevel_png(6_000, 6_000), declared_png(30_000, 30_000)], ids=["36Mpx-whole", "900Mpx-declared"])
+def test_an_image_of_too_many_pixels_is_refused_from_its_header(data):
+    assert len(data) < 50_000
+    with pytest.raises(ExtremeImage, match=r": (36\.0|900\.0) Mpx to decode, over the 33\.6 Mpx cap at --resolution 32$"):
+        decode_image(data, resolution=32)
+
+
+def test_the_pixel_cap_follows_the_resolution_and_counts_what_jpeg_draft_decodes():
+    assert max_source_pixels(32) == max_source_pixels(64) < max_source_pixels(1024)  # a floor, then 64 R^2
+    assert max_source_pixels(1024) == 64 * 1024**2
+    # 49 Mpx declared, above the cap at 32 px; draft mode decodes it at 1/8 scale (0.77 Mpx): accepted.
+    big = jpeg_bytes(Image.new("L", (7_000, 7_000), 90).convert("RGB"), quality=50)
+    assert 7_000**2 > max_source_pixels(32)
+    assert decode_image(big, resolution=32).shape == (3, 32, 32)
+    assert decode_image(bilevel_png(16 * 32, 32), resolution=32).shape == (3, 32, 32)  # 16:1 is still fine

@@ -15,6 +15,7 @@ from torch import nn
 
 import train.report.fid
 from tests.conftest import debug_launch, run_in_process_where_possible, run_script
+from tests.fixtures import unwritable_folder
 from train.data import DataOptions, parse_data_spec
 from train.evaluate import main as evaluate_main
 from train.report.fid import (
@@ -247,6 +248,15 @@ def test_evaluate_names_a_missing_weights_file(wgangp_run, tmp_path, capsys):
         f"error: --fid-weights {tmp_path / 'nowhere.pth'}: no such file; fetch {URL_INCEPTION_V3} where there is"
         " internet and pass its path to --fid-weights"
     ]
+
+
+@pytest.mark.parametrize("place", ["under a file", "read-only"])
+def test_evaluate_refuses_an_output_it_cannot_write_before_any_work(wgangp_run, tmp_path, request, capsys, place):
+    # The weights file is missing too: the output's line comes first, before the evaluation looks for anything.
+    output = unwritable_folder(place, tmp_path, request) / "scores.json"
+    assert evaluate_main(["--run", str(wgangp_run), "--fid-weights", str(tmp_path / "nowhere.pth"), "--output", str(output)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --output {output}: ") and lines[0].endswith("; choose another --output")
 
 
 def test_evaluate_needs_a_run_folder(tmp_path, capsys):

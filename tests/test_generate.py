@@ -1,4 +1,5 @@
-"""train/generate.py: interpolation strips and latent-walk GIFs from a run's EMA generator.
+"""train/generate.py: interpolation strips and latent-walk GIFs from a run's EMA generator, and the
+outputs it refuses in one line (too large, or where nothing can be written).
 
 (The plain grid and .npy outputs are covered with the trainer, in tests/test_wgangp.py.)
 """
@@ -12,7 +13,16 @@ import torch
 from PIL import Image, ImageSequence
 
 from tests.conftest import completed
-from train.generate import latent_draws, loop_latents, main, slerp
+from tests.fixtures import unwritable_folder
+from train.generate import (
+    latent_draws,
+    loop_latents,
+    main,
+    sample_chunks,
+    slerp,
+    write_npy,
+)
+from train.report.fid import to_uint8
 from train.run.config import DEBUG_PRESET
 from train.run.finished import FinishedRun
 from train.run.networks import render_samples
@@ -194,3 +204,50 @@ def test_bad_counts_and_runs_without_checkpoints_exit_2(wgangp_run, tmp_path, ca
     shutil.copytree(wgangp_run, empty, ignore=shutil.ignore_patterns("checkpoints"))
     assert main(["--run", str(empty), "--output", str(tmp_path / "g.png")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("place", ["under a file", "read-only"])
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(wgangp_run, tmp_path, request, capsys, place):
+    folder = unwritable_folder(place, tmp_path, request)
+    reason = f"{tmp_path / 'notes'} is a file" if place == "under a file" else f"not writable ({folder} is on a read-only file system)"
+    for output in (folder / "grid.png", folder / "samples.npy", folder / "loop.gif"):
+        args = ["--gif", "--frames", "4", "--keyframes", "2"] if output.suffix == ".gif" else []
+        assert main(["--run", str(wgangp_run), *args, "--n", "4", "--output", str(output)]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"error: --output {output}: {reason}; choose another --output"]
+
+
+def test_a_write_that_fails_midway_is_one_line_and_leaves_no_file(wgangp_run, tmp_path, request, capsys):
+    folder = unwritable_folder("tiny", tmp_path, request)  # room for the check, not for a grid of 64
+    assert main(["--run", str(wgangp_run), "--output", str(folder / "grid.png")]) == 2
+    line = f"error: --output {folder / 'grid.png'}: could not write it (No space left on device); free space there or choose another --output"
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert not list(folder.iterdir())
+
+
+HUGE = "300000000"  # its latents alone would take 77 GB
+NO_DISK_HOLDS = "1000000000000000"  # 3 exabytes of 32-px images
+
+
+@pytest.mark.parametrize(
+    "args, output, message",
+    [
+        ([], "grid.png", f"--n {HUGE}: a grid of {HUGE} samples of 32 px would be a picture of"),
+        (["--interpolate", "8"], "strip.png", f"--n {HUGE}: a strip of {HUGE} rows of 8 samples of 32 px would be a picture of"),
+        (["--gif"], "loop.gif", f"--n {HUGE}: a grid of {HUGE} samples of 32 px would be a picture of"),
+        ([], "samples.npy", f"--n {NO_DISK_HOLDS}: the .npy would take 3,072,000,000.0 GB, and"),
+    ],
+)
+def test_more_samples_than_a_picture_or_the_disk_holds_are_refused_in_one_line(wgangp_run, tmp_path, capsys, args, output, message):
+    n = NO_DISK_HOLDS if output.endswith(".npy") else HUGE
+    assert main(["--run", str(wgangp_run), *args, "--n", n, "--output", str(tmp_path / output)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_npy_drawn_and_written_in_chunks_holds_the_samples_of_one_draw(wgangp_run, tmp_path):
+    generator, _ = FinishedRun(wgangp_run).ema_generator()
+    chunks = sample_chunks(generator, n=40, latent_dim=64, seed=3, chunk=16)
+    write_npy(tmp_path / "s.npy", (40, 3, SIZE, SIZE), np.uint8, (to_uint8(samples).numpy() for samples in chunks))
+    whole = to_uint8(render_samples(generator, latent_draws(1, 40, 64, seed=3)[0])).numpy()
+    assert np.array_equal(np.load(tmp_path / "s.npy"), whole)

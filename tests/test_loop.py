@@ -227,3 +227,18 @@ def test_after_a_failed_checkpoint_exit_status_names_the_step_of_the_checkpoint_
     assert "step_000002 and the checkpoints before it are untouched" in status["reason"]
     assert result.stdout.strip().splitlines()[-1].endswith("continue with --resume (or --resume auto)")
 
+
+def test_out_of_memory_in_the_first_steps_is_one_line_naming_the_batch_flags(tmp_path, capsys, monkeypatch):
+    # The failpoint raises torch.OutOfMemoryError inside step 2's update, as a CUDA allocator would.
+    from train.run.lock import RunLock
+
+    out = tmp_path / "run"
+    monkeypatch.setenv("FACEGAN_FAILPOINTS", "out_of_memory=2")
+    code = main(WGANGPConfig, make_objective, "test", [*DEBUG, "--max-steps", "4", "--grad-accum", "2", "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert lines[-1].startswith("error: out of memory in step 2") and len([line for line in lines if "error" in line.lower()]) == 1
+    assert "--batch-size 8 --grad-accum 2" in lines[-1] and "--batch-size 4 --grad-accum 4" in lines[-1]
+    assert not (out / "run.lock").exists() and not (out / "checkpoints").exists()
+    with RunLock(out):  # released: the next start may take it
+        pass

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tests.fixtures import row_ids, write_image_folder, write_parquet_shards
+from tests.fixtures import (
+    bilevel_png,
+    declared_png,
+    row_ids,
+    write_image_folder,
+    write_parquet_shards,
+)
 from train.data import (
     DataError,
     DataOptions,
@@ -18,6 +24,7 @@ from train.data import (
     open_stream,
     parse_data_spec,
 )
+from train.data.decode import ExtremeImageWarning
 from train.data.streaming import load_source, shard_for_rank
 
 
@@ -157,3 +164,20 @@ def test_split_for_one_process_is_a_no_op(shards):
     source = load_source(parse_data_spec(f"parquet:{shards}"))
     same, how = shard_for_rank(source, parse_data_spec(f"parquet:{shards}"), 0, 1)
     assert same is source and how == "4 shards on one process"
+
+
+def test_images_of_extreme_shape_or_size_are_skipped_counted_and_named(tmp_path):
+    folder = write_image_folder(tmp_path / "faces", rows=20)
+    extreme = {"a/tall.png": bilevel_png(1, 50_000), "b/wide.png": bilevel_png(50_000, 1),
+               "a/huge.png": bilevel_png(6_000, 6_000), "b/declared.png": declared_png(30_000, 30_000)}
+    for name, data in extreme.items():
+        (folder / name).write_bytes(data)
+    source = stream(str(folder), batch=4, workers=0)  # decoded in this process: its warnings reach pytest
+    with pytest.warns(ExtremeImageWarning) as warned:
+        rows = read_rows(source, 10)  # 40 images: the whole first pass (20 and the 4 extreme ones) and more
+    assert sorted(rows) == sorted(list(range(20)) * 2)
+    counters = source.counters()
+    named = [str(w.message) for w in warned if issubclass(w.category, ExtremeImageWarning)]
+    assert 4 <= counters["data_skipped"] == len(named) and counters["data_read"] == 40 + counters["data_skipped"]
+    for name in extreme:
+        assert any(name in message for message in named), name

@@ -6,7 +6,12 @@ import pytest
 from tests.conftest import completed
 from tests.wandb_records import offline_runs, read_run
 from train.report.metrics import read_metrics
-from train.report.tracking import REDACTED, redact_secrets, resolve_wandb_mode
+from train.report.tracking import (
+    REDACTED,
+    redact_secrets,
+    resolve_wandb_mode,
+    wandb_finds_credentials,
+)
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key; never valid
 
@@ -33,6 +38,20 @@ def test_netrc_login_counts_as_a_key(monkeypatch, tmp_path):
     netrc.chmod(0o600)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_wandb_mode(None) == ("online", None)
+
+
+def test_online_credentials_are_looked_for_as_wandb_looks_for_them(monkeypatch, tmp_path):
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not wandb_finds_credentials()
+    netrc = tmp_path / ".netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")  # what `wandb login` writes
+    netrc.chmod(0o600)
+    assert wandb_finds_credentials()
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password short\n")
+    with pytest.raises(ValueError, match="40"):  # a stored key of a shape wandb refuses
+        wandb_finds_credentials()
 
 
 def test_secrets_from_the_environment_are_redacted_wherever_they_appear(monkeypatch):

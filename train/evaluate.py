@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from train.common.atomic import atomic_write_text
+from train.common.writable import Unwritable, check_writable, written
 from train.data import DataError, DataSpecError
 from train.report.fid import (
     FIDEvaluator,
@@ -89,18 +91,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--samples {args.samples}: must be at least 4")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: must be at least 1")
+    main_process = os.environ.get("RANK", "0") == "0"
     try:
+        if args.output:  # before the evaluation, which can take an hour
+            check_writable("--output", args.output)
         result = evaluate(args)
-    except (RunNotFound, FIDUnavailable, FIDNotApplicable, DataSpecError, DataError, ClassifierUnfit) as error:
-        if os.environ.get("RANK", "0") == "0":
+        if main_process:
+            line = json.dumps(result)
+            print(line)
+            if args.output:
+                with written("--output", args.output):
+                    atomic_write_text(args.output, line + "\n")
+    except (RunNotFound, FIDUnavailable, FIDNotApplicable, DataSpecError, DataError, ClassifierUnfit, Unwritable) as error:
+        if main_process:
             print(f"error: {error}", file=sys.stderr)
         return BAD_INPUT
-    if os.environ.get("RANK", "0") == "0":
-        line = json.dumps(result)
-        print(line)
-        if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(line + "\n")
     return 0
 
 

@@ -5,9 +5,10 @@
     python train/generate.py --run DIR --output FILE.gif --gif [--n N] [--frames F] [--fps R] [--keyframes M]
 
 Image runs write a PNG grid, or with a .npy output the raw samples as uint8 (N, 3, H, W) (the
-exact inverse of the data's scaling; written in chunks, so any N fits in memory); toy runs write a
-.npy array of shape (N, 2) in data coordinates (or, with a .png output, a scatter plot over the
-true modes).
+exact inverse of the data's scaling); toy runs write a .npy array of shape (N, 2) in data
+coordinates (or, with a .png output, a scatter plot over the true modes). A .npy is drawn and
+written in chunks, so any N the disk holds fits in memory; a picture holds all its samples at
+once, and one that Pillow would not open without a decompression-bomb warning is refused.
 
 --interpolate K: a PNG of N rows (default 8), each the generator along the great circle between
 two random latents in K steps; the left column is the grid's samples for the same --seed.
@@ -17,7 +18,11 @@ through M random keyframe latents (default 4) in F frames (default 48) at R fram
 scatter plot instead; they have no interpolation strip.
 """
 import argparse
+import bisect
+import math
+import shutil
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +31,25 @@ from einops import rearrange
 from PIL import Image
 
 from train.common.atomic import atomic_write
+from train.common.writable import Unwritable, check_writable, written
 from train.report.fid import to_uint8
 from train.report.gif import write_gif
-from train.report.samples import image_grid, samples_picture, save_png
+from train.report.samples import PADDING, image_grid, samples_picture, save_png
 from train.run.finished import FinishedRun, RunNotFound
 from train.run.networks import render_samples
 from train.run.outcome import BAD_INPUT
 
 DEFAULT_N = {"grid": 64, "interpolate": 8, "gif": 16}
 DEFAULT_FRAMES, DEFAULT_FPS, DEFAULT_KEYFRAMES = 48, 12.0, 4
-NPY_CHUNK = 1024  # samples per write: 26,000 images of 1024 px would be 80 GB at once
+# Samples per chunk of a .npy: 26,000 images of 1024 px would be 80 GB at once. At most NPY_CHUNK,
+# and at most NPY_CHUNK_VALUES values (64 MB of float32) at high resolutions; a multiple of 16 rows.
+NPY_CHUNK, NPY_CHUNK_VALUES = 1024, 1 << 24
 MAX_FPS = 50  # GIF delays are whole centiseconds, and viewers slow anything under 2 cs down to 10 cs
+# Pillow's default MAX_IMAGE_PIXELS: a bigger picture opens with a decompression-bomb warning, one
+# twice as big not at all. Its samples are held at once, as float32 (12 bytes a pixel).
+MAX_PICTURE_PIXELS = 89_478_485
+MAX_ANIMATION_PIXELS = 1 << 30  # every frame of a GIF is held until it is written: 3 GB as RGB
+MAX_PLOTTED_POINTS = 1_000_000  # a 512x512 scatter plot shows no more; each point is a Python object
 
 
 def latent_draws(count: int, n: int, latent_dim: int, seed: int) -> torch.Tensor:
@@ -106,30 +119,105 @@ def save_picture(frames: list[Image.Image], path: Path, fps: float = DEFAULT_FPS
         save_png(frames[0], path)
 
 
+def _check_picture(finished: FinishedRun, n: int, columns: int | None = None, frames: int = 1) -> None:
+    """Refuse a picture (a grid, an interpolation strip of `columns`, each of `frames` GIF frames)
+    beyond what generate.py holds in memory and others can open."""
+    if finished.is_points:
+        if n > MAX_PLOTTED_POINTS:
+            raise UsageError(f"--n {n}: a scatter plot of more than {MAX_PLOTTED_POINTS} points shows nothing more on its"
+                             " 512x512 pixels; lower --n, or write the points to a .npy")
+        return
+    side = finished.config.resolution
+    pixels = grid_pixels(n, side, columns)
+    if pixels > MAX_PICTURE_PIXELS:
+        fits = bisect.bisect_right(range(1, n + 1), MAX_PICTURE_PIXELS, key=lambda count: grid_pixels(count, side, columns))
+        what = f"a strip of {n} rows of {columns} samples" if columns else f"a grid of {n} samples"
+        raise UsageError(
+            f"--n {n}: {what} of {side} px would be a picture of {pixels / 1e6:,.0f} Mpx, beyond the"
+            f" {MAX_PICTURE_PIXELS / 1e6:.0f} Mpx Pillow opens without a decompression-bomb warning; lower --n (at most {fits}"
+            " fit), or write the samples to a .npy (any --n the disk holds)"
+        )
+    if frames * pixels > MAX_ANIMATION_PIXELS:
+        raise UsageError(f"--n {n} --frames {frames}: the frames would hold {frames * pixels / 1e6:,.0f} Mpx until written,"
+                         f" beyond {MAX_ANIMATION_PIXELS / 1e6:,.0f} Mpx; lower --n or --frames")
+
+
+def grid_pixels(n: int, side: int, columns: int | None = None) -> int:
+    """The pixels of image_grid's picture of `n` images of `side` px."""
+    columns = columns or math.ceil(math.sqrt(n))
+    return (columns * (side + PADDING) + PADDING) * (math.ceil(n / columns) * (side + PADDING) + PADDING)
+
+
 def generate(run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu") -> None:
     finished = FinishedRun(run)
     _check_output(output, (".npy", ".png"), "this run")
     _check_at_least("n", n, 1)
-    generator, _ = finished.ema_generator(checkpoint, device)
-    latents = latent_draws(1, n, finished.config.latent_dim, seed)[0]
-    if output.suffix == ".npy" and not finished.is_points:
-        atomic_write(output, lambda tmp: write_uint8_samples(generator, latents, tmp))
-        return
-    samples = render_samples(generator, latents)
+    check_writable("--output", output)
     if output.suffix == ".npy":
-        atomic_write(output, lambda tmp: np.save(tmp, samples.numpy()))
+        _check_disk(output, *npy_layout(finished, n))
     else:
-        save_picture([samples_picture(samples, *finished.modes())], output)
+        _check_picture(finished, n)
+    generator, _ = finished.ema_generator(checkpoint, device)
+    with written("--output", output):
+        if output.suffix == ".npy":
+            atomic_write(output, lambda tmp: write_samples_npy(tmp, finished, generator, n, seed))
+        else:
+            samples = render_samples(generator, latent_draws(1, n, finished.config.latent_dim, seed)[0])
+            save_picture([samples_picture(samples, *finished.modes())], output)
 
 
-def write_uint8_samples(generator: torch.nn.Module, latents: torch.Tensor, path: Path) -> None:
-    """The images of `latents` as a uint8 (N, 3, H, W) .npy, filled NPY_CHUNK samples at a time."""
-    first = to_uint8(render_samples(generator, latents[:1]))
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(latents), *first.shape[1:]))
-    for start in range(0, len(latents), NPY_CHUNK):
-        array[start:start + NPY_CHUNK] = to_uint8(render_samples(generator, latents[start:start + NPY_CHUNK])).numpy()
-    array.flush()
-    del array
+def npy_layout(finished: FinishedRun, n: int) -> tuple[tuple[int, ...], type]:
+    """The shape and dtype of the .npy of `n` samples: points in data coordinates, or uint8 images."""
+    if finished.is_points:
+        return (n, 2), np.float32
+    return (n, 3, finished.config.resolution, finished.config.resolution), np.uint8
+
+
+def write_samples_npy(path: Path, finished: FinishedRun, generator: torch.nn.Module, n: int, seed: int) -> None:
+    """The grid's `n` samples for `seed` as a .npy (npy_layout), a chunk at a time."""
+    shape, dtype = npy_layout(finished, n)
+    chunks = sample_chunks(generator, n, finished.config.latent_dim, seed, npy_chunk(math.prod(shape[1:])))
+    write_npy(path, shape, dtype, (samples.numpy() if finished.is_points else to_uint8(samples).numpy() for samples in chunks))
+
+
+def _check_disk(output: Path, shape: tuple[int, ...], dtype: type) -> None:
+    """Refuse a .npy larger than the free space where it goes, before a byte of it is written."""
+    needed = math.prod(shape) * np.dtype(dtype).itemsize
+    folder = next(p for p in output.absolute().parents if p.exists())
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise UsageError(f"--n {shape[0]}: the .npy would take {needed / 1e9:,.1f} GB, and {folder} has {free / 1e9:,.1f} GB"
+                         " free; lower --n, or point --output at a disk with room")
+
+
+def npy_chunk(sample_values: int) -> int:
+    """Samples per chunk of a .npy whose samples hold `sample_values` values each."""
+    return max(16, min(NPY_CHUNK, NPY_CHUNK_VALUES // sample_values) // 16 * 16)
+
+
+def sample_chunks(generator: torch.nn.Module, n: int, latent_dim: int, seed: int, chunk: int) -> Iterator[torch.Tensor]:
+    """The samples of the grid's latents for `seed` (latent_draws(1, n, ...)[0]), drawn `chunk` (a
+    multiple of 16) at a time. The same numbers as one draw wherever n * latent_dim is a multiple
+    of 16: torch's CPU sampler fills normal values 16 at a time (tests/test_generate.py holds it)."""
+    rng = torch.Generator().manual_seed(seed)
+    for start in range(0, n, chunk):
+        yield render_samples(generator, torch.randn(min(chunk, n - start), latent_dim, generator=rng))
+
+
+def write_npy(path: Path, shape: tuple[int, ...], dtype: type, chunks: Iterable[np.ndarray]) -> None:
+    """A .npy of `shape`, written from `chunks` along its first axis as they come: memory holds one
+    chunk (a memory map would keep every page written among the process's own)."""
+    with open(path, "wb") as file:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(file, header)
+        rows = 0
+        for chunk in chunks:
+            if chunk.shape[1:] != shape[1:] or chunk.dtype != dtype:
+                raise ValueError(f"a chunk of {chunk.dtype} {chunk.shape} in a .npy of {np.dtype(dtype)} {shape}")
+            file.write(np.ascontiguousarray(chunk).data)
+            rows += len(chunk)
+    if rows != shape[0]:
+        raise ValueError(f"{rows} rows written to a .npy of {shape[0]}")
 
 
 def interpolate(
@@ -144,9 +232,12 @@ def interpolate(
     _check_output(output, (".png",), "--interpolate")
     _check_at_least("n", n, 1)
     _check_at_least("interpolate", steps, 2)
+    check_writable("--output", output)
+    _check_picture(finished, n, columns=steps)
     generator, _ = finished.ema_generator(checkpoint, device)
     images = render_samples(generator, interpolation_latents(n, steps, finished.config.latent_dim, seed))
-    save_picture([image_grid(images, columns=steps)], output)
+    with written("--output", output):
+        save_picture([image_grid(images, columns=steps)], output)
 
 
 def animate(
@@ -167,13 +258,16 @@ def animate(
     _check_at_least("frames", frames, keyframes)
     if not 0 < fps <= MAX_FPS:
         raise UsageError(f"--fps {fps}: must be above 0 and at most {MAX_FPS}")
+    check_writable("--output", output)
+    _check_picture(finished, n, frames=frames)
     generator, _ = finished.ema_generator(checkpoint, device)
     modes, std = finished.modes()
     pictures = []
     # One frame at a time: 48 frames of 16 samples at 1024 px would be 10 GB of floats.
     for latents in loop_latents(n, frames, keyframes, finished.config.latent_dim, seed):
         pictures.append(samples_picture(render_samples(generator, latents), modes, std))
-    save_picture(pictures, output, fps)
+    with written("--output", output):
+        save_picture(pictures, output, fps)
 
 
 def _given_or(value, default):
@@ -204,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(given)} only apply with --gif")
     try:
         write(args)
-    except (UsageError, RunNotFound) as error:
+    except (UsageError, RunNotFound, Unwritable) as error:
         print(f"error: {error}", file=sys.stderr)
         return BAD_INPUT
     return 0

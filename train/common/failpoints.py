@@ -21,6 +21,7 @@ KNOWN = {
     "checkpoint_enospc": "STEP[:COUNT]",
     "nonfinite_loss": "FIRST[:COUNT]",
     "nonfinite_grad": "FIRST[:COUNT]",
+    "out_of_memory": "FIRST[:COUNT]",
     "step_pause": "SECONDS",
 }
 _FORMS = {"SECONDS": r"\d+(\.\d*)?", "SECONDS[@STEP]": r"\d+(\.\d*)?(@\d+)?", "STEP[:COUNT]": r"\d+(:\d+)?", "FIRST[:COUNT]": r"\d+(:\d+)?"}

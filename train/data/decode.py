@@ -1,6 +1,7 @@
 """Image bytes -> a square uint8 tensor at the training resolution, as cheaply as possible."""
 import io
 import math
+import re
 import warnings
 
 import numpy as np
@@ -11,8 +12,32 @@ ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 BITS_PER_SAMPLE, SAMPLE_FORMAT, SIGNED_INTEGER = 258, 339, 2  # TIFF tags and the SampleFormat value
 
 
+# An image is decoded whole, then resized by its short side: what it costs follows from its size in
+# pixels and its shape, not from its bytes, and a few hundred bytes of PNG can declare either
+# (issue 23: one 64x20000 file tripled a run's memory). Beyond these limits a row is skipped and
+# counted like an unreadable one, before a pixel is decoded.
+MAX_ASPECT = 16  # long side over short: resized by its short side, the long one grows as much
+# Decoded pixels per image (after JPEG draft): a floor that takes a photo whole even where it
+# cannot be decoded smaller (PNG, WebP), and 64 output images' worth at the higher resolutions.
+SOURCE_PIXELS_FLOOR = 1 << 25  # 33.6 Mpx, 8192 x 4096
+SOURCE_PIXELS_PER_OUTPUT_PIXEL = 64
+
+
 class SmallSourceWarning(UserWarning):
     """Source images smaller than the training resolution get upsampled."""
+
+
+class ExtremeImage(ValueError):
+    """An image whose shape or pixel count is beyond what decode_image takes at this resolution."""
+
+
+class ExtremeImageWarning(UserWarning):
+    """A row skipped as an ExtremeImage; the message names the row."""
+
+
+def max_source_pixels(resolution: int) -> int:
+    """The most pixels decode_image decodes for one image at `resolution` (after JPEG draft)."""
+    return max(SOURCE_PIXELS_FLOOR, SOURCE_PIXELS_PER_OUTPUT_PIXEL * resolution**2)
 
 
 def decode_image(
@@ -30,8 +55,9 @@ def decode_image(
     - "F": taken as [0, 1], clipped, times 255, rounded; NaN is 0.
     - transparency (an alpha channel, or info["transparency"] on P, L or RGB): composited over
       `background`, before resizing so that colours hidden under alpha 0 never bleed into the edges."""
-    with Image.open(io.BytesIO(data)) as image:
+    with _opened(data, resolution) as image:
         width, height = image.size
+        _check_shape(width, height)
         region = min(celeba_crop, width, height) if celeba_crop else min(width, height)
         if region < resolution:
             warnings.warn(
@@ -43,6 +69,7 @@ def decode_image(
         # never below what the resize needs.
         scale = resolution / region
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        _check_pixels(f"{width}x{height} px", image.width * image.height, resolution)
         image = _to_rgb(image, background)
         shrink = image.width / width
         if celeba_crop:
@@ -56,6 +83,32 @@ def decode_image(
         left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
         image = image.crop((left, top, left + resolution, top + resolution))
         return _planar(image)
+
+
+def _opened(data: bytes, resolution: int) -> Image.Image:
+    """The image, its header read and no pixel decoded yet (Pillow's open is lazy)."""
+    try:
+        with warnings.catch_warnings():  # Pillow's warning at 89 Mpx: ours is the one that says what happens
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:  # Pillow's own limit (179 Mpx), checked before ours can be
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        if declared is None:
+            raise ExtremeImage(str(error)) from None
+        _check_pixels("the size its header declares", int(declared.group(1)), resolution)
+        raise
+
+
+def _check_shape(width: int, height: int) -> None:
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        ratio = max(width, height) / max(1, min(width, height))
+        raise ExtremeImage(f"{width}x{height} px: an aspect ratio of {ratio:.0f}:1, beyond {MAX_ASPECT}:1")
+
+
+def _check_pixels(what: str, pixels: int, resolution: int) -> None:
+    cap = max_source_pixels(resolution)
+    if pixels > cap:
+        raise ExtremeImage(f"{what}: {pixels / 1e6:.1f} Mpx to decode, over the {cap / 1e6:.1f} Mpx cap at --resolution {resolution}")
 
 
 def _planar(image: Image.Image) -> torch.Tensor:

@@ -5,6 +5,7 @@ every world_size-th example), shuffled with the same seed on every rank, decoded
 workers (never more than the rank's shards), and resumable through StatefulDataLoader.
 """
 import copy
+import hashlib
 import random
 import signal
 import warnings
@@ -19,7 +20,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from train.common.seeds import SeedPurpose, stream_seed
 from train.common.stop_signals import STOP_SIGNALS
-from train.data.decode import decode_image
+from train.data.decode import ExtremeImage, ExtremeImageWarning, decode_image
 from train.data.options import DataOptions
 from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
 
@@ -105,6 +106,14 @@ def _image_bytes(cell: dict) -> bytes:
         return f.read()
 
 
+def _row_name(cell: dict, data: bytes) -> str:
+    """How a user finds a row again: its file (image folders, and hub datasets that keep file
+    names), else its size and hash."""
+    if cell.get("path"):
+        return f"the image {cell['path']}"
+    return f"a {len(data)}-byte image (sha1 {hashlib.sha1(data).hexdigest()[:12]})"
+
+
 EMPTY_PASSES_LIMIT = 3
 
 
@@ -128,9 +137,8 @@ class DecodedBatches(IterableDataset):
             decoded_this_epoch = 0
             for row in self.source:
                 read += 1
-                try:
-                    image = decode_image(_image_bytes(row[self.column]), self.resolution, self.celeba_crop, self.background)
-                except Exception:  # corrupt, truncated or not an image: counted, never fatal here
+                image = self._decoded(row[self.column])
+                if image is None:
                     skipped += 1
                     continue
                 decoded_this_epoch += 1
@@ -149,6 +157,19 @@ class DecodedBatches(IterableDataset):
                 yield {"unreadable": read}
                 return
             self.epoch += 1
+
+    def _decoded(self, cell: dict) -> torch.Tensor | None:
+        """The row's image; None for a row skipped (and counted): corrupt, truncated or not an image,
+        or an image of extreme shape or size, which a warning names as well."""
+        data = b""
+        try:
+            data = _image_bytes(cell)
+            return decode_image(data, self.resolution, self.celeba_crop, self.background)
+        except ExtremeImage as error:
+            warnings.warn(f"skipped {_row_name(cell, data)}: {error} (counted in data_skipped)", ExtremeImageWarning, stacklevel=1)
+            return None
+        except Exception:  # never fatal here: the rank judges the count (check_skipped)
+            return None
 
     def state_dict(self) -> dict:
         # datasets returns its live state: copy it, it moves on with the next row

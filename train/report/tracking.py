@@ -33,6 +33,26 @@ def has_wandb_key(environ: Mapping[str, str] = os.environ) -> bool:
         return False
 
 
+def wandb_finds_credentials(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether wandb.init online would find credentials without asking for them: wandb's own lookup
+    (its key variable or identity-token file, else the .netrc entry for its server, as `wandb
+    login` or `wandb login --host` writes it). Without them, it fails seconds into a run
+    ("No API key configured"), or waits at a prompt on a terminal. ValueError: a key is stored
+    there, in a shape wandb refuses."""
+    if environ.get("WANDB_API_KEY") or environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        from wandb.errors import AuthenticationError
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib.wbauth import read_netrc_auth
+    except ImportError:  # moved in another wandb version: the simpler look of has_wandb_key
+        return has_wandb_key(environ)
+    try:
+        return read_netrc_auth(host=wandb_setup.singleton().settings.base_url) is not None
+    except AuthenticationError as error:  # a stored key of a shape wandb refuses
+        raise ValueError(str(error)) from None
+
+
 def resolve_wandb_mode(requested: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str, str | None]:
     """(mode, a one-line hint for the user or None): the flag, else $WANDB_MODE, else online with a
     key and offline without one. An empty $WANDB_MODE counts as unset; train/run/environment.py has

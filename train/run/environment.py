@@ -15,7 +15,12 @@ from collections.abc import MutableMapping
 
 from train.common import failpoints
 from train.common.failpoints import VARIABLE as FAILPOINTS_VARIABLE
-from train.report.tracking import WANDB_MODE_ALIASES, WANDB_MODES, resolve_wandb_mode
+from train.report.tracking import (
+    WANDB_MODE_ALIASES,
+    WANDB_MODES,
+    resolve_wandb_mode,
+    wandb_finds_credentials,
+)
 from train.run.precision import PRECISIONS
 from train.run.stop import PID_DIR_VARIABLE
 
@@ -65,6 +70,8 @@ def _check_wandb(environ: MutableMapping[str, str], requested: str | None) -> No
     _choice(environ, "WANDB_MODE", accepted, "not a W&B mode", shown=WANDB_MODES)
     mode, _ = resolve_wandb_mode(requested, environ)
     key = environ.get("WANDB_API_KEY")
+    if mode == "online" and key is None:
+        _check_wandb_login(environ, requested)
     if mode == "disabled" or key is None:
         return
     problem = "it starts or ends with whitespace" if key != key.strip() else None  # wandb refuses it in any mode
@@ -75,6 +82,18 @@ def _check_wandb(environ: MutableMapping[str, str], requested: str | None) -> No
             f"WANDB_API_KEY is set but malformed ({problem}); unset it and run `wandb login`, set it to the key"
             " from https://wandb.ai/authorize, or log offline with --wandb-mode offline"
         )
+
+
+def _check_wandb_login(environ: MutableMapping[str, str], requested: str | None) -> None:
+    """Online without WANDB_API_KEY: the credentials wandb.init would look for, looked for now."""
+    fix = "run `wandb login`, set WANDB_API_KEY to the key from https://wandb.ai/authorize, or log offline with --wandb-mode offline"
+    try:
+        if wandb_finds_credentials(environ):
+            return
+    except ValueError as error:  # wandb's AuthenticationError: a stored key it would refuse
+        raise BadEnvironment(f"the W&B key that `wandb login` stored is malformed ({error}); {fix}") from None
+    given = "--wandb-mode online" if requested else f"WANDB_MODE={environ['WANDB_MODE']}" if "WANDB_MODE" in environ else "W&B"
+    raise BadEnvironment(f"{given}: no W&B API key found (no WANDB_API_KEY, and no `wandb login` in ~/.netrc); {fix}")
 
 
 def _api_key_problem(key: str) -> str | None:

@@ -11,6 +11,7 @@ given. What is kept here is what it lacks: the limits and the one-line errors.
 import argparse
 import dataclasses
 import math
+import struct
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ class Limits:
     max: float | None = None
     exclusive_min: bool = False
     exclusive_max: bool = False
-    finite: bool = True  # argparse's float() takes nan and inf, and so does JSON
+    # argparse's float() takes nan and inf, and so does JSON; and a float must fit float32, where the
+    # networks and optimizers compute with it (a learning rate of 1e39 is inf there, 1e-50 is 0).
+    finite: bool = True
     non_empty: bool = False  # an empty --out or --data would mean the current folder
     why: str = ""  # said after the refusal, in brackets
     example: str = ""  # a value that fits, said after the refusal
@@ -44,8 +47,11 @@ class Limits:
             return "empty; give a value, or leave the flag out for its default"
         items = value if isinstance(value, tuple) else (value,)
         numbers = [item for item in items if isinstance(item, (int, float)) and not isinstance(item, bool)]
-        if self.finite and any(isinstance(item, float) and not math.isfinite(item) for item in numbers):
+        floats = [item for item in numbers if isinstance(item, float)]
+        if self.finite and not all(map(math.isfinite, floats)):
             return "must be a finite number"
+        if self.finite and (misfit := next(filter(None, map(float32_problem, floats)), None)):
+            return misfit
         side = next((side for side in map(self._outside, numbers) if side), None)
         if side is None:
             return None
@@ -76,6 +82,22 @@ class Limits:
         if self.min is not None and self.max is not None:
             return self._bound("min") if isinstance(self.max, float) else f"{self.min}..{self.max}"
         return "; ".join(self._bound(side) for side in ("min", "max") if getattr(self, side) is not None)
+
+
+FLOAT32_MAX, FLOAT32_TINIEST = 3.4028234663852886e38, 1.401298464324817e-45  # the largest; the smallest above 0
+
+
+def float32_problem(value: float) -> str | None:
+    """Why float32 cannot hold `value` (it overflows to inf, or rounds to 0), or None."""
+    try:  # struct rounds as float32 does: a value that rounds to FLOAT32_MAX still fits
+        held = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:  # older Pythons refuse what newer ones round to inf
+        held = math.inf
+    if math.isinf(held):
+        return f"must fit in float32 (at most {FLOAT32_MAX:.2g} in size), the precision training computes in"
+    if value and not held:
+        return f"must fit in float32 ({value:g} rounds to 0 there; the smallest is {FLOAT32_TINIEST:.2g}), the precision training computes in"
+    return None
 
 
 def flag(

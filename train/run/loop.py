@@ -41,6 +41,7 @@ from train.run.config import (
     time_limit_seconds,
 )
 from train.run.evaluation import Evaluation, open_evaluation
+from train.run.memory import batch_too_large, is_out_of_memory
 from train.run.outcome import EXIT_STATUS_FILE, RunEnd, RunStatus
 from train.run.phases import Phases
 from train.run.poison import with_failpoints
@@ -200,21 +201,21 @@ def start_outputs(run: Run, wandb: Wandb) -> None:
 def run_steps(run: Run) -> RunEnd:
     """The steps after the restored one, up to --max-steps or the first reason to stop."""
     config, state = run.config, run.state
-    progress = tqdm(total=config.max_steps, initial=state.step, unit="step", disable=not run.accelerator.is_main_process)
-    report = RunReport(config, run.accelerator, run.reporter, state, run.batches, run.noise, run.training.ema, run.evaluation, progress)
-    end, session_start = None, state.step
-    for step in range(state.step + 1, config.max_steps + 1):
-        if (end := data_failure(run, session_start)) is not None:
-            break
-        end = adversarial_step(run, step)
-        run.profiler.step()
-        if run.step_pause and not run.resumed:  # test-only: a first start outlasts a signal's timer
-            time.sleep(run.step_pause)
-        end = report.after_step(step) or end
-        end = stop_sources(run, step, end, report.collapsed)
-        if (end := checkpoint(run, step, end, progress)) is not None:
-            break
-    progress.close()
+    # Closed on every way out: an error's line goes below the bar, not above it.
+    with tqdm(total=config.max_steps, initial=state.step, unit="step", disable=not run.accelerator.is_main_process) as progress:
+        report = RunReport(config, run.accelerator, run.reporter, state, run.batches, run.noise, run.training.ema, run.evaluation, progress)
+        end, session_start = None, state.step
+        for step in range(state.step + 1, config.max_steps + 1):
+            if (end := data_failure(run, session_start)) is not None:
+                break
+            end = adversarial_step(run, step, first_steps=step <= session_start + config.ckpt_every)
+            run.profiler.step()
+            if run.step_pause and not run.resumed:  # test-only: a first start outlasts a signal's timer
+                time.sleep(run.step_pause)
+            end = report.after_step(step) or end
+            end = stop_sources(run, step, end, report.collapsed)
+            if (end := checkpoint(run, step, end, progress)) is not None:
+                break
     return end or RunEnd(RunStatus.FINISHED, config.max_steps)
 
 
@@ -238,11 +239,18 @@ def data_failure(run: Run, session_start: int) -> RunEnd | None:
     return end
 
 
-def adversarial_step(run: Run, step: int) -> RunEnd | None:
-    """One step of the phases, the EMA after a generator update, and the divergence check."""
+def adversarial_step(run: Run, step: int, first_steps: bool = False) -> RunEnd | None:
+    """One step of the phases, the EMA after a generator update, and the divergence check. Out of
+    memory in the `first_steps` (this session's first --ckpt-every steps): a batch too large for
+    the device, said in one line."""
     state, training = run.state, run.training
     state.step = step
-    result = run.phases.step()
+    try:
+        result = run.phases.step()
+    except RuntimeError as error:
+        if first_steps and is_out_of_memory(error):
+            raise batch_too_large(run.config, step, training.accelerator.device, error) from None
+        raise
     state.skipped_steps += result.skipped_updates
     if result.generator_updated:
         training.ema.update(training.generator_module)

@@ -1,6 +1,6 @@
-"""Test-only fault injection for the updates: the `nonfinite_loss` and `nonfinite_grad` failpoints
-(train.common.failpoints) as an `Updates` wrapper, installed only when one of them is set, so that
-the product's updates carry no trace of it."""
+"""Test-only fault injection for the updates: the `nonfinite_loss`, `nonfinite_grad` and
+`out_of_memory` failpoints (train.common.failpoints) as an `Updates` wrapper, installed only when
+one of them is set, so that the product's updates carry no trace of it."""
 import contextlib
 from typing import Callable
 
@@ -13,7 +13,8 @@ from train.run.updates import Updates
 
 class PoisonedUpdates:
     """`Updates` whose losses (nonfinite_loss: NaN) or gradients (nonfinite_grad: an Inf) are not
-    finite at the failpoints' steps; the loss window wins where both cover a step.
+    finite at the failpoints' steps; the loss window wins where both cover a step. At the
+    out_of_memory failpoint's steps the backward raises torch.OutOfMemoryError, as CUDA's allocator does.
 
     With `grads_in_engine` (DeepSpeed ZeRO) the gradient failpoint scales the loss by Inf instead:
     ZeRO-2's gradients live in the engine's partitions, not in `p.grad`."""
@@ -22,6 +23,7 @@ class PoisonedUpdates:
         self.updates, self.step, self.grads_in_engine = updates, step, grads_in_engine
         self.loss_steps = failpoints.step_window("nonfinite_loss")
         self.grad_steps = failpoints.step_window("nonfinite_grad")
+        self.memory_steps = failpoints.step_window("out_of_memory")
 
     def _poison(self) -> str | None:
         step = self.step()
@@ -34,6 +36,8 @@ class PoisonedUpdates:
         return self.updates.sync_unless_last(model, micro)
 
     def backward(self, model: nn.Module, loss: torch.Tensor, micro: int) -> None:
+        if self.step() in self.memory_steps:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (failpoint out_of_memory)")
         poison = self._poison()
         if poison == "loss":
             loss = loss * float("nan")
@@ -48,7 +52,7 @@ class PoisonedUpdates:
 
 
 def with_failpoints(updates: Updates, failpoints: Failpoints, step: Callable[[], int], grads_in_engine: bool) -> Updates:
-    """`updates` as they are, or poisoned where $FACEGAN_FAILPOINTS sets a non-finite failpoint."""
-    if not (failpoints.step_window("nonfinite_loss") or failpoints.step_window("nonfinite_grad")):
+    """`updates` as they are, or poisoned where $FACEGAN_FAILPOINTS sets one of their failpoints."""
+    if not any(failpoints.step_window(name) for name in ("nonfinite_loss", "nonfinite_grad", "out_of_memory")):
         return updates
     return PoisonedUpdates(updates, failpoints, step, grads_in_engine)

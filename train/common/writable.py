@@ -1,0 +1,38 @@
+"""An output file a tool cannot write, said in one line naming its flag: asked before any work
+(an evaluation runs for an hour before it writes its one line of scores), and again should the
+write itself fail (a disk that fills up meanwhile). Issue 23: a read-only place ended
+generate.py in two chained OSError tracebacks."""
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class Unwritable(ValueError):
+    """An output that cannot be written; the message names the flag and the fix."""
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Raise Unwritable when no file can be written at `path`, its missing folders made first."""
+    path = Path(path)
+    if path.is_dir():
+        raise Unwritable(f"{flag} {path}: a folder; name a file in it")
+    # Where the first write lands: the file's folder, or the nearest one above it that exists.
+    # os.access answers for a read-only mount even as root, whom permission bits do not stop.
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise Unwritable(f"{flag} {path}: {existing} is a file; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        reason = f"{existing} is on a read-only file system" if read_only else f"no permission to write in {existing}"
+        raise Unwritable(f"{flag} {path}: not writable ({reason}); choose another {flag}")
+
+
+@contextlib.contextmanager
+def written(flag: str, path: Path) -> Iterator[None]:
+    """A block that writes `path`: its OSError (a full disk, a place gone read-only) as Unwritable."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise Unwritable(f"{flag} {path}: could not write it ({reason}); free space there or choose another {flag}") from None
