@@ -186,6 +186,64 @@ def signal_ranks(pid_dir: Path, processes: int, sig: int, process: subprocess.Po
         time.sleep(0.05)
 
 
+@dataclass
+class RankFault:
+    """How a 2-process run ended after one of its ranks was frozen (SIGSTOP) or killed (SIGKILL)."""
+
+    code: int | None  # the launcher's exit code; None when it was still running at the bound
+    output: str  # the launcher's and both ranks' stdout and stderr
+    seconds: float  # from the signal until the launcher and both ranks had ended (or the bound)
+    pids: list[int]  # the ranks', by rank
+    left: list[int]  # those still running at the bound
+    status: dict  # exit_status.json; {} where there is none
+
+
+def fault_one_rank(out: Path, rank: int, sig: int, after: Path, bound: float, flags: list[str], *extra: str,
+                   wait: float = 120) -> RankFault:
+    """Start a 2-process run, send `sig` to rank `rank` once the path `after` exists (a checkpoint,
+    say) and both ranks have written their pids, then wait up to `bound` seconds for the launcher and
+    both ranks to end; whatever is still running then is killed."""
+    pid_dir = out.parent / f"{out.name}-pids"
+    # torchrun itself (accelerate launch --cpu hands over to it, then prints the ranks' stderr again).
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(TRAINER), *flags, *extra,
+         "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", PID_DIR_VARIABLE: str(pid_dir)},
+    )
+    ranks: list[psutil.Process] = []
+    output = None
+    try:
+        deadline = time.monotonic() + wait
+        while not (after.exists() and len(list(pid_dir.glob("rank*.pid"))) == 2) and process.poll() is None:
+            assert time.monotonic() < deadline, f"no {after} after {wait:.0f} s"
+            time.sleep(0.05)
+        ranks = [psutil.Process(int((pid_dir / f"rank{r}.pid").read_text())) for r in range(2)]
+        ranks[rank].send_signal(sig)
+        began = time.monotonic()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            output, _ = process.communicate(timeout=bound)  # once every holder of its output pipe has ended
+        while any(map(_running, ranks)) and time.monotonic() < began + bound:
+            time.sleep(0.05)
+        seconds, left = time.monotonic() - began, [p.pid for p in ranks if _running(p)]
+    finally:
+        kill_group(process)
+        for member in ranks:  # an orphaned rank is not the launcher's descendant any more
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+    if output is None:
+        output, _ = process.communicate()
+    status = json.loads((out / EXIT_STATUS_FILE).read_text()) if (out / EXIT_STATUS_FILE).exists() else {}
+    return RankFault(process.returncode, output, seconds, [p.pid for p in ranks], left, status)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def moments(seed: int, count: int, span: float) -> list[float]:
     """`count` seeded-random moments in (0, span): from start-up to shutdown."""
     rng = random.Random(seed)

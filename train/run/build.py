@@ -3,18 +3,21 @@ Accelerator, the networks (with SyncBN and the EMA), each network's Adam, the up
 DeepSpeed ZeRO) and the objective, as one `Training`. A benchmark that times the trainer's step
 builds it here too, so a change to the set-up reaches every benchmark."""
 import dataclasses
+from datetime import timedelta
 from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 
 from train.common.seeds import SeedPurpose, stream_seed
 from train.gan.objectives import Objective
 from train.run import zero
-from train.run.config import TrainConfig
+from train.run.config import TrainConfig, collective_timeout_seconds
 from train.run.ema import GeneratorEMA
 from train.run.networks import build_networks
+from train.run.peers import nccl_errors_to_python
 from train.run.performance import adam, configure_backends, memory_format
 from train.run.phases import Phases
 from train.run.precision import (
@@ -34,15 +37,18 @@ def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accele
     if not use_cpu:
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
     precision = resolve_mixed_precision(config.mixed_precision, use_cpu)
+    # Every collective bounded: a rank that stops answering ends the run (train/run/peers.py).
+    timeout = timedelta(seconds=collective_timeout_seconds(config))
+    nccl_errors_to_python()
     if config.deepspeed:
         options = zero.ZeroOptions(config.deepspeed, micro_batch=config.batch_size, grad_accum=config.grad_accum,
                                    gradient_clipping=config.gradient_clipping, precision=precision)
-        return Accelerator(**zero.accelerator_options(options, use_cpu), log_with=log_with)
+        return Accelerator(**zero.accelerator_options(options, use_cpu, timeout), log_with=log_with)
     accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=accelerate_precision(precision, use_cpu),
         # Default DDP flags on purpose: static_graph breaks the penalty's double backward.
-        kwargs_handlers=[DistributedDataParallelKwargs(static_graph=False)],
+        kwargs_handlers=[DistributedDataParallelKwargs(static_graph=False), InitProcessGroupKwargs(timeout=timeout)],
         log_with=log_with,
     )
     if accelerator.scaler is None and precision == "fp16":

@@ -33,19 +33,26 @@ def check_config(config: "TrainConfig") -> None:
     check_deepspeed(config)
     check_data_and_model(config)
     config.check_recipe()
-    if config.time_limit is not None:
-        try:
-            parse_duration(config.time_limit)
-        except ValueError as error:
-            raise ConfigError(
-                f"--time-limit {config.time_limit}: {error}; give a duration such as 11h30m, 45m, 90s, 5400 or 11:30:00"
-            ) from None
+    for name in ("time_limit", "collective_timeout"):
+        check_duration(name, getattr(config, name))
     # After the flags, whose errors answer without importing wandb (for its API-key rule).
     try:
         check_environment(wandb_mode=config.wandb_mode, mixed_precision=config.mixed_precision)
     except BadEnvironment as error:
         raise ConfigError(str(error)) from None
     check_run_dir(config)
+
+
+def check_duration(name: str, value: str | None) -> None:
+    """A duration flag's value (None: not given) as parse_duration reads it."""
+    if value is None:
+        return
+    try:
+        parse_duration(value)
+    except ValueError as error:
+        raise ConfigError(
+            f"{flag_name(name)} {value}: {error}; give a duration such as 11h30m, 45m, 90s, 5400 or 11:30:00"
+        ) from None
 
 
 def check_schedules(config: "TrainConfig") -> None:

@@ -23,7 +23,7 @@ from train.run.stop import parse_duration
 
 __all__ = [
     "DEBUG_PRESET", "TOY_PRESET", "Config", "ConfigError", "TrainConfig", "check_config", "check_run_dir",
-    "collapse_thresholds", "flag", "load_config", "redeclared", "resolve_config", "resuming", "save_config", "time_limit_seconds",
+    "collapse_thresholds", "collective_timeout_seconds", "flag", "load_config", "redeclared", "resolve_config", "resuming", "save_config", "time_limit_seconds",
 ]
 
 RESUME_MODES = ("no", "yes", "auto")
@@ -112,6 +112,10 @@ class TrainConfig:
     )
     time_limit: str | None = flag(
         None, "wall-clock budget, e.g. 11h30m, 45m or 5400 (seconds): then stop with a checkpoint, exit code 75"
+    )
+    collective_timeout: str = flag(
+        "10m", "the longest any rank waits for the others in one collective (e.g. 10m, 90s); a rank that stops answering"
+        " for that long ends the run, resumably from its last checkpoint, exit code 75", non_empty=True,
     )
     mixed_precision: str | None = flag(
         None, "no, fp16 or bf16 (default: the accelerate config's); bf16 falls back to fp16 on GPUs without native bf16", choices=PRECISIONS
@@ -219,6 +223,10 @@ class TrainConfig:
 
 def time_limit_seconds(config: TrainConfig) -> int | None:
     return None if config.time_limit is None else parse_duration(config.time_limit)
+
+
+def collective_timeout_seconds(config: TrainConfig) -> int:
+    return parse_duration(config.collective_timeout)
 
 
 def collapse_thresholds(config: TrainConfig) -> CollapseThresholds:

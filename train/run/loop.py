@@ -36,6 +36,7 @@ from train.run.checkpoint import (
 from train.run.config import (
     TrainConfig,
     collapse_thresholds,
+    collective_timeout_seconds,
     resuming,
     save_config,
     time_limit_seconds,
@@ -43,6 +44,7 @@ from train.run.config import (
 from train.run.evaluation import Evaluation, open_evaluation
 from train.run.memory import batch_too_large, is_out_of_memory
 from train.run.outcome import EXIT_STATUS_FILE, RunEnd, RunStatus
+from train.run.peers import Peers
 from train.run.phases import Phases
 from train.run.poison import with_failpoints
 from train.run.profiling import StepProfiler
@@ -86,16 +88,21 @@ class Run:
 
 def train(config: TrainConfig, make_objective: ObjectiveFactory) -> RunEnd:
     """Train to --max-steps, or until a collapse alarm (--stop-on-collapse), a stop signal or
-    --time-limit ends the run early with a checkpoint."""
+    --time-limit ends the run early with a checkpoint; RankLost when another rank stopped answering."""
     failpoints = Failpoints.from_environment()  # test-only fault injection, read as the run starts
     wandb = Wandb(*resolve_wandb_mode(config.wandb_mode))
     accelerator = make_accelerator(config, log_with=WandbRun.log_with(wandb.mode))
+    peers = Peers.join(accelerator, collective_timeout_seconds(config))
     # A signal during start-up stops the run after its first step; one before the handlers were in
-    # (the entry script caught it) ends it before its set-up.
-    with GracefulStop(accelerator, time_limit_seconds(config)) as stop:
+    # (the entry script caught it) ends it before its set-up. A rank that stops answering: RankLost
+    # on the ranks left (train/run/peers.py).
+    with GracefulStop(accelerator, time_limit_seconds(config), collective_timeout_seconds(config)) as stop, peers.watching():
         if (reason := stop.asked_before_set_up()) is not None:
-            return stopped_before_set_up(config, accelerator, reason)
-        return _train(config, make_objective, accelerator, stop, wandb, failpoints)
+            end = stopped_before_set_up(config, accelerator, reason)
+        else:
+            end = _train(config, make_objective, accelerator, stop, wandb, failpoints)
+    peers.leave_together()
+    return end
 
 
 def _train(config: TrainConfig, make_objective: ObjectiveFactory, accelerator: Accelerator, stop: GracefulStop,

@@ -21,6 +21,7 @@ from train.run.config import Config, ConfigError, check_run_dir, load_config
 from train.run.lock import RunLock, RunLocked
 from train.run.multi_cpu import relaunch_on_cpu_processes
 from train.run.outcome import BAD_INPUT, RunStatus, write_exit_status
+from train.run.peers import RankLost
 
 if TYPE_CHECKING:
     from train.run.build import ObjectiveFactory
@@ -49,6 +50,8 @@ def main(config_cls: type[Config], make_objective: "ObjectiveFactory", descripti
                 if lock is not None:
                     lock.undo_if_alone()
                 raise
+            except RankLost as lost:
+                return ended_by_lost_rank(lost, out)
             if main_process:
                 write_exit_status(out, end)
     except (ConfigError, DataSpecError, DataError, RunLocked, NoWholeCheckpoint, CheckpointMismatch) as error:
@@ -67,6 +70,17 @@ def how_to_go_on(out: Path) -> str:
     if latest_checkpoint(out) is None:
         return "stopped before the first checkpoint; start again with the same command (or --resume auto)"
     return "stopped early and resumable; continue with --resume (or --resume auto)"
+
+
+def ended_by_lost_rank(lost: RankLost, out: Path) -> int:
+    """On each rank left after one stopped answering: one of them says so in one line and writes
+    exit_status.json (resumable), each ends the lost ranks on its host; the exit code."""
+    end = lost.end(out)
+    if lost.reports:  # on a line of its own: the lost rank may have left its progress bar mid-line
+        print(f"\nerror: {end.reason}", file=sys.stderr, flush=True)
+        write_exit_status(out, end)
+    lost.end_lost_ranks_here()
+    return end.status.exit_code
 
 
 def end_with_launcher(poll_s: float = 5.0) -> None:

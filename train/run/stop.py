@@ -17,6 +17,7 @@ import re
 import signal
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,7 @@ class GracefulStop:
     exited AFTER_END_GRACE_S later is ended, as the signal asked.
     """
 
-    def __init__(self, accelerator: "Accelerator", time_limit_s: float | None):
+    def __init__(self, accelerator: "Accelerator", time_limit_s: float | None, collective_timeout_s: float | None = None):
         self.accelerator = accelerator
         # Counted from the process's start, imports included: the budget is the session's.
         started = psutil.Process().create_time()
@@ -81,9 +82,11 @@ class GracefulStop:
         self._pid_file: Path | None = None
         # The flag travels through a CPU (gloo) group: an NCCL all-reduce read back with .item()
         # would make every training step wait for the GPU. Collective: every rank builds its own.
+        # Bounded as the default group is (--collective-timeout; else gloo's own 30 minutes).
         self._group = None
         if accelerator.num_processes > 1 and dist.get_backend() != "gloo":
-            self._group = dist.new_group(backend="gloo")
+            timeout = None if collective_timeout_s is None else timedelta(seconds=collective_timeout_s)
+            self._group = dist.new_group(backend="gloo", timeout=timeout)
 
     def __enter__(self) -> "GracefulStop":
         for sig in STOP_SIGNALS:

@@ -107,15 +107,16 @@ def deepspeed_plugins(options: ZeroOptions) -> dict:
         return {name: DeepSpeedPlugin(hf_ds_config=options.deepspeed_config()) for name in NETWORKS}
 
 
-def accelerator_options(options: ZeroOptions, use_cpu: bool) -> dict:
-    """Keyword arguments for `Accelerator(...)` under DeepSpeed (with the loop's own, such as log_with).
+def accelerator_options(options: ZeroOptions, use_cpu: bool, timeout: timedelta = timedelta(minutes=30)) -> dict:
+    """Keyword arguments for `Accelerator(...)` under DeepSpeed (with the loop's own, such as log_with);
+    `timeout` bounds every collective (--collective-timeout).
 
     On a CPU the backend is named: Accelerate's PartialState then initialises DeepSpeed's process
     group with gloo and counts its processes (without it: num_processes=1 on every rank); `cpu`
     stays False because `cpu=True` drops the plugins (the device is still the CPU)."""
     from accelerate.utils import InitProcessGroupKwargs
 
-    handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30))] if use_cpu else []
+    handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timeout) if use_cpu else InitProcessGroupKwargs(timeout=timeout)]
     # Accelerate's own autocast stays off: DeepSpeed's torch_autocast section is the one autocast.
     return {"deepspeed_plugins": deepspeed_plugins(options), "cpu": False, "mixed_precision": "no",
             "kwargs_handlers": handlers}
