@@ -42,6 +42,7 @@ class Figures:
     failed_loads: int = 0
     identical: bool | None = None
     notes: list[str] = field(default_factory=list)
+    end_seconds: list[float] = field(default_factory=list)  # from each SIGSTOP until every process had ended
 
     def row(self) -> str:
         same = {None: "n/a", True: "yes", False: "no"}[self.identical]
@@ -120,28 +121,19 @@ def killed_and_resumed(
 ) -> None:
     """Start the run with `--resume auto`, send `signals[i]` (SIGKILL by default) `moments[i]`
     seconds in, again and again, then let it finish; fold the outcome into `figures`. SIGKILL goes
-    to every process; a stop signal to the training ranks, as the launchers send it. Every start
-    gets `flags` (the reference run's)."""
+    to every process; a stop signal to the training ranks, as the launchers send it; SIGSTOP to one
+    rank, each in turn, and the run must then end by itself. Every start gets `flags` (the
+    reference run's)."""
     deadline = time.monotonic() + timeout
-    pid_dir = out.parent / f"{out.name}-pids"
-    env = {**(env or {}), PID_DIR_VARIABLE: str(pid_dir)}
-    for moment, sig in zip(moments, signals or [signal.SIGKILL] * len(moments)):
+    for trial, (moment, sig) in enumerate(zip(moments, signals or [signal.SIGKILL] * len(moments))):
         expected = latest_checkpoint(out)
-        process = start(out, processes, env, "--resume", "auto", flags=flags)
-        time.sleep(moment)
-        if sig == signal.SIGKILL:
-            kill_group(process, sig)
-        else:  # as the Slurm scripts do: to the training processes, once their handlers are in
-            signal_ranks(pid_dir, processes, sig, process)
-        try:
-            output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        finally:
-            kill_group(process)
+        output = _faulted(figures, out, processes, moment, sig, trial, env, flags, deadline)
         figures.trials += 1
         if sig != signal.SIGKILL:
             status = json.loads((out / EXIT_STATUS_FILE).read_text()) if (out / EXIT_STATUS_FILE).exists() else {}
+            newest = latest_checkpoint(out)
             stopped_whole = status.get("status") == "finished" or (
-                status.get("exit_code") == 75 and checkpoint_step(latest_checkpoint(out)) == status.get("step")
+                status.get("exit_code") == 75 and (checkpoint_step(newest) if newest else 0) == status.get("step")
             )
             if not stopped_whole:
                 figures.notes.append(f"after {sig.name} at {moment} s: {status}; {output[-2000:]}")
@@ -173,17 +165,46 @@ def killed_and_resumed(
     figures.identical = identical if figures.identical is None else figures.identical and identical
 
 
-def signal_ranks(pid_dir: Path, processes: int, sig: int, process: subprocess.Popen, wait: float = 120) -> None:
-    """Send `sig` to every training rank listed in `pid_dir`, waiting for late starters."""
-    deadline, signalled = time.monotonic() + wait, set()
-    while len(signalled) < processes and process.poll() is None and time.monotonic() < deadline:
-        for pid_file in pid_dir.glob("rank*.pid") if pid_dir.is_dir() else []:
+def _faulted(figures: Figures, out: Path, processes: int, moment: float, sig: int, trial: int, env: dict | None,
+             flags: list[str], deadline: float) -> str:
+    """One start with `--resume auto`, `sig` sent `moment` seconds in; what it printed. After a
+    SIGSTOP, the seconds until every process had ended go into `figures.end_seconds`."""
+    pid_dir = out.parent / f"{out.name}-pids"
+    process = start(out, processes, {**(env or {}), PID_DIR_VARIABLE: str(pid_dir)}, "--resume", "auto", flags=flags)
+    time.sleep(moment)
+    signalled = []
+    if sig == signal.SIGKILL:
+        kill_group(process, sig)
+    else:  # as the Slurm scripts do: to the training processes, once their handlers are in
+        signalled = signal_ranks(pid_dir, processes, sig, process, only=trial % processes if sig == signal.SIGSTOP else None)
+    began = time.monotonic()
+    try:
+        output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        kill_group(process)
+        for pid in signalled if sig == signal.SIGSTOP else []:  # ended by the run, or orphaned: not a descendant
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    if sig == signal.SIGSTOP and signalled:
+        figures.end_seconds.append(time.monotonic() - began)
+    return output
+
+
+def signal_ranks(pid_dir: Path, processes: int, sig: int, process: subprocess.Popen, wait: float = 120,
+                 only: int | None = None) -> list[int]:
+    """Send `sig` to every training rank listed in `pid_dir` (or to rank `only`), waiting for late
+    starters; the pids signalled."""
+    deadline, signalled = time.monotonic() + wait, []
+    wanted = processes if only is None else 1
+    while len(signalled) < wanted and process.poll() is None and time.monotonic() < deadline:
+        for pid_file in pid_dir.glob("rank*.pid" if only is None else f"rank{only}.pid") if pid_dir.is_dir() else []:
             with contextlib.suppress(ValueError, OSError):
                 pid = int(pid_file.read_text())
                 if pid not in signalled:
                     os.kill(pid, sig)
-                    signalled.add(pid)
+                    signalled.append(pid)
         time.sleep(0.05)
+    return signalled
 
 
 @dataclass

@@ -16,8 +16,10 @@ from train.run.peers import END_MARGIN_S
 
 TIMEOUT_S = 5  # short, so that the test is; the bound is what the test checks
 BOUND_S = TIMEOUT_S + END_MARGIN_S
-# Steps enough that the run is still going when it is faulted.
-FLAGS = [*TWO_RANK_FLAGS, "--max-steps", "200", "--collective-timeout", f"{TIMEOUT_S}s"]
+# Steps enough that the run is still going when it is faulted; a checkpoint every step, so that the
+# fault comes after the first (and may come inside a later one).
+FLAGS = [*TWO_RANK_FLAGS, "--max-steps", "200", "--ckpt-every", "1", "--collective-timeout", f"{TIMEOUT_S}s"]
+FIRST_CHECKPOINT = "checkpoints/step_000001"
 
 
 def judged(fault: RankFault, rank: int, cause: str, out) -> int:
@@ -41,7 +43,7 @@ def judged(fault: RankFault, rank: int, cause: str, out) -> int:
 def test_a_frozen_rank_0_ends_every_process_within_the_timeout_and_the_run_resumes_from_its_last_checkpoint(tmp_path):
     """Rank 0 holds --out's lock and would write exit_status.json: rank 1 reports, and ends it."""
     out = tmp_path / "run"
-    fault = fault_one_rank(out, 0, signal.SIGSTOP, out / "checkpoints" / "step_000003", BOUND_S, FLAGS)
+    fault = fault_one_rank(out, 0, signal.SIGSTOP, out / FIRST_CHECKPOINT, BOUND_S, FLAGS)
     step = judged(fault, 0, f"a collective timed out after --collective-timeout {TIMEOUT_S} s", out)
     resumed = train_in_process("train/wgangp.py", "--resume", "auto", "--max-steps", str(step + 1), "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -51,5 +53,5 @@ def test_a_frozen_rank_0_ends_every_process_within_the_timeout_and_the_run_resum
 @pytest.mark.slow
 def test_a_rank_killed_mid_run_ends_the_run_resumably_with_a_line_naming_it(tmp_path):
     out = tmp_path / "run"
-    fault = fault_one_rank(out, 1, signal.SIGKILL, out / "checkpoints" / "step_000003", BOUND_S, FLAGS)
+    fault = fault_one_rank(out, 1, signal.SIGKILL, out / FIRST_CHECKPOINT, BOUND_S, FLAGS)
     judged(fault, 1, "its connection closed", out)
