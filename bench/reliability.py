@@ -23,12 +23,14 @@ from tests.faults import RUN_FLAGS, Figures, killed_and_resumed, moments, run_to
 
 STOP_TIMEOUT = "10s"  # --collective-timeout of the SIGSTOP trial's runs
 
-# name, processes, the signals in turn (None: SIGKILL of every process), the runs' flags
+# name, processes, the signals in turn (None: SIGKILL of every process), the runs' flags, and the
+# share of the uninterrupted run's time the moments are drawn from: a stopped run starts again and
+# reaches a moment late in its span only after the run has finished, so the stops come earlier.
 FAULTS = {
-    "sigkill1": ("SIGKILL, 1 process", 1, None, RUN_FLAGS),
-    "sigkill2": ("SIGKILL, 2 processes", 2, None, RUN_FLAGS),
-    "storm": ("SIGUSR1/SIGTERM storm, 2 processes", 2, [signal.SIGUSR1, signal.SIGTERM], RUN_FLAGS),
-    "sigstop": ("SIGSTOP of one rank, 2 processes", 2, [signal.SIGSTOP], [*RUN_FLAGS, "--collective-timeout", STOP_TIMEOUT]),
+    "sigkill1": ("SIGKILL, 1 process", 1, None, RUN_FLAGS, 1.0),
+    "sigkill2": ("SIGKILL, 2 processes", 2, None, RUN_FLAGS, 1.0),
+    "storm": ("SIGUSR1/SIGTERM storm, 2 processes", 2, [signal.SIGUSR1, signal.SIGTERM], RUN_FLAGS, 1.0),
+    "sigstop": ("SIGSTOP of one rank, 2 processes", 2, [signal.SIGSTOP], [*RUN_FLAGS, "--collective-timeout", STOP_TIMEOUT], 0.5),
 }
 
 
@@ -51,16 +53,16 @@ def main() -> None:
             assert code == 0, output[-3000:]
             references[processes] = (root / f"reference{processes}", seconds)
         for fault in args.faults:
-            name, processes, signals, flags = FAULTS[fault]
+            name, processes, signals, flags, span = FAULTS[fault]
             reference, seconds = references[processes]
             figures = Figures(name)
             seed = list(FAULTS).index(fault)
-            killed_and_resumed(figures, reference, root / f"run{seed}", processes, moments(100 + seed, args.moments, seconds),
+            killed_and_resumed(figures, reference, root / f"run{seed}", processes, moments(100 + seed, args.moments, seconds * span),
                                env, signals and signals * (args.moments // len(signals)), timeout=1800, flags=flags)
             print(figures.row(), flush=True)
             stop_times += figures.end_seconds
-            for note in figures.notes:
-                print(f"  note: {note[-500:]}", file=sys.stderr)
+            for note in figures.notes:  # its head says what was judged, its tail how the run ended
+                print(f"  note: {note[:300]} ... {note[-1500:]}", file=sys.stderr)
     if stop_times:
         print(f"\nSIGSTOP of one rank, --collective-timeout {STOP_TIMEOUT}: every process ended {min(stop_times):.1f} s to"
               f" {max(stop_times):.1f} s after the stop (median {statistics.median(stop_times):.1f} s, {len(stop_times)} stops)")

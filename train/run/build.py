@@ -36,10 +36,10 @@ def make_accelerator(config: TrainConfig, log_with: str | None = None) -> Accele
     use_cpu = config.runs_on_cpu()
     if not use_cpu:
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
+        nccl_errors_to_python()
     precision = resolve_mixed_precision(config.mixed_precision, use_cpu)
     # Every collective bounded: a rank that stops answering ends the run (train/run/peers.py).
     timeout = timedelta(seconds=collective_timeout_seconds(config))
-    nccl_errors_to_python()
     if config.deepspeed:
         options = zero.ZeroOptions(config.deepspeed, micro_batch=config.batch_size, grad_accum=config.grad_accum,
                                    gradient_clipping=config.gradient_clipping, precision=precision)

@@ -23,7 +23,8 @@ from train.run.stop import parse_duration
 
 __all__ = [
     "DEBUG_PRESET", "TOY_PRESET", "Config", "ConfigError", "TrainConfig", "check_config", "check_run_dir",
-    "collapse_thresholds", "collective_timeout_seconds", "flag", "load_config", "redeclared", "resolve_config", "resuming", "save_config", "time_limit_seconds",
+    "collapse_thresholds", "collective_timeout_seconds", "flag", "load_config", "redeclared", "resolve_config", "resuming",
+    "save_config", "time_limit_seconds",
 ]
 
 RESUME_MODES = ("no", "yes", "auto")

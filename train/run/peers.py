@@ -36,8 +36,9 @@ from train.run.outcome import RunEnd, RunStatus
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-# How long the ranks left wait for each other's answer: they time out in the same collective,
-# within a step of each other. Two ranks never wait: the one that failed to answer is the other.
+# How long the ranks left wait for each other's answers while more than one has not answered: they
+# time out in the same collective, within a step of each other. Once every rank but one has
+# answered, that one is the lost rank: of two ranks, the one left never waits.
 ROLL_CALL_S = 5.0
 # What the end takes beyond --collective-timeout: the roll call, the status, the process's exit and
 # the launcher's reaction (measured: bench/reliability.py's SIGSTOP trial).
