@@ -102,7 +102,8 @@ class RankLost(Exception):
         """The run's end, resumable from the newest checkpoint (renamed into place only once whole)."""
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
-            return RunEnd(RunStatus.STOPPED, 0, f"{self}; no checkpoint yet: start again with the same command (or --resume auto)")
+            return RunEnd(RunStatus.STOPPED, 0,
+                          f"{self}; no checkpoint yet: start again with the same command (or --resume auto)")
         step = checkpoint_step(checkpoint)
         return RunEnd(RunStatus.STOPPED, step, f"{self}; the last whole checkpoint is {checkpoint} (step {step}):"
                       " continue with --resume (or --resume auto)")
