@@ -19,6 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# The harness lives in the tests (tests/faults.py): `python bench/reliability.py` puts bench/ on the
+# path, not the checkout's root, and the tests are no installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from tests.faults import RUN_FLAGS, Figures, killed_and_resumed, moments, run_to_end
 
 STOP_TIMEOUT = "10s"  # --collective-timeout of the SIGSTOP trial's runs
