@@ -12,19 +12,29 @@ class Unwritable(ValueError):
     """An output that cannot be written; the message names the flag and the fix."""
 
 
+def nearest_existing(path: Path) -> Path:
+    """Where a first write at `path` lands: `path` itself, or the nearest folder above it that exists."""
+    return next(p for p in (path, *path.absolute().parents) if p.exists())
+
+
+def not_writable_reason(folder: Path) -> str | None:
+    """Why no file can be made in `folder`, or None. os.access answers for a read-only mount even as
+    root, whom permission bits do not stop."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
+    return f"{folder} is on a read-only file system" if read_only else f"no permission to write in {folder}"
+
+
 def check_writable(flag: str, path: Path) -> None:
     """Raise Unwritable when no file can be written at `path`, its missing folders made first."""
     path = Path(path)
     if path.is_dir():
         raise Unwritable(f"{flag} {path}: a folder; name a file in it")
-    # Where the first write lands: the file's folder, or the nearest one above it that exists.
-    # os.access answers for a read-only mount even as root, whom permission bits do not stop.
-    existing = next(p for p in path.absolute().parents if p.exists())
+    existing = nearest_existing(path.absolute().parent)
     if not existing.is_dir():
         raise Unwritable(f"{flag} {path}: {existing} is a file; choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
-        reason = f"{existing} is on a read-only file system" if read_only else f"no permission to write in {existing}"
+    if reason := not_writable_reason(existing):
         raise Unwritable(f"{flag} {path}: not writable ({reason}); choose another {flag}")
 
 

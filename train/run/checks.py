@@ -3,11 +3,11 @@ naming the flag and the fix before --out is touched: each field's declared limit
 (train/run/flags.py), then the checks that relate several fields, the environment, and --out.
 """
 import dataclasses
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models import POINT_MODELS, ModelOptionError, check_model
+from train.common.writable import nearest_existing, not_writable_reason
 from train.data.stacked_mnist import check_resolution as check_stacked_mnist_resolution
 from train.report.metrics import METRICS_FILE, MetricsDamaged, read_lines
 from train.run.checkpoint import latest_checkpoint
@@ -152,14 +152,10 @@ def check_run_dir(config: "TrainConfig") -> None:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; point --out at a folder (it is made if missing)")
-    # Where the run's first write lands: --out, or the folder it is made in. os.access answers
-    # for a read-only mount even as root, whom permission bits do not stop.
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    existing = nearest_existing(out)
     if not existing.is_dir():
         raise ConfigError(f"--out {out}: {existing} is a file, so --out cannot be made there; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
-        reason = f"{existing} is on a read-only file system" if read_only else f"no permission to write in {existing}"
+    if reason := not_writable_reason(existing):
         raise ConfigError(f"--out {out}: not writable ({reason}); choose another --out")
     checkpoint = latest_checkpoint(out)
     if config.resume == "yes" and checkpoint is None:
