@@ -433,10 +433,9 @@ def test_lightweight_gan_under_zero_1_on_two_processes_logs_world_size_2_and_ref
     completed(_torchrun("train/lightweight_gan.py", "--debug", "--deepspeed", "1", "--ckpt-every", "3", "--log-every", "2",
                         "--sample-every", "100", "--max-steps", "6", "--out", str(whole)))
     _assert_deepspeed_run(whole, 1)
-    # ZeRO's optimizer states are split over the 2 ranks that saved them: 1 process is refused in one line.
-    # The runner's own files aside: it clears the previous ending before it trains and, after a
-    # refused start, removes the (empty) lock file it took (runner.py, lock.py).
-    before = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.name not in ("exit_status.json", "run.lock"))
+    # ZeRO's optimizer states are split over the 2 ranks that saved them: 1 process is refused in one
+    # line, and the run's folder left as it was, its exit_status.json and run.lock included.
+    before = sorted(p.relative_to(whole) for p in whole.rglob("*"))
     refused = _torchrun("train/lightweight_gan.py", "--resume", "--max-steps", "9", "--out", str(whole), processes=1)
     assert "exitcode: 2" in refused.stderr, refused.stderr[-3000:]  # the rank's; torchrun itself answers 1
     assert "error: --resume: " in refused.stderr and "saved by 2 DeepSpeed processes" in refused.stderr
