@@ -3,6 +3,7 @@ formats, and a project script run as its CLI runs, on one thread."""
 import ctypes
 import gc
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,16 +83,38 @@ class ScriptRun:
     output: str  # its stdout and stderr, as written to its log
 
 
-def run_on_one_thread(command: list[str], log: Path) -> ScriptRun:
+def run_on_one_thread(command: list[str], log: Path, cpu_budget_s: float | None = None) -> ScriptRun:
     """`command` (a project script and its flags) run from the repository root as its CLI runs it,
-    with one OpenMP thread, its stdout and stderr written to `log`."""
+    with one OpenMP thread, its stdout and stderr written to `log`. With `cpu_budget_s`, the child
+    gets SIGTERM (a trainer's stop signal: it checkpoints and exits 75) once it has used that much
+    CPU time, start-up included: equal CPU time, however busy the machine is."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with log.open("w") as sink:
         process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **ONE_THREAD})
+        watcher = threading.Thread(target=_stop_at_cpu_budget, args=(process, cpu_budget_s), daemon=True)
+        if cpu_budget_s is not None:
+            watcher.start()
         _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage, not every child's of this process
         process.returncode = os.waitstatus_to_exitcode(status)
+        if watcher.is_alive():
+            watcher.join()
     return ScriptRun(process.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime, log.read_text())
+
+
+def _stop_at_cpu_budget(process: subprocess.Popen, budget_s: float) -> None:
+    """SIGTERM once the child's CPU time (every thread's, user + system) reaches `budget_s`."""
+    try:
+        child = psutil.Process(process.pid)
+        while process.returncode is None:
+            times = child.cpu_times()
+            used = times.user + times.system
+            if used >= budget_s:
+                child.send_signal(signal.SIGTERM)
+                return
+            time.sleep(min(1.0, max(0.05, budget_s - used)))  # CPU time runs no faster than the wall clock
+    except psutil.NoSuchProcess:  # it ended on its own
+        return
 
 
 def last_line(text: str) -> str:
