@@ -1,5 +1,7 @@
 """A run read back from its --out folder: its configuration, checkpoints and EMA generator, for
-the tools that use a trained generator (generate.py, evaluate.py) without the training loop."""
+the tools that use a trained generator (generate.py, evaluate.py) without the training loop. A
+published generator (train/publish.py: config.json beside the EMA weights, no checkpoints) reads
+the same way, from a folder or from the hub as `hf:USER/NAME` (train/run/hub.py)."""
 import dataclasses
 import importlib
 import json
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from train.data import DataOptions, toy_modes
@@ -29,6 +32,9 @@ RECIPE_CONFIGS = {
     "train/dcgan.py": "train.dcgan:DCGANConfig",
     "train/lightweight_gan.py": "train.lightweight_gan:LightweightGANConfig",
 }
+# A published folder's EMA generator weights (the generator's own state dict). The hub reads a
+# parameter count and the safetensors tag from this name and no other.
+PUBLISHED_WEIGHTS = "model.safetensors"
 
 
 class RunNotFound(ValueError):
@@ -36,8 +42,11 @@ class RunNotFound(ValueError):
 
 
 class FinishedRun:
-    def __init__(self, run: Path):
-        self.path = Path(run)
+    def __init__(self, run: Path | str):
+        # Here, not at the top: hub.py's errors are RunNotFound's kind, so it imports this module.
+        from train.run.hub import local_run
+
+        self.path = local_run(run)
         config_path = self.path / "config.json"
         if not config_path.is_file():
             raise RunNotFound(f"--run {run}: no config.json there; point --run at a training run's --out folder")
@@ -56,9 +65,17 @@ class FinishedRun:
         given = {name: value for name, value in overrides.items() if value is not None}
         return dataclasses.replace(self.config, **given).data_options.reference()
 
+    @property
+    def is_published(self) -> bool:
+        """A published generator's folder (train/run/published.py), not a training run's --out."""
+        return (self.path / PUBLISHED_WEIGHTS).is_file()
+
     def ema_generator(self, checkpoint: Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, Path]:
         """The EMA generator of `checkpoint`, else of the newest checkpoint whose EMA file is whole
-        (a damaged one is named on stderr and passed over, as resume does); and the checkpoint used."""
+        (a damaged one is named on stderr and passed over, as resume does); and the checkpoint used.
+        A published folder's is its one weights file (returned in the checkpoint's place)."""
+        if checkpoint is None and self.is_published:
+            return self._published_generator(device)
         candidates = [Path(checkpoint)] if checkpoint else list_checkpoints(self.path)[::-1]
         if not candidates:
             raise RunNotFound(f"--run {self.path}: no checkpoint in {self.path / 'checkpoints'}; train longer or pass --checkpoint")
@@ -74,6 +91,16 @@ class FinishedRun:
                 continue
             return generator.to(device), candidate
         raise RunNotFound(f"--run {self.path}: no checkpoint with a readable {EMA_FILE}; train again or restore one")
+
+    def _published_generator(self, device: str | torch.device) -> tuple[nn.Module, Path]:
+        weights = self.path / PUBLISHED_WEIGHTS
+        generator, _ = build_networks(self.config)
+        try:
+            generator.load_state_dict(load_file(weights))
+        except (SafetensorError, OSError, RuntimeError) as error:  # torn, or another network's weights
+            problem = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            raise RunNotFound(f"--run {self.path}: {weights} cannot be read as its generator ({problem}); publish or download it again") from None
+        return generator.to(device), weights
 
 
 def read_finished_config(path: Path) -> TrainConfig:
