@@ -8,6 +8,8 @@ runs unchanged), and HF_TOKEN, which it reads at each call, in the environment.
 """
 import hashlib
 import json
+import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -103,7 +105,8 @@ def test_the_card_parses_as_the_hubs_model_card_with_its_metadata_settings_and_p
 def test_the_published_config_rebuilds_the_generator_that_draws_the_runs_ema_samples(published, wgangp_run):
     folder, _ = published
     with safe_open(folder / PUBLISHED_WEIGHTS, "pt") as weights:
-        assert weights.metadata()["step"] == "40" and not any(k.startswith("module.") for k in weights.keys())
+        names, metadata = weights.keys(), weights.metadata()
+    assert metadata["step"] == "40" and not any(name.startswith("module.") for name in names)  # the generator's own
     settings = json.loads((folder / "config.json").read_text())
     assert settings["trainer"] == "train/wgangp.py" and not set(LOCAL_SETTINGS) & set(settings)
     assert str(wgangp_run) not in (folder / "config.json").read_text()  # the run's --out stays home
@@ -111,6 +114,19 @@ def test_the_published_config_rebuilds_the_generator_that_draws_the_runs_ema_sam
     (republished, used), (original, _) = FinishedRun(folder).ema_generator(), FinishedRun(wgangp_run).ema_generator()
     assert used == folder / PUBLISHED_WEIGHTS
     assert torch.equal(render_samples(republished, latents), render_samples(original, latents))
+
+
+def test_the_card_carries_the_last_scores_logged_at_or_before_the_published_step(wgangp_run, tmp_path):
+    run = tmp_path / "run"  # what publishing reads of a run: its config, one checkpoint's EMA, its metrics
+    (run / "checkpoints" / "step_000020").mkdir(parents=True)
+    shutil.copy(wgangp_run / "config.json", run)
+    shutil.copy(wgangp_run / "checkpoints" / "step_000020" / "ema.safetensors", run / "checkpoints" / "step_000020")
+    records = [{"step": 10, "fid": 81.5, "kid_mean": 0.07, "kid_std": 0.01, "fid_samples": 500}, {"step": 30, "fid": 60.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert _publish("--run", str(run), "--to", REPO, "--dry-run", "--output", str(tmp_path / "out")).returncode == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("fid", 81.5), ("kid", 0.07)]
+    assert "at step 10 on 500 samples" in card.text and "generator at step 20," in card.text
 
 
 def test_generate_reads_a_published_model_through_the_hubs_cache_offline(published, wgangp_run, tmp_path, monkeypatch):
@@ -124,7 +140,7 @@ def test_generate_reads_a_published_model_through_the_hubs_cache_offline(publish
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # snapshot_download answers from the cache alone
     from_hub = tool_in_process("train/generate.py", "--run", f"hf:{REPO}", "--n", "8", "--output", str(tmp_path / "hub.npy"))
     assert from_hub.returncode == 0, from_hub.stderr
-    assert FinishedRun(f"hf:{REPO}").path == snapshot
+    assert FinishedRun(f"hf:{REPO}").path.resolve() == snapshot.resolve()
     local = tool_in_process("train/generate.py", "--run", str(wgangp_run), "--n", "8", "--output", str(tmp_path / "run.npy"))
     assert local.returncode == 0, local.stderr
     assert np.array_equal(np.load(tmp_path / "hub.npy"), np.load(tmp_path / "run.npy"))
@@ -134,11 +150,12 @@ def test_generate_reads_a_published_model_through_the_hubs_cache_offline(publish
 def test_without_the_hub_publish_and_generate_say_so_in_one_line_naming_the_way_out(wgangp_run, tmp_path, unreachable_hub, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     upload = _publish("--run", str(wgangp_run), "--to", REPO)
-    assert upload.returncode == 2 and upload.stderr.splitlines() == [
-        f"error: --to {REPO}: the Hugging Face hub at {unreachable_hub} cannot be reached (ConnectError: [Errno 111] Connection"
-        " refused), so nothing was uploaded; check the connection or HF_ENDPOINT, or write the folder without uploading:"
-        " --dry-run --output FOLDER"
-    ]
+    assert upload.returncode == 2 and len(upload.stderr.splitlines()) == 1, upload.stderr
+    assert re.fullmatch(  # the cause as httpx words it (the errno's text is the platform's)
+        rf"error: --to {REPO}: the Hugging Face hub at {re.escape(unreachable_hub)} cannot be reached \(ConnectError: .*refused\),"
+        r" so nothing was uploaded; check the connection or HF_ENDPOINT, or write the folder without uploading: --dry-run --output FOLDER\n",
+        upload.stderr,
+    )
     draw = tool_in_process("train/generate.py", "--run", f"hf:{REPO}", "--output", str(tmp_path / "grid.png"))
     assert draw.returncode == 2 and len(draw.stderr.splitlines()) == 1, draw.stderr
     assert draw.stderr.startswith(f"error: --run hf:{REPO}: the Hugging Face hub at {unreachable_hub} cannot be reached")
@@ -149,8 +166,8 @@ def test_without_the_hub_publish_and_generate_say_so_in_one_line_naming_the_way_
                tool_in_process("train/generate.py", "--run", f"hf:{REPO}", "--output", str(tmp_path / "grid.png"))]
     assert [r.stderr.splitlines() for r in offline] == [
         ["error: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, or write the folder without uploading: --dry-run --output FOLDER"],
-        [f"error: --run hf:{REPO}: HF_HUB_OFFLINE is set and no copy is cached in {tmp_path / 'empty-cache'}; unset HF_HUB_OFFLINE"
-         " to download it, or point HF_HUB_CACHE at a cache that holds it"],
+        [(f"error: --run hf:{REPO}: HF_HUB_OFFLINE is set and no copy is cached in {tmp_path / 'empty-cache'}; unset HF_HUB_OFFLINE"
+          " to download it, or point HF_HUB_CACHE at a cache that holds it")],
     ]
     assert all(SECRET not in r.stdout + r.stderr for r in [upload, draw, *offline])
 

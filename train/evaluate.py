@@ -65,7 +65,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     relaunch_on_cpu_processes()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="the training run's --out folder")
+    parser.add_argument("--run", type=Path, required=True, help="the training run's --out folder, or hf:USER/NAME (train/publish.py)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint folder (default: the latest)")
     parser.add_argument(
         "--samples", "--fid-samples", type=int, default=None, dest="samples",

@@ -276,7 +276,7 @@ def _given_or(value, default):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="the training run's --out folder")
+    parser.add_argument("--run", type=Path, required=True, help="the training run's --out folder, or hf:USER/NAME (train/publish.py)")
     parser.add_argument("--n", type=int, default=None, help="samples: 64 in a grid, 8 strip rows, 16 per GIF frame")
     parser.add_argument("--output", type=Path, required=True, help="a .png grid or strip, a .gif, or a .npy of uint8 images (toy runs: points)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents (default: 0)")

@@ -132,11 +132,10 @@ def _spread(key: str, values: dict[str, float]) -> str:
 
 
 def _settings(facts: CardFacts) -> str:
-    """The settings that shape the network, and every other one the run changed from its recipe's
-    defaults; config.json holds them all."""
-    defaults = dataclasses.asdict(type(facts.config)())
-    shown = [name for name, value in facts.settings.items()
-             if name in facts.config.architecture_fields or name == "trainer" or value != defaults.get(name)]
+    """The data, the settings that shape the network, and every other one the run changed from its
+    recipe's defaults; config.json holds them all."""
+    defaults, always = dataclasses.asdict(type(facts.config)()), ("trainer", "data", *facts.config.architecture_fields)
+    shown = [name for name, value in facts.settings.items() if name in always or value != defaults.get(name)]
     rows = "\n".join(f"| `{name}` | `{_cell(facts.settings[name])}` |" for name in shown)
     return f"## Training settings\n\nThe network's shape and what the run changed from the recipe's defaults (every setting: `config.json`):\n\n| Setting | Value |\n|---|---|\n{rows}"
 

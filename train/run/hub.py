@@ -63,7 +63,11 @@ def _download_problem(error: Exception) -> str:
     """Why snapshot_download found nothing to return, and what to do, in one clause."""
     import httpx
     from huggingface_hub import constants
-    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     cache = constants.HF_HUB_CACHE
     if isinstance(error, RepositoryNotFoundError):  # gated and private ones too: the hub does not say which
