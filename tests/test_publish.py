@@ -116,6 +116,16 @@ def test_the_published_config_rebuilds_the_generator_that_draws_the_runs_ema_sam
     assert torch.equal(render_samples(republished, latents), render_samples(original, latents))
 
 
+def test_a_torn_published_weights_file_is_one_error_line(published, tmp_path):
+    folder = tmp_path / "tiny-gan"
+    shutil.copytree(published[0], folder)
+    weights = folder / PUBLISHED_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:1000])
+    draw = tool_in_process("train/generate.py", "--run", str(folder), "--n", "4", "--output", str(tmp_path / "grid.png"))
+    assert draw.returncode == 2 and draw.stderr.startswith(f"error: --run {folder}: {weights} cannot be read as its generator")
+    assert len(draw.stderr.splitlines()) == 1 and not (tmp_path / "grid.png").exists()
+
+
 def test_the_card_carries_the_last_scores_logged_at_or_before_the_published_step(wgangp_run, tmp_path):
     run = tmp_path / "run"  # what publishing reads of a run: its config, one checkpoint's EMA, its metrics
     (run / "checkpoints" / "step_000020").mkdir(parents=True)

@@ -7,12 +7,12 @@ often unreachable on compute nodes. The token is huggingface_hub's own business 
 """
 from pathlib import Path
 
-from train.run.finished import RunNotFound
+from train.run.finished import PUBLISHED_WEIGHTS, RunNotFound
 
 HUB_PREFIX = "hf:"
 # What a tool needs from a published folder (train/run/published.py); the card and its picture are
 # for people, and a 1024 px grid is megabytes a compute node has no use for.
-NEEDED_FILES = ["config.json", "model.safetensors"]
+NEEDED_FILES = ["config.json", PUBLISHED_WEIGHTS]
 
 
 class HubUnavailable(RunNotFound):
