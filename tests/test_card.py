@@ -54,3 +54,9 @@ def test_a_licence_given_is_the_cards_own_without_the_training_data_terms(licens
     facts = CardFacts("alice/faces", config, published_settings(config), 40, None, "samples.png", 64, license)
     card = ModelCard(str(model_card(facts)))
     assert card.data.license == license and card.data.license_name is None and card.data.eval_results is None
+
+
+def test_a_toy_runs_card_claims_no_image_task():
+    card = card_of(WGANGPConfig(data="toy:8gaussians", model="mlp", latent_dim=2), None)
+    assert card.data.pipeline_tag is None and "unconditional-image-generation" not in card.data.tags
+    assert "to 2-D points" in card.text and card.data.eval_results is None

@@ -79,7 +79,9 @@ def card_metadata(facts: CardFacts):
 
     config, dataset = facts.config, hub_dataset(facts.config)
     trainer = facts.settings.get("trainer", "")
-    tags = ["facegan", "gan", TASK, *([TRAINER_TAGS[trainer]] if trainer in TRAINER_TAGS else []), "pytorch", "safetensors"]
+    task = None if config.data.startswith("toy:") else TASK  # 2-D points are no images
+    tags = ["facegan", "gan", *([task] if task else []), *([TRAINER_TAGS[trainer]] if trainer in TRAINER_TAGS else []),
+            "pytorch", "safetensors"]
     licence = {"license": facts.license}
     if facts.license == "other":  # the weights inherit their training data's terms (below)
         licence.update(license_name="training-data-terms", **({"license_link": f"https://huggingface.co/datasets/{dataset}"} if dataset else {}))
@@ -89,7 +91,7 @@ def card_metadata(facts: CardFacts):
         for key, value in (facts.scores.values.items() if facts.scores else ()) if key in SCORE_NAMES
     ]
     return ModelCardData(
-        library_name="facegan", pipeline_tag=TASK, tags=tags, datasets=[dataset] if dataset else None,
+        library_name="facegan", pipeline_tag=task, tags=tags, datasets=[dataset] if dataset else None,
         model_name=facts.repo_id.split("/")[-1] if results else None, eval_results=results or None, **licence,
     )
 
