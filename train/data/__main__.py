@@ -67,8 +67,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.rows_per_shard < 1 or args.workers < 0:
-        print(f"error: --rows-per-shard {args.rows_per_shard} / --workers {args.workers}: at least 1 / 0 or more", file=sys.stderr)
+    if args.resolution < 1 or args.rows_per_shard < 1 or args.workers < 0:
+        print(f"error: --resolution {args.resolution} / --rows-per-shard {args.rows_per_shard} / --workers {args.workers}:"
+              " at least 1 / at least 1 / 0 or more", file=sys.stderr)
         return 2
     preprocessing = Preprocessing(args.resolution, args.celeba_crop, tuple(args.alpha_background))
     request = PrepareRequest(args.source, Path(args.to), preprocessing, args.split, args.image_column,
