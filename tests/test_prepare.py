@@ -184,6 +184,16 @@ def test_a_run_whose_decoding_flags_differ_from_the_preparation_is_refused_in_on
     assert not (tmp_path / "run").exists()
 
 
+def test_the_configuration_checks_refuse_a_mismatch_before_anything_is_built(ids):
+    from train.dcgan import DCGANConfig
+    from train.run.checks import check_data_and_model
+    from train.run.flags import ConfigError
+
+    check_data_and_model(DCGANConfig(data=f"prepared:{ids}", resolution=32, model="dcgan"))
+    with pytest.raises(ConfigError, match=r"^--resolution 64: the data was prepared with --resolution 32 "):
+        check_data_and_model(DCGANConfig(data=f"prepared:{ids}", resolution=64, model="dcgan"))
+
+
 @pytest.mark.parametrize("damage", ["a flipped byte", "truncated"])
 def test_a_damaged_shard_is_skipped_counted_and_named(ids, tmp_path, damage):
     folder = tmp_path / "pixels"
