@@ -127,7 +127,7 @@ def prepared_table(blobs: list[bytes], args: argparse.Namespace) -> list[str]:
     for resolution in args.prepared:
         with tempfile.TemporaryDirectory() as tmp:
             rows = write_prepared(Path(tmp), blobs, resolution, args.prepared_images)
-            options = DataOptions(parse_data_spec(f"prepared:{tmp}"), resolution, workers=0)
+            options = DataOptions(parse_data_spec(f"prepared:{tmp}"), resolution)
             stream = open_stream(options, batch_size=args.prepared_batch, seed=0, rank=0, world_size=1)
             prepared_rate(stream, args.prepared_batch, args.prepared_timed)  # warm: shuffle buffer filled, pages cached
             prepared, copied, decoded = [], [], []

@@ -206,7 +206,10 @@ class StreamingImages:
         # The shuffle seed is the same on every rank, and DecodedBatches advances the epoch so every
         # pass is reshuffled.
         source = source.shuffle(seed=seed, buffer_size=options.shuffle_buffer)
-        self.workers = min(options.workers, source.num_shards)
+        # Prepared pixels are read in the rank's own process: a worker's hand-off through shared
+        # memory cost more than the reading it saves (measured with one worker: 1,400 against 29,000
+        # images/s at 256 px, and 16,000 against 55,000 at 64 px, bench/data_throughput.py's figures).
+        self.workers = 0 if spec.kind == "prepared" else min(options.workers, source.num_shards)
         if rank == 0:
             print(f"data {spec}: {how}, {self.workers} decoding worker{'s' if self.workers != 1 else ''} per process", flush=True)
         self.split_description = how
