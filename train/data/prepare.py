@@ -24,7 +24,7 @@ from train.common.atomic import atomic_write
 from train.common.failpoints import Failpoints
 from train.data.decode import decode_image
 from train.data.prepared import MANIFEST, Manifest, Preprocessing, ShardRecord, file_crc32, shard_name
-from train.data.specs import DataSpecError, parse_data_spec
+from train.data.specs import DataSpec, DataSpecError, parse_data_spec
 from train.data.streaming import _image_bytes, _row_name, image_column_of, load_source
 
 
@@ -56,7 +56,7 @@ def prepare(request: PrepareRequest) -> PrepareResult:
     to = Path(request.to)
     source = load_source(spec, request.split)
     column = image_column_of(source, spec, request.image_column)
-    manifest = _resumed_or_new(request, to, str(Path(spec.name).resolve()) if spec.kind == "folder" else str(spec), column)
+    manifest = _resumed_or_new(request, to, _source_name(spec), column)
     cells = (row[column] for row in source.select_columns([column]).cast_column(column, datasets.Image(decode=False)))
     if request.limit is not None:
         cells = itertools.islice(cells, request.limit)
@@ -77,6 +77,16 @@ def prepare(request: PrepareRequest) -> PrepareResult:
     manifest.complete = True
     manifest.write(to)
     return PrepareResult(manifest, written)
+
+
+def _source_name(spec: DataSpec) -> str:
+    """The source as the manifest names it: local paths made absolute, so that a rerun from another
+    folder is known as the same preparation."""
+    if spec.kind == "folder":
+        return str(Path(spec.name).resolve())
+    if spec.kind == "parquet":
+        return f"parquet:{Path(spec.name).expanduser().resolve()}"
+    return str(spec)
 
 
 def _resumed_or_new(request: PrepareRequest, to: Path, source: str, column: str) -> Manifest:
