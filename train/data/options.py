@@ -27,7 +27,8 @@ class DataOptions:
         """What decides which real images, decoded how, this reads: a cache key's part, in strings."""
         spec = self.spec
         return {
-            "data": str(Path(spec.name).resolve()) if spec.kind == "folder" else str(spec),
+            "data": str(Path(spec.name).resolve()) if spec.kind == "folder" else
+                    f"prepared:{Path(spec.name).resolve()}" if spec.kind == "prepared" else str(spec),
             "split": self.split,
             "image_column": self.image_column or "",
             "resolution": str(self.resolution),

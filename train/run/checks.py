@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from models import POINT_MODELS, ModelOptionError, check_model
 from train.common.writable import nearest_existing, not_writable_reason
+from train.data.prepared import check_prepared
 from train.data.stacked_mnist import check_resolution as check_stacked_mnist_resolution
 from train.report.metrics import METRICS_FILE, MetricsDamaged, read_lines
 from train.run.checkpoint import latest_checkpoint
@@ -79,6 +80,8 @@ def check_data_and_model(config: "TrainConfig") -> None:
         spec = config.data_options.spec
         if spec.kind == "stacked-mnist":
             check_stacked_mnist_resolution(config.resolution)
+        if spec.kind == "prepared":  # the pixels were decoded once: the run's decoding flags must be those
+            check_prepared(config.data_options)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     try:
