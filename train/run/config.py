@@ -122,6 +122,10 @@ class TrainConfig:
         None, "no, fp16 or bf16 (default: the accelerate config's); bf16 falls back to fp16 on GPUs without native bf16", choices=PRECISIONS
     )
     cpu: bool = flag(False, "train on the CPU even when a GPU is present")
+    threads: int | None = flag(
+        None, "intra-op CPU threads per process (default: $OMP_NUM_THREADS where you set it, else the CPUs this process"
+        " may use, shared among this machine's processes, less one per decoding worker)", type=int, min=1,
+    )
     deepspeed: int | None = flag(
         None, "DeepSpeed ZeRO stage for both networks, 1 (optimizer state partitioned) or 2 (and gradients)"
         " (default: the accelerate config's DeepSpeed stage, else off: DDP)", type=int,
