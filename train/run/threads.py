@@ -44,7 +44,7 @@ class ThreadChoice:
         if self.source == OMP_VARIABLE:
             return f"threads: {self.threads} intra-op thread{plural} per process ({OMP_VARIABLE}; --threads overrides it)"
         return (
-            f"threads: {self.threads} intra-op thread{plural} per process: {self.cores} cores over {self.local_ranks}"
+            f"threads: {self.threads} intra-op thread{plural} per process: {self.cores} core{'s' if self.cores != 1 else ''} over {self.local_ranks}"
             f" process{'es' if self.local_ranks != 1 else ''} on this machine, less {self.workers} decoding"
             f" worker{'s' if self.workers != 1 else ''} each (--threads N to choose)"
         )
