@@ -33,6 +33,7 @@ def check_config(config: "TrainConfig") -> None:
     check_wandb_names(config)
     check_deepspeed(config)
     check_data_and_model(config)
+    check_decode_device(config)
     config.check_recipe()
     for name in ("time_limit", "collective_timeout"):
         check_duration(name, getattr(config, name))
@@ -106,6 +107,22 @@ def check_data_and_model(config: "TrainConfig") -> None:
     if not spec.is_points and config.model in POINT_MODELS:
         image_models = " or ".join(m for m in models if m not in POINT_MODELS)
         raise ConfigError(f"--model {config.model} is for toy data; for images use --model {image_models}")
+
+
+def check_decode_device(config: "TrainConfig") -> None:
+    """--decode-device cuda needs a GPU to decode on, and images to decode."""
+    if config.decode_device == "cpu":
+        return
+    if config.runs_on_cpu():
+        why = "--cpu trains on the CPU" if config.cpu else "no CUDA GPU here (torch.cuda.is_available() is False)"
+        raise ConfigError(
+            f"--decode-device {config.decode_device}: {why}; drop --decode-device (the decoding workers decode on the"
+            " CPU), or run on a machine with a GPU"
+        )
+    if not config.data_options.spec.is_streamed:
+        raise ConfigError(
+            f"--decode-device {config.decode_device}: --data {config.data} is generated, with no JPEGs to decode; drop --decode-device"
+        )
 
 
 def check_deepspeed(config: "TrainConfig") -> None:
