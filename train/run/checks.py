@@ -114,10 +114,11 @@ def check_decode_device(config: "TrainConfig") -> None:
     if config.decode_device == "cpu":
         return
     if config.runs_on_cpu():
-        why = "--cpu trains on the CPU" if config.cpu else "no CUDA GPU here (torch.cuda.is_available() is False)"
+        why, other_fix = ("--cpu trains on the CPU", "drop --cpu") if config.cpu else (
+            "no CUDA GPU here (torch.cuda.is_available() is False)", "run on a machine with a GPU")
         raise ConfigError(
             f"--decode-device {config.decode_device}: {why}; drop --decode-device (the decoding workers decode on the"
-            " CPU), or run on a machine with a GPU"
+            f" CPU), or {other_fix}"
         )
     if not config.data_options.spec.is_streamed:
         raise ConfigError(
