@@ -42,7 +42,8 @@ def timed(folder: Path, mode: str, threads: str, max_steps: int, extra: dict[str
     half = len(cpus) // 2 or 1
     pins = {"alone": [None], "pair": [None, None], "pinned-pair": [set(cpus[:half]), set(cpus[half:] or cpus[:half])]}[mode]
     began = time.perf_counter()
-    runs = [start(folder / f"{mode}-{threads}-{len(extra)}-{i}", threads, max_steps, pin, extra) for i, pin in enumerate(pins)]
+    name = "-".join([mode, threads, *(f"{k}={v}" for k, v in extra.items())])
+    runs = [start(folder / f"{name}-{i}", threads, max_steps, pin, extra) for i, pin in enumerate(pins)]
     seconds, lines = [], []
     for run in runs:
         output, _ = run.communicate()
