@@ -82,8 +82,8 @@ def test_the_stream_decodes_its_batches_on_the_device_with_the_workers_rows_and_
 
     on_device, in_workers = batches("cpu"), batches(None)
     for ours, theirs in zip(on_device, in_workers):
-        assert row_ids(ours.flip(-1)) == row_ids(theirs.flip(-1)) or row_ids(ours) == row_ids(theirs)
-        most, mean = levels_apart(ours, theirs)  # the same rows, flipped alike: only decoding differs
+        assert row_ids(ours) == row_ids(theirs)
+        most, mean = levels_apart(ours, theirs)  # the same rows, flipped alike (a flip missed is ~100 levels off)
         assert most <= MAX_LEVELS and mean <= MEAN_LEVELS
 
 
