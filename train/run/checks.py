@@ -120,9 +120,11 @@ def check_decode_device(config: "TrainConfig") -> None:
             f"--decode-device {config.decode_device}: {why}; drop --decode-device (the decoding workers decode on the"
             f" CPU), or {other_fix}"
         )
-    if not config.data_options.spec.is_streamed:
+    spec = config.data_options.spec
+    if not spec.is_streamed:
+        what = "pixels that prepare decoded once already" if spec.kind == "prepared" else "generated data"
         raise ConfigError(
-            f"--decode-device {config.decode_device}: --data {config.data} is generated, with no JPEGs to decode; drop --decode-device"
+            f"--decode-device {config.decode_device}: --data {config.data} is {what}, with no JPEGs to decode; drop --decode-device"
         )
 
 
