@@ -29,7 +29,7 @@ class UnexportableOperator(RuntimeError):
     """The generator holds an operator the format cannot express; `operator` names it."""
 
     def __init__(self, export_format: str, operator: str, reason: str):
-        super().__init__(f"{export_format} cannot express the generator's operator {operator} ({reason})")
+        super().__init__(f"the generator's operator {operator} cannot be exported to {export_format} ({reason})")
         self.operator = operator
 
 

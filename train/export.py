@@ -5,9 +5,10 @@
 
 The file maps latents (B, latent_dim) drawn from N(0, I) (or truncated, train/run/truncation.py)
 to samples: images (B, 3, H, W) in [-1, 1], or a toy run's points (B, 2). Before it is put in
-place it is run (onnxruntime on the CPU; torch.jit.load) on VERIFY_SAMPLES latents against the
-PyTorch generator, and the largest absolute difference is printed; above MAX_DIFFERENCE nothing is
-written. A generator with an operator the format cannot express is refused in one line naming it.
+place it is run (onnxruntime on the CPU; torch.jit.load) on a batch of 5 latents, not the batch of
+2 it was exported at, against the PyTorch generator in eval mode, and the largest absolute
+difference is printed; above 1e-4 nothing is written. A generator with an operator the format
+cannot express is refused in one line naming the operator.
 """
 import argparse
 import sys
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return BAD_INPUT
     except UnexportableOperator as error:
-        print(f"error: --format {args.format}: {error}".replace("\n", " "), file=sys.stderr)
+        other = next(f for f in FORMATS if f != args.format)
+        print(f"error: --format {args.format}: {error}; try --format {other}".replace("\n", " "), file=sys.stderr)
         return BAD_INPUT
     except (ExportError, ImportError) as error:  # ImportError: onnxruntime (requirements.txt) not installed
         print(f"error: {error}", file=sys.stderr)
