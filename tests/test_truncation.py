@@ -89,10 +89,10 @@ def test_psi_towards_zero_sends_every_sample_to_g_of_zero_and_diversity_falls_wi
 def test_evaluators_truncated_samples_do_not_depend_on_how_blocks_are_shared():
     # The evaluators seed torch's global generator per block before the forward: the redraws too.
     generator = TruncatedGenerator(torch.nn.Unflatten(1, (3, 4, 4)), psi=0.5)
-    whole = torch.cat(list(generated_blocks(generator, 48, range(0, 32), 16, seed=7, device=torch.device("cpu"))))
+    whole = torch.cat(list(generated_blocks(generator, 48, range(32), 16, seed=7, device=torch.device("cpu"))))
     second = torch.cat(list(generated_blocks(generator, 48, range(16, 32), 16, seed=7, device=torch.device("cpu"))))
     assert torch.equal(whole[16:], second)
-    plain = torch.cat(list(generated_blocks(generator.generator, 48, range(0, 32), 16, seed=7, device=torch.device("cpu"))))
+    plain = torch.cat(list(generated_blocks(generator.generator, 48, range(32), 16, seed=7, device=torch.device("cpu"))))
     assert plain.float().std() > whole.float().std()
     assert ((whole.float() / 127.5 - 1).abs() <= 0.5 + 1 / 127.5).all()  # latents within psi, up to uint8 rounding
 

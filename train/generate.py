@@ -40,8 +40,8 @@ from train.report.gif import write_gif
 from train.report.samples import PADDING, image_grid, samples_picture, save_png
 from train.run.finished import FinishedRun, RunNotFound
 from train.run.networks import render_samples
-from train.run.truncation import TRUNCATION_HELP, truncated_latents, truncation_psi
 from train.run.outcome import BAD_INPUT
+from train.run.truncation import TRUNCATION_HELP, truncated_latents, truncation_psi
 
 DEFAULT_N = {"grid": 64, "interpolate": 8, "gif": 16}
 DEFAULT_FRAMES, DEFAULT_FPS, DEFAULT_KEYFRAMES = 48, 12.0, 4
