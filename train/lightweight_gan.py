@@ -71,6 +71,13 @@ class LightweightGANConfig(TrainConfig):
             parse_policy(self.diffaug_policy)
         except ValueError as error:
             raise ConfigError(f"--diffaug-policy {self.diffaug_policy!r}: {error}") from None
+        fields = LightweightGANConfig.__dataclass_fields__
+        if self.augment != "fixed" and (self.diffaug_policy, self.diffaug_probability) != (
+                fields["diffaug_policy"].default, fields["diffaug_probability"].default):
+            raise ConfigError(
+                f"--augment {self.augment}: --diffaug-policy and --diffaug-probability are --augment fixed's;"
+                " drop them, or use --augment fixed"
+            )
         if self.instance_noise:
             raise ConfigError(
                 f"--instance-noise {self.instance_noise}: the discriminator's decoders would learn to reconstruct the"
