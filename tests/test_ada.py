@@ -116,7 +116,8 @@ def test_ada_augments_every_image_the_critic_sees_real_and_fake_in_both_phases_a
 
 def test_wgangp_penalty_lies_between_the_augmented_images():
     objective = Augmented(WGANGP(rng=torch.Generator().manual_seed(0)), AdaptiveAugment(policy=("xflip",), probability=1.0))
-    real, fake, critic = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), Recorder()
+    noise = torch.rand(2, 2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    real, fake, critic = 1 + noise[0], -1 - noise[1], Recorder()  # apart everywhere: alpha below is well conditioned
     objective.critic_loss(critic, real, fake)
     interpolates = critic.seen[1]
     for image, r, f in zip(interpolates.flip(-1), real, fake):  # each a point on the line real - fake, unflipped
@@ -160,6 +161,9 @@ def ada_run(tmp_path: Path, data: str, steps: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_p_rises_on_64_images_and_ends_above_the_endless_source(tmp_path):
+    # At this scale (tiny networks, 800 images seen) the gap comes from how fast the critic learns to
+    # tell the 64 images from the generator's, not from memorising them: over 500 steps the endless
+    # source's p catches up (the README's figure). What this proves is the loop's wiring end to end.
     folder = str(write_image_folder(tmp_path / "images", 64))
     small, endless = ada_run(tmp_path, folder, 100), ada_run(tmp_path, "synthetic", 100)
     assert small[0]["augment_p"] < small[-1]["augment_p"] and small[-1]["augment_p"] > 0.2
