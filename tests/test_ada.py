@@ -149,6 +149,8 @@ def test_resumed_run_continues_p_exactly(tmp_path):
     assert_resumed_like_whole(tmp_path / "whole", tmp_path / "split", ("augment_p", "r_t", "d_loss"))
     state = torch.load(tmp_path / "split" / "checkpoints" / "step_000006" / "train_state_0.pt", weights_only=True)
     assert state["objective"]["ada"]["p"] > 0  # it moved, so the comparison above says something
+    refused = train_in_process("train/dcgan.py", "--resume", "--augment", "none", "--max-steps", "7", "--out", str(tmp_path / "split"))
+    assert refused.returncode == 2 and "--augment none differs from the run" in refused.stderr
 
 
 def ada_run(tmp_path: Path, data: str, steps: int) -> list[dict]:
