@@ -1,6 +1,5 @@
 """train/gan/ada.py and train/gan/augmented.py: adaptive augmentation (Karras et al. 2020), its
 probability's controller, the ops, what the discriminator sees, and p across a resume."""
-import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ from torch import nn
 from tests.conftest import assert_resumed_like_whole, completed, train_in_process
 from tests.fixtures import write_image_folder
 from train.gan.ada import AdaController, AdaptiveAugment
-from train.gan.augmented import AugmentOptions, Augmented, augmented
+from train.gan.augmented import Augmented, AugmentOptions, augmented
 from train.gan.objectives import WGANGP, NonSaturating
 from train.report.metrics import read_metrics
 

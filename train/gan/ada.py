@@ -11,8 +11,8 @@ leak into its samples (the paper's section 2.2).
 For WGAN-GP's critic the scores are not logits, but their sign still says on which side of zero
 the critic puts the real images; the heuristic is used unchanged.
 """
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -60,7 +60,9 @@ class AdaController:
     def observe(self, real_sign: torch.Tensor, images: int) -> None:
         """One real batch's mean sign(D(real)) (the objectives' `r_t` statistic); no host sync."""
         self.totals = self.totals.to(real_sign.device)
-        self.totals += torch.stack([real_sign.detach().double() * images, real_sign.new_tensor(images, dtype=torch.float64)])
+        # Scalars as kernel arguments, never a tensor made on the host: no copy to the device per call.
+        sign = real_sign.detach().double()
+        self.totals += torch.stack([sign, torch.ones_like(sign)]) * images
 
     def after_step(self, step: int) -> None:
         """Collective every `interval` steps (every rank calls it every step)."""

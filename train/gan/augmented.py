@@ -55,7 +55,7 @@ class Augmented:
         loss, stats = self.objective.critic_loss(critic, self._augmented(real), self._augmented(fake.detach()))
         if self.controller is not None:
             self.controller.observe(stats["r_t"], len(real))
-            stats = {**stats, "augment_p": torch.tensor(self.controller.p, device=loss.device)}
+            stats = {**stats, "augment_p": loss.detach().new_full((), self.controller.p)}
         return loss, stats
 
     def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
