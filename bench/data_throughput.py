@@ -12,6 +12,12 @@ see `Pipeline`). Both are timed once warm (`--warmup` images): for
 its first few hundred images a freshly forked worker pays copy-on-write faults on its parent's
 heap (once per run), and so does the parent's loop after the fork. The shards are drawn here
 (smooth random colour fields with detail), never downloaded.
+
+A second table (`--prepared`): images per second per process delivered from prepared shards
+(`--data prepared:DIR`, train/data/prepared.py) through the same StreamingImages, flips on, against
+the decode loop above and against a copy-only loop (np.frombuffer + stack into a pinned batch, the
+least any reader of raw pixels does): the shards are made from the same JPEGs, tiled to
+`--prepared-images`.
 """
 import argparse
 import io
@@ -22,10 +28,12 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 from PIL import Image
 
 from train.data import DataOptions, open_stream, parse_data_spec
 from train.data.decode import decode_image
+from train.data.prepared import Manifest, Preprocessing, ShardRecord, file_crc32, shard_name
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
 
@@ -80,6 +88,61 @@ class Pipeline:
         return rate
 
 
+def write_prepared(folder: Path, blobs: list[bytes], resolution: int, images: int, per_shard: int = 1024) -> list[bytes]:
+    """A prepared folder of `images` rows, the JPEGs' pixels tiled; returns the rows as raw bytes."""
+    decoded = np.stack([decode_image(blob, resolution).numpy() for blob in blobs])
+    pixels = decoded[np.arange(images) % len(decoded)]
+    manifest = Manifest("bench", "train", "image", Preprocessing(resolution), per_shard, complete=True)
+    for index, start in enumerate(range(0, images, per_shard)):
+        path = folder / shard_name(index)
+        np.save(path, pixels[start : start + per_shard])
+        rows = len(pixels[start : start + per_shard])
+        manifest.shards.append(ShardRecord(index, path.name, rows, rows, 0, file_crc32(path)))
+    manifest.write(folder)
+    return [row.tobytes() for row in pixels]
+
+
+def copy_rate(rows: list[bytes], resolution: int, batch: int, images: int) -> float:
+    """np.frombuffer + stack into a (pinned, where there is a GPU) batch: the floor of any raw-pixel reader."""
+    out = torch.empty((batch, 3, resolution, resolution), dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+    flat = out.numpy().reshape(batch, -1)
+    start = time.perf_counter()
+    for first in range(0, images, batch):
+        np.stack([np.frombuffer(rows[(first + i) % len(rows)], np.uint8) for i in range(batch)], out=flat)
+    return images // batch * batch / (time.perf_counter() - start)
+
+
+def prepared_rate(stream, batch: int, images: int) -> float:
+    start = time.perf_counter()
+    for _ in range(images // batch):
+        next(stream)
+    return images // batch * batch / (time.perf_counter() - start)
+
+
+def prepared_table(blobs: list[bytes], args: argparse.Namespace) -> list[str]:
+    lines = [f"prepared shards: {args.prepared_images} images, batch {args.prepared_batch}, flips on, workers 0 (in the"
+             f" process); {args.repeats} timings of {args.prepared_timed} images a cell: median (min-max)",
+             "| output | prepared, per process | copy-only loop | prepared / copy-only | decode loop | prepared / decode |",
+             "|---|---|---|---|---|---|"]
+    for resolution in args.prepared:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = write_prepared(Path(tmp), blobs, resolution, args.prepared_images)
+            options = DataOptions(parse_data_spec(f"prepared:{tmp}"), resolution)
+            stream = open_stream(options, batch_size=args.prepared_batch, seed=0, rank=0, world_size=1)
+            prepared_rate(stream, args.prepared_batch, args.prepared_timed)  # warm: shuffle buffer filled, pages cached
+            prepared, copied, decoded = [], [], []
+            for _ in range(args.repeats):
+                prepared.append(prepared_rate(stream, args.prepared_batch, args.prepared_timed))
+                copied.append(copy_rate(rows, resolution, args.prepared_batch, args.prepared_timed))
+                decoded.append(loop_rate(blobs, resolution, max(16, args.timed // 4)))
+            stream.close()
+        of_copy = [p / c for p, c in zip(prepared, copied)]
+        of_decode = [p / d for p, d in zip(prepared, decoded)]
+        lines.append(f"| {resolution} | {spread(prepared, '.0f')} img/s | {spread(copied, '.0f')} img/s | {spread(of_copy, '.2f')}"
+                     f" | {spread(decoded, '.0f')} img/s | {spread(of_decode, '.0f')}x |")
+    return lines
+
+
 def spread(values: list[float], form: str) -> str:
     median = format(statistics.median(values), form)
     return median if len(values) == 1 else f"{median} ({format(min(values), form)}-{format(max(values), form)})"
@@ -93,7 +156,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=384, help="images a pipeline yields before it is timed")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--resolutions", type=int, nargs="*", default=[64, 256, 1024], help="resolutions of the decode table (none: no table)")
+    parser.add_argument("--prepared", type=int, nargs="*", default=[64, 256], help="resolutions of the prepared table (none: no table)")
+    parser.add_argument("--prepared-images", type=int, default=4096)
+    parser.add_argument("--prepared-timed", type=int, default=8192, help="images per timing of a prepared stream")
+    parser.add_argument("--prepared-batch", type=int, default=64)
     args = parser.parse_args()
     datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,6 +190,8 @@ def main() -> None:
         print("|" + "---|" * len(header))
         for cells in rows:
             print("| " + " | ".join(cells) + " |")
+        if args.prepared:
+            print("\n".join(["", *prepared_table(blobs, args)]))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,10 @@ def in_process(script: str, args: tuple[str, ...], call) -> subprocess.Completed
 
     from accelerate.state import AcceleratorState
 
+    import torch
+
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM)}
+    threads = torch.get_num_threads()  # a run sets its own (train/run/threads.py); later tests keep this process's
     stdout, stderr = io.StringIO(), io.StringIO()
     AcceleratorState._reset_state(reset_partial_state=True)  # each run chooses its own precision, as a new process would
     try:
@@ -76,6 +79,7 @@ def in_process(script: str, args: tuple[str, ...], call) -> subprocess.Completed
                 code = exit.code if isinstance(exit.code, int) else 1
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+        torch.set_num_threads(threads)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     return subprocess.CompletedProcess([script, *args], code, stdout.getvalue(), stderr.getvalue())

@@ -10,6 +10,9 @@ A --data stacked-mnist run is judged by its digit classifier instead (train/repo
 {"step", "modes", "kl", "frechet", "real_modes", "real_kl", "real_frechet", "samples"}, the real_
 scores those of as many real samples (the floor a perfect generator would reach); 26,000 samples
 by default, as PacGAN's and VEEGAN's tables.
+
+--truncation PSI scores the samples of latents truncated at PSI (train/run/truncation.py), to
+report either score against psi; the JSON line then holds "truncation": PSI.
 """
 import argparse
 import json
@@ -33,6 +36,7 @@ from train.run.checkpoint import checkpoint_step
 from train.run.finished import FinishedRun, RunNotFound
 from train.run.multi_cpu import relaunch_on_cpu_processes
 from train.run.outcome import BAD_INPUT
+from train.run.truncation import TRUNCATION_HELP, TruncatedGenerator, truncation_psi
 
 FID_SAMPLES = 50_000
 
@@ -45,6 +49,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     stacked = data.spec.kind == "stacked-mnist"
     samples = args.samples or (REAL_FLOOR_SAMPLES if stacked else FID_SAMPLES)
     generator, checkpoint = run.ema_generator(args.checkpoint)
+    if args.truncation is not None:
+        generator = TruncatedGenerator(generator, args.truncation)
     # Evaluation needs neither mixed precision nor DDP: only the process group, on the CPU without CUDA.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     batch_size = args.batch_size or run.config.batch_size
@@ -59,7 +65,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if stacked:
         scores.update({f"real_{name}": value for name, value in evaluator.real_floor().items()})
     accelerator.end_training()
-    return {"step": checkpoint_step(checkpoint), **scores, "samples": samples}
+    truncation = {} if args.truncation is None else {"truncation": args.truncation}
+    return {"step": checkpoint_step(checkpoint), **scores, "samples": samples, **truncation}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="dataset split (default: the run's)")
     parser.add_argument("--image-column", default=None, help="image column (default: the run's)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON line to this file")
+    parser.add_argument("--truncation", type=truncation_psi, default=None, metavar="PSI", help=TRUNCATION_HELP)
     args = parser.parse_args(argv)
     if args.samples is not None and args.samples < 4:
         parser.error(f"--samples {args.samples}: must be at least 4")

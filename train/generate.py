@@ -12,6 +12,9 @@ once, and one that Pillow would not open without a decompression-bomb warning is
 
 --interpolate K: a PNG of N rows (default 8), each the generator along the great circle between
 two random latents in K steps; the left column is the grid's samples for the same --seed.
+--truncation PSI: every latent component beyond +-PSI redrawn until within it (the BigGAN truncation
+trick, train/run/truncation.py); strips and GIFs truncate their end and key latents, and the great
+circles between them may pass slightly outside.
 --gif: an animated GIF of the grid of N samples (default 16) whose latents walk a closed loop
 through M random keyframe latents (default 4) in F frames (default 48) at R frames per second
 (default 12); the first frame is the grid's samples for the same --seed. Toy runs animate the
@@ -38,6 +41,7 @@ from train.report.samples import PADDING, image_grid, samples_picture, save_png
 from train.run.finished import FinishedRun, RunNotFound
 from train.run.networks import render_samples
 from train.run.outcome import BAD_INPUT
+from train.run.truncation import TRUNCATION_HELP, truncated_latents, truncation_psi
 
 DEFAULT_N = {"grid": 64, "interpolate": 8, "gif": 16}
 DEFAULT_FRAMES, DEFAULT_FPS, DEFAULT_KEYFRAMES = 48, 12.0, 4
@@ -52,10 +56,11 @@ MAX_ANIMATION_PIXELS = 1 << 30  # every frame of a GIF is held until it is writt
 MAX_PLOTTED_POINTS = 1_000_000  # a 512x512 scatter plot shows no more; each point is a Python object
 
 
-def latent_draws(count: int, n: int, latent_dim: int, seed: int) -> torch.Tensor:
-    """(count, n, latent_dim) standard normal latents; draw 0 is the grid's latents for `seed`."""
+def latent_draws(count: int, n: int, latent_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
+    """(count, n, latent_dim) standard normal latents, truncated at `truncation` if given; draw 0 is
+    the grid's latents for `seed`."""
     rng = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randn(n, latent_dim, generator=rng) for _ in range(count)])
+    return torch.stack([truncated_latents(n, latent_dim, rng, truncation) for _ in range(count)])
 
 
 def slerp(start: torch.Tensor, end: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -78,17 +83,19 @@ def slerp(start: torch.Tensor, end: torch.Tensor, t: torch.Tensor) -> torch.Tens
     return (weight_start * start.double() + weight_end * end.double()).to(start.dtype)
 
 
-def interpolation_latents(n: int, steps: int, latent_dim: int, seed: int) -> torch.Tensor:
+def interpolation_latents(n: int, steps: int, latent_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
     """(n * steps, latent_dim), row by row: row i goes from the grid's latent i to a second draw's."""
-    start, end = latent_draws(2, n, latent_dim, seed)
+    start, end = latent_draws(2, n, latent_dim, seed, truncation)
     path = slerp(start, end, torch.linspace(0, 1, steps))  # (steps, n, D)
     return rearrange(path, "t n d -> (n t) d")
 
 
-def loop_latents(n: int, frames: int, keyframes: int, latent_dim: int, seed: int) -> torch.Tensor:
+def loop_latents(
+    n: int, frames: int, keyframes: int, latent_dim: int, seed: int, truncation: float | None = None
+) -> torch.Tensor:
     """(frames, n, latent_dim): a closed walk through `keyframes` draws, evenly spaced in frames, so
     frame k * frames / keyframes (when whole) is keyframe k and the last frame leads back to the first."""
-    keys = latent_draws(keyframes, n, latent_dim, seed)
+    keys = latent_draws(keyframes, n, latent_dim, seed, truncation)
     position = torch.arange(frames, dtype=torch.float64) * keyframes / frames
     segment, fraction = position.floor().long(), position - position.floor()
     return torch.stack(
@@ -148,7 +155,10 @@ def grid_pixels(n: int, side: int, columns: int | None = None) -> int:
     return (columns * (side + PADDING) + PADDING) * (math.ceil(n / columns) * (side + PADDING) + PADDING)
 
 
-def generate(run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu") -> None:
+def generate(
+    run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu",
+    truncation: float | None = None,
+) -> None:
     finished = FinishedRun(run)
     _check_output(output, (".npy", ".png"), "this run")
     _check_at_least("n", n, 1)
@@ -160,9 +170,9 @@ def generate(run: Path, n: int, output: Path, seed: int = 0, checkpoint: Path | 
     generator, _ = finished.ema_generator(checkpoint, device)
     with written("--output", output):
         if output.suffix == ".npy":
-            atomic_write(output, lambda tmp: write_samples_npy(tmp, finished, generator, n, seed))
+            atomic_write(output, lambda tmp: write_samples_npy(tmp, finished, generator, n, seed, truncation))
         else:
-            samples = render_samples(generator, latent_draws(1, n, finished.config.latent_dim, seed)[0])
+            samples = render_samples(generator, latent_draws(1, n, finished.config.latent_dim, seed, truncation)[0])
             save_picture([samples_picture(samples, *finished.modes())], output)
 
 
@@ -173,10 +183,13 @@ def npy_layout(finished: FinishedRun, n: int) -> tuple[tuple[int, ...], type]:
     return (n, 3, finished.config.resolution, finished.config.resolution), np.uint8
 
 
-def write_samples_npy(path: Path, finished: FinishedRun, generator: torch.nn.Module, n: int, seed: int) -> None:
+def write_samples_npy(
+    path: Path, finished: FinishedRun, generator: torch.nn.Module, n: int, seed: int, truncation: float | None = None
+) -> None:
     """The grid's `n` samples for `seed` as a .npy (npy_layout), a chunk at a time."""
     shape, dtype = npy_layout(finished, n)
-    chunks = sample_chunks(generator, n, finished.config.latent_dim, seed, npy_chunk(math.prod(shape[1:])))
+    chunk = npy_chunk(math.prod(shape[1:]))
+    chunks = sample_chunks(generator, n, finished.config.latent_dim, seed, chunk, truncation)
     write_npy(path, shape, dtype, (samples.numpy() if finished.is_points else to_uint8(samples).numpy() for samples in chunks))
 
 
@@ -195,13 +208,16 @@ def npy_chunk(sample_values: int) -> int:
     return max(16, min(NPY_CHUNK, NPY_CHUNK_VALUES // sample_values) // 16 * 16)
 
 
-def sample_chunks(generator: torch.nn.Module, n: int, latent_dim: int, seed: int, chunk: int) -> Iterator[torch.Tensor]:
+def sample_chunks(
+    generator: torch.nn.Module, n: int, latent_dim: int, seed: int, chunk: int, truncation: float | None = None
+) -> Iterator[torch.Tensor]:
     """The samples of the grid's latents for `seed` (latent_draws(1, n, ...)[0]), drawn `chunk` (a
     multiple of 16) at a time. The same numbers as one draw wherever n * latent_dim is a multiple
-    of 16: torch's CPU sampler fills normal values 16 at a time (tests/test_generate.py holds it)."""
+    of 16: torch's CPU sampler fills normal values 16 at a time (tests/test_generate.py holds it);
+    truncated latents are drawn 16 rows at a time in both (TRUNCATION_BLOCK)."""
     rng = torch.Generator().manual_seed(seed)
     for start in range(0, n, chunk):
-        yield render_samples(generator, torch.randn(min(chunk, n - start), latent_dim, generator=rng))
+        yield render_samples(generator, truncated_latents(min(chunk, n - start), latent_dim, rng, truncation))
 
 
 def write_npy(path: Path, shape: tuple[int, ...], dtype: type, chunks: Iterable[np.ndarray]) -> None:
@@ -221,7 +237,8 @@ def write_npy(path: Path, shape: tuple[int, ...], dtype: type, chunks: Iterable[
 
 
 def interpolate(
-    run: Path, n: int, steps: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu"
+    run: Path, n: int, steps: int, output: Path, seed: int = 0, checkpoint: Path | None = None, device: str = "cpu",
+    truncation: float | None = None,
 ) -> None:
     finished = FinishedRun(run)
     if finished.is_points:
@@ -235,7 +252,7 @@ def interpolate(
     check_writable("--output", output)
     _check_picture(finished, n, columns=steps)
     generator, _ = finished.ema_generator(checkpoint, device)
-    images = render_samples(generator, interpolation_latents(n, steps, finished.config.latent_dim, seed))
+    images = render_samples(generator, interpolation_latents(n, steps, finished.config.latent_dim, seed, truncation))
     with written("--output", output):
         save_picture([image_grid(images, columns=steps)], output)
 
@@ -250,6 +267,7 @@ def animate(
     seed: int = 0,
     checkpoint: Path | None = None,
     device: str = "cpu",
+    truncation: float | None = None,
 ) -> None:
     finished = FinishedRun(run)
     _check_output(output, (".gif",), "--gif")
@@ -264,7 +282,7 @@ def animate(
     modes, std = finished.modes()
     pictures = []
     # One frame at a time: 48 frames of 16 samples at 1024 px would be 10 GB of floats.
-    for latents in loop_latents(n, frames, keyframes, finished.config.latent_dim, seed):
+    for latents in loop_latents(n, frames, keyframes, finished.config.latent_dim, seed, truncation):
         pictures.append(samples_picture(render_samples(generator, latents), modes, std))
     with written("--output", output):
         save_picture(pictures, output, fps)
@@ -282,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents (default: 0)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint folder (default: the latest)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--truncation", type=truncation_psi, default=None, metavar="PSI", help=TRUNCATION_HELP)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--interpolate", type=int, metavar="K", help="write a .png strip: each row interpolates two latents in K steps")
     mode.add_argument("--gif", action="store_true", help="write a .gif of the grid walking a loop through latent space")
@@ -305,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write(args: argparse.Namespace) -> None:
-    common = {"seed": args.seed, "checkpoint": args.checkpoint, "device": args.device}
+    common = {"seed": args.seed, "checkpoint": args.checkpoint, "device": args.device, "truncation": args.truncation}
     if args.interpolate is not None:
         n = _given_or(args.n, DEFAULT_N["interpolate"])
         interpolate(args.run, n, args.interpolate, args.output, **common)

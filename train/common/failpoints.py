@@ -23,6 +23,7 @@ KNOWN = {
     "nonfinite_grad": "FIRST[:COUNT]",
     "out_of_memory": "FIRST[:COUNT]",
     "step_pause": "SECONDS",
+    "prepare_pause": "SECONDS[@STEP]",  # STEP: the shard after whose record `python -m train.data prepare` pauses
 }
 _FORMS = {"SECONDS": r"\d+(\.\d*)?", "SECONDS[@STEP]": r"\d+(\.\d*)?(@\d+)?", "STEP[:COUNT]": r"\d+(:\d+)?", "FIRST[:COUNT]": r"\d+(:\d+)?"}
 

@@ -1,8 +1,8 @@
 """Data sources behind one interface: each rank gets an endless, resumable stream of batches.
 
 A `--data` spec names the source: `synthetic`, `stacked-mnist`, `toy:8gaussians`, `toy:25gaussians`, a folder of
-images, `hf:<dataset-id>` or `parquet:<glob>`; the last three share one `datasets` streaming
-pipeline (streaming.py). Streams yield CPU tensors: uint8 images (N, 3, H, W) or float32 points
+images, `hf:<dataset-id>`, `parquet:<glob>` or `prepared:<dir>` (pixels decoded once by
+`python -m train.data prepare`); the last four share one `datasets` streaming pipeline (streaming.py). Streams yield CPU tensors: uint8 images (N, 3, H, W) or float32 points
 (N, 2); `to_model_input` turns them into model inputs on the device.
 """
 from typing import Protocol
@@ -27,6 +27,8 @@ __all__ = [
 
 
 class BatchStream(Protocol):
+    workers: int  # decoding worker processes it runs beside the rank (each takes a core: train/run/threads.py)
+
     def __next__(self) -> torch.Tensor: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
@@ -47,7 +49,7 @@ def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, 
         from train.data.stacked_mnist import StackedMNISTStream
 
         return StackedMNISTStream(options.resolution, batch_size, stream_seed(seed, rank, SeedPurpose.DATA))
-    # datasets and pyarrow cost seconds to import: only runs that stream pay them.
+    # datasets and pyarrow cost seconds to import: only runs that stream pay them (prepared ones too).
     from train.data.streaming import StreamingImages
 
     return StreamingImages(options, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)

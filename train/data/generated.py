@@ -21,6 +21,8 @@ def toy_modes(name: str) -> tuple[torch.Tensor, float]:
 class _GeneratedStream:
     """A stream drawn from a per-rank torch.Generator; its state is the generator state."""
 
+    workers = 0  # drawn in the calling process
+
     def __init__(self, seed: int):
         self.rng = torch.Generator().manual_seed(seed)
 

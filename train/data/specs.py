@@ -20,7 +20,7 @@ class DataError(RuntimeError):
 
 @dataclass(frozen=True)
 class DataSpec:
-    kind: str  # "synthetic" | "stacked-mnist" | "toy" | "folder" | "hf" | "parquet"
+    kind: str  # "synthetic" | "stacked-mnist" | "toy" | "folder" | "hf" | "parquet" | "prepared"
     name: str  # toy dataset name, folder path, hub id or glob
 
     @property
@@ -67,10 +67,15 @@ def parse_data_spec(spec: str) -> DataSpec:
                 " e.g. --data 'parquet:shards/*.parquet'"
             )
         return DataSpec("parquet", name)
+    if sep and kind == "prepared":
+        from train.data.prepared import read_manifest
+
+        read_manifest(Path(name).expanduser(), spec)  # missing or unreadable: refused here, with the command that makes it
+        return DataSpec("prepared", str(Path(name).expanduser()))
     folder = Path(spec).expanduser()
     if not folder.is_dir():
         raise DataSpecError(
-            f"--data {spec}: no such folder; pass a folder of images, hf:<dataset-id>, 'parquet:<glob>',"
+            f"--data {spec}: no such folder; pass a folder of images, hf:<dataset-id>, 'parquet:<glob>', prepared:<dir>,"
             " synthetic, stacked-mnist, or toy:8gaussians / toy:25gaussians"
         )
     if not image_files(folder):

@@ -1,4 +1,4 @@
-"""Hub datasets, parquet shards and image folders through one `datasets` streaming pipeline.
+"""Hub datasets, parquet shards, image folders and prepared pixels through one `datasets` streaming pipeline.
 
 Per rank: the stream is split by node (whole shards where the count allows, else row groups, else
 every world_size-th example), shuffled with the same seed on every rank, decoded in DataLoader
@@ -21,6 +21,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from train.common.seeds import SeedPurpose, stream_seed
 from train.common.stop_signals import STOP_SIGNALS
 from train.data.decode import ExtremeImage, ExtremeImageWarning, decode_image
+from train.data.device_decode import BrokenBatch, decode_batch, encoded_or_decoded
 from train.data.options import DataOptions
 from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
 
@@ -126,12 +127,13 @@ class DecodedBatches(IterableDataset):
         self.source, self.column, self.batch_size, self.seed, self.rank = source, column, batch_size, seed, rank
         self.resolution, self.celeba_crop, self.hflip = options.resolution, options.celeba_crop, options.hflip
         self.background = options.background
+        self.batch_decode_device = options.batch_decode_device
         self.epoch = 0
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         flips = random.Random(stream_seed(self.seed, self.rank, SeedPurpose.DATA_WORKER + (worker.id if worker else 0)))
-        images, read, skipped, empty_passes = [], 0, 0, 0
+        images, flipped, read, skipped, empty_passes = [], [], 0, 0, 0
         while True:
             self.source.set_epoch(self.epoch)
             decoded_this_epoch = 0
@@ -142,12 +144,11 @@ class DecodedBatches(IterableDataset):
                     skipped += 1
                     continue
                 decoded_this_epoch += 1
-                images.append(image.flip(-1) if self.hflip and flips.random() < 0.5 else image)
+                images.append(image)
+                flipped.append(self.hflip and flips.random() < 0.5)
                 if len(images) == self.batch_size:
-                    # In a worker, default_collate stacks straight into shared memory; a torch.stack
-                    # here would be copied there once more when the batch is sent to the rank.
-                    yield {"images": default_collate(images), "read": read, "skipped": skipped}
-                    images, read, skipped = [], 0, 0
+                    yield {**self._batch(images, flipped), "read": read, "skipped": skipped}
+                    images, flipped, read, skipped = [], [], 0, 0
             # Passes in a row with nothing readable: another would spin forever. Not one pass: with
             # every Nth row per process, a tiny source's share differs from pass to pass and one
             # pass can hold only its broken files.
@@ -158,13 +159,21 @@ class DecodedBatches(IterableDataset):
                 return
             self.epoch += 1
 
+    def _batch(self, images: list[torch.Tensor], flipped: list[bool]) -> dict:
+        if self.batch_decode_device is not None:  # JPEGs still encoded: the rank decodes, then flips
+            return {"encoded": images, "flipped": torch.tensor(flipped)}
+        # In a worker, default_collate stacks straight into shared memory; a torch.stack here would
+        # be copied there once more when the batch is sent to the rank.
+        return {"images": default_collate([image.flip(-1) if flip else image for image, flip in zip(images, flipped)])}
+
     def _decoded(self, cell: dict) -> torch.Tensor | None:
         """The row's image; None for a row skipped (and counted): corrupt, truncated or not an image,
         or an image of extreme shape or size, which a warning names as well."""
         data = b""
         try:
             data = _image_bytes(cell)
-            return decode_image(data, self.resolution, self.celeba_crop, self.background)
+            decode = decode_image if self.batch_decode_device is None else encoded_or_decoded
+            return decode(data, self.resolution, self.celeba_crop, self.background)
         except ExtremeImage as error:
             warnings.warn(f"skipped {_row_name(cell, data)}: {error} (counted in data_skipped)", ExtremeImageWarning, stacklevel=1)
             return None
@@ -180,27 +189,44 @@ class DecodedBatches(IterableDataset):
         self.source.load_state_dict(state["source"])
 
 
+def rank_source(options: DataOptions, rank: int, world_size: int) -> tuple[datasets.IterableDataset, str, str, type[DecodedBatches]]:
+    """This rank's rows, unshuffled: the dataset, its image column, how it was split (for the log)
+    and what turns its rows into batches. Split before shuffling: resharding must precede it."""
+    spec = options.spec
+    if spec.kind == "prepared":
+        from train.data.prepared import PIXELS
+        from train.data.prepared_source import PreparedBatches, prepared_source
+
+        source, how = shard_for_rank(prepared_source(options), spec, rank, world_size)
+        return source, PIXELS, how, PreparedBatches
+    source = load_source(spec, options.split)
+    column = image_column_of(source, spec, options.image_column)
+    source, how = shard_for_rank(source, spec, rank, world_size)
+    return source.select_columns([column]).cast_column(column, datasets.Image(decode=False)), column, how, DecodedBatches
+
+
 class StreamingImages:
     """This rank's endless, resumable stream of uint8 image batches from a `datasets` source."""
 
     def __init__(self, options: DataOptions, *, batch_size: int, seed: int, rank: int, world_size: int,
                  pin_memory: bool = False):
         self.spec = spec = options.spec
-        source = load_source(spec, options.split)
-        column = image_column_of(source, spec, options.image_column)
-        # Split before shuffling (resharding must precede it); the shuffle seed is the same on every
-        # rank, and DecodedBatches advances the epoch so every pass is reshuffled.
-        source, how = shard_for_rank(source, spec, rank, world_size)
-        source = source.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        self.options = options
+        source, column, how, batches = rank_source(options, rank, world_size)
+        # The shuffle seed is the same on every rank, and DecodedBatches advances the epoch so every
+        # pass is reshuffled.
         source = source.shuffle(seed=seed, buffer_size=options.shuffle_buffer)
-        self.workers = min(options.workers, source.num_shards)
+        # Prepared pixels are read in the rank's own process: a worker's hand-off through shared
+        # memory cost more than the reading it saves (measured with one worker: 1,400 against 29,000
+        # images/s at 256 px, and 16,000 against 55,000 at 64 px, bench/data_throughput.py's figures).
+        self.workers = 0 if spec.kind == "prepared" else min(options.workers, source.num_shards)
         if rank == 0:
             print(f"data {spec}: {how}, {self.workers} decoding worker{'s' if self.workers != 1 else ''} per process", flush=True)
         self.split_description = how
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 on torch >= 2.10
             self.loader = StatefulDataLoader(
-                DecodedBatches(source, column, options, batch_size, seed, rank),
+                batches(source, column, options, batch_size, seed, rank),
                 batch_size=None,
                 num_workers=self.workers,
                 pin_memory=pin_memory,
@@ -231,7 +257,21 @@ class StreamingImages:
             )
         self.read += batch["read"]
         self.skipped += batch["skipped"]
-        return batch["images"]
+        return batch["images"] if "images" in batch else self._decoded_here(batch)
+
+    def _decoded_here(self, batch: dict) -> torch.Tensor:
+        """A batch of encoded JPEGs decoded on --decode-device; a JPEG that fails counts as skipped."""
+        device = torch.device(self.options.batch_decode_device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU, as Accelerate set it
+        try:
+            images, failed = decode_batch(batch["encoded"], self.options.resolution, self.options.celeba_crop, device)
+        except BrokenBatch as error:
+            raise DataError(f"--data {self.spec}: {error} (--decode-device {device.type}); check the files,"
+                            " or decode them in the workers without --decode-device, which skips and counts each") from None
+        self.skipped += failed
+        flipped = batch["flipped"].to(device)[:, None, None, None]
+        return torch.where(flipped, images.flip(-1), images)
 
     def counters(self) -> dict[str, int]:
         return {"data_read": self.read, "data_skipped": self.skipped}

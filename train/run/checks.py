@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from models import POINT_MODELS, ModelOptionError, check_model
 from train.common.writable import nearest_existing, not_writable_reason
+from train.data.prepared import check_prepared
 from train.data.stacked_mnist import check_resolution as check_stacked_mnist_resolution
 from train.report.metrics import METRICS_FILE, MetricsDamaged, read_lines
 from train.run.checkpoint import latest_checkpoint
@@ -32,6 +33,7 @@ def check_config(config: "TrainConfig") -> None:
     check_wandb_names(config)
     check_deepspeed(config)
     check_data_and_model(config)
+    check_decode_device(config)
     config.check_recipe()
     for name in ("time_limit", "collective_timeout"):
         check_duration(name, getattr(config, name))
@@ -79,6 +81,8 @@ def check_data_and_model(config: "TrainConfig") -> None:
         spec = config.data_options.spec
         if spec.kind == "stacked-mnist":
             check_stacked_mnist_resolution(config.resolution)
+        if spec.kind == "prepared":  # the pixels were decoded once: the run's decoding flags must be those
+            check_prepared(config.data_options)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     try:
@@ -105,6 +109,25 @@ def check_data_and_model(config: "TrainConfig") -> None:
     if not spec.is_points and config.model in POINT_MODELS:
         image_models = " or ".join(m for m in models if m not in POINT_MODELS)
         raise ConfigError(f"--model {config.model} is for toy data; for images use --model {image_models}")
+
+
+def check_decode_device(config: "TrainConfig") -> None:
+    """--decode-device cuda needs a GPU to decode on, and images to decode."""
+    if config.decode_device == "cpu":
+        return
+    if config.runs_on_cpu():
+        why, other_fix = ("--cpu trains on the CPU", "drop --cpu") if config.cpu else (
+            "no CUDA GPU here (torch.cuda.is_available() is False)", "run on a machine with a GPU")
+        raise ConfigError(
+            f"--decode-device {config.decode_device}: {why}; drop --decode-device (the decoding workers decode on the"
+            f" CPU), or {other_fix}"
+        )
+    spec = config.data_options.spec
+    if not spec.is_streamed:
+        what = "pixels that prepare decoded once already" if spec.kind == "prepared" else "generated data"
+        raise ConfigError(
+            f"--decode-device {config.decode_device}: --data {config.data} is {what}, with no JPEGs to decode; drop --decode-device"
+        )
 
 
 def check_deepspeed(config: "TrainConfig") -> None:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from models import ModelOptions
 from train.data import DataOptions, parse_data_spec
+from train.data.device_decode import DECODE_DEVICES
 from train.data.specs import DEFAULT_HUB_DATASET
 from train.gan.augmented import AUGMENT_MODES, AugmentOptions
 from train.report.fid import INCEPTION_WEIGHTS, default_cache_dir
@@ -79,6 +80,11 @@ class TrainConfig:
     )
     shuffle_buffer: int = flag(1000, "rows in the streaming shuffle buffer", min=1)
     workers: int = flag(2, "decoding worker processes per rank (capped at the rank's shards)", min=0)
+    decode_device: str = flag(
+        "cpu", "where JPEGs are decoded: cpu (Pillow, in the decoding workers) or cuda (nvJPEG, a batch at a time on the"
+        " rank's GPU, the workers only reading bytes: for 512 and 1024 px, where CPU cores cannot keep up)",
+        choices=DECODE_DEVICES,
+    )
     model: str = flag("resnet", "generator/critic pair", choices=("dcgan", "resnet", "mlp"))
     latent_dim: int = flag(128, "size of the generator's input noise", min=1)
     channel_base: int = flag(4096, "conv width rule: channels = channel_base / resolution, within [16, channel_max] (4096: the WGAN-GP paper's widths at 64 px)", min=1)
@@ -131,6 +137,10 @@ class TrainConfig:
         None, "no, fp16 or bf16 (default: the accelerate config's); bf16 falls back to fp16 on GPUs without native bf16", choices=PRECISIONS
     )
     cpu: bool = flag(False, "train on the CPU even when a GPU is present")
+    threads: int | None = flag(
+        None, "intra-op CPU threads per process (default: $OMP_NUM_THREADS where you set it, else the CPUs this process"
+        " may use, shared among this machine's processes, less one per decoding worker)", type=int, min=1,
+    )
     deepspeed: int | None = flag(
         None, "DeepSpeed ZeRO stage for both networks, 1 (optimizer state partitioned) or 2 (and gradients)"
         " (default: the accelerate config's DeepSpeed stage, else off: DDP)", type=int,
@@ -236,6 +246,7 @@ class TrainConfig:
             shuffle_buffer=self.shuffle_buffer,
             workers=self.workers,
             background=self.alpha_background,
+            batch_decode_device=None if self.decode_device == "cpu" else self.decode_device,
         )
 
 

@@ -174,15 +174,20 @@ def build_parser(config_cls: type, description: str) -> argparse.ArgumentParser:
     # SUPPRESS defaults: the namespace then holds only the flags the user gave, which must win.
     parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(config_cls):
-        kwargs = {k: v for k, v in f.metadata.items() if k != "limits"}
-        limits = f.metadata.get("limits", Limits()).described()
-        kwargs["help"] = f"{kwargs['help']} (default: {f.default}{'; ' + limits if limits else ''})"
-        if isinstance(f.default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif "type" not in kwargs:
-            kwargs["type"] = type(f.default) if f.default is not None else str
-        parser.add_argument(flag_name(f.name), dest=f.name, **kwargs)
+        add_flag(parser, f)
     return parser
+
+
+def add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, **overrides: Any) -> None:
+    """The field's flag on `parser` (another tool's parser too, which declares it no second time)."""
+    kwargs = {**{k: v for k, v in f.metadata.items() if k != "limits"}, **overrides}
+    limits = f.metadata.get("limits", Limits()).described()
+    kwargs["help"] = f"{kwargs['help']} (default: {kwargs.get('default', f.default)}{'; ' + limits if limits else ''})"
+    if isinstance(f.default, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif "type" not in kwargs:
+        kwargs["type"] = type(f.default) if f.default is not None else str
+    parser.add_argument(flag_name(f.name), dest=f.name, **kwargs)
 
 
 def fits(value: Any, hint: Any) -> bool:

@@ -52,6 +52,7 @@ from train.run.report import RunReport
 from train.run.rollback import Rollback
 from train.run.state import TrainState
 from train.run.stop import GracefulStop
+from train.run.threads import set_threads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,7 @@ def _train(config: TrainConfig, make_objective: ObjectiveFactory, accelerator: A
     stream = open_stream(config.data_options, batch_size=config.batch_size, seed=config.seed,
                          rank=accelerator.process_index, world_size=accelerator.num_processes,
                          pin_memory=accelerator.device.type == "cuda")
+    accelerator.print(set_threads(config.threads, stream.workers).line())
     profiler = StepProfiler(config.profile, Path(config.out), accelerator.process_index,
                             print_table=accelerator.is_main_process)
     # Decoding workers are shut down on every way out, an error included, or the process cannot exit.

@@ -1,0 +1,222 @@
+"""train/data/prepare.py, prepared.py and prepared_source.py: images decoded once, trained from as pixels."""
+import io
+import itertools
+import json
+import os
+import signal
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import train_in_process
+from tests.fixtures import FEATURES, id_image, jpeg_bytes, row_ids, write_image_folder, write_parquet_shards
+from train.data import DataOptions, DataSpecError, open_stream, parse_data_spec
+from train.data.__main__ import main as data_main
+from train.data.decode import decode_image
+from train.data.prepare import PrepareRequest, prepare
+from train.data.prepared import MANIFEST, Manifest, Preprocessing, PreparedShardWarning, check_prepared
+
+ROWS, ROWS_PER_SHARD = 32, 8
+
+
+def prepared(source: str, to, resolution: int = 32, workers: int = 0, **options):
+    request = PrepareRequest(source, to, Preprocessing(resolution, **options), rows_per_shard=ROWS_PER_SHARD,
+                             workers=workers, progress=False)
+    return prepare(request)
+
+
+def stream(folder, rank: int = 0, world: int = 1, batch: int = 4, **options):
+    options = DataOptions(parse_data_spec(f"prepared:{folder}"), resolution=32, **{"hflip": False, "shuffle_buffer": 8, **options})
+    return open_stream(options, batch_size=batch, seed=0, rank=rank, world_size=world)
+
+
+def read_rows(source, batches: int) -> list[int]:
+    return [row for batch in itertools.islice(source, batches) for row in row_ids(batch)]
+
+
+@pytest.fixture(scope="module")
+def ids(tmp_path_factory):
+    """32 id images (tests/fixtures.py) from parquet, prepared at 32 px: 4 shards of 8."""
+    folder = tmp_path_factory.mktemp("prepared")
+    glob = write_parquet_shards(folder / "source", rows=ROWS, shards=2)
+    prepared(f"parquet:{glob}", folder / "pixels")
+    return folder / "pixels"
+
+
+def rgba_png(row: int) -> bytes:
+    """A 48x40 image with transparent pixels over colours that must not show through."""
+    pixels = np.random.default_rng(row).integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    pixels[::3, :, 3] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_prepared_pixels_equal_decode_image_exactly_with_crop_and_alpha(tmp_path):
+    blobs = [rgba_png(row) if row % 2 else jpeg_bytes(id_image(row, 40).resize((48, 40))) for row in range(12)]
+    (tmp_path / "source").mkdir()
+    records = [{"image": {"bytes": blob, "path": None}, "label": row} for row, blob in enumerate(blobs)]
+    datasets.Dataset.from_list(records, features=FEATURES).to_parquet(str(tmp_path / "source" / "train.parquet"))
+    flags = {"celeba_crop": 36, "background": (0, 128, 255)}
+    for workers in (0, 2):  # in this process, and over decoding processes
+        manifest = prepared(f"parquet:{tmp_path}/source/*.parquet", tmp_path / f"w{workers}", 16, workers, **flags).manifest
+        pixels = np.concatenate([np.load(tmp_path / f"w{workers}" / shard.file) for shard in manifest.shards])
+        expected = np.stack([decode_image(blob, 16, 36, (0, 128, 255)).numpy() for blob in blobs])
+        assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected)
+
+
+def test_the_manifest_names_source_options_counts_skipped_rows_and_checksums(tmp_path):
+    glob = write_parquet_shards(tmp_path / "source", rows=20, shards=1, corrupt_every=10)
+    manifest = prepared(f"parquet:{glob}", tmp_path / "pixels").manifest
+    record = json.loads((tmp_path / "pixels" / MANIFEST).read_text())
+    assert record["source"] == f"parquet:{glob}" and record["complete"] is True
+    assert record["preprocessing"] == {"resolution": 32, "celeba_crop": 0, "background": [255, 255, 255]}
+    assert (record["count"], record["skipped"]) == (18, 2) == (manifest.count, manifest.skipped)
+    assert [s["source_rows"] for s in record["shards"]] == [8, 8, 4] and all(len(s["crc32"]) == 8 for s in record["shards"])
+    assert all("sha1" in name for s in record["shards"] for name in s["skipped_rows"])
+    rows = sorted(read_rows(stream(tmp_path / "pixels", batch=6, workers=0), 3))
+    assert rows == [r for r in range(20) if r % 10 != 9]
+
+
+def test_a_killed_prepare_resumes_without_redoing_finished_shards(ids, tmp_path):
+    # What a kill while shard 3 was being written leaves: shards 0-2 recorded, a temporary file, an
+    # unfinished manifest.
+    folder = tmp_path / "pixels"
+    folder.mkdir()
+    for path in ids.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    manifest = Manifest.from_json((folder / MANIFEST).read_text())
+    manifest.shards, manifest.complete = manifest.shards[:3], False
+    manifest.write(folder)
+    (folder / "shard-00003.npy").unlink()
+    (folder / "shard-00003.1234.tmp.npy").write_bytes(b"half a shard")
+    finished = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-0000[0-2].npy")}
+    glob = ids.parent / "source" / "*.parquet"
+    with pytest.raises(DataSpecError, match="unfinished"):
+        check_prepared(DataOptions(parse_data_spec(f"prepared:{folder}"), 32))
+    assert prepared(f"parquet:{glob}", folder).written == [3]
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("shard-0000[0-2].npy")} == finished
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in ids.iterdir())
+    assert (folder / MANIFEST).read_text() == (ids / MANIFEST).read_text()
+
+
+def test_a_sigkilled_prepare_resumes_where_it_was_killed(tmp_path, monkeypatch):
+    # A fork rather than a new interpreter: the same real SIGKILL, without seconds of imports.
+    glob = write_parquet_shards(tmp_path / "source", rows=24, shards=1)
+    monkeypatch.setenv("FACEGAN_FAILPOINTS", "prepare_pause=600@0")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: prepare until the failpoint holds it after shard 0's record
+        try:
+            os.dup2(write, 2)
+            sys.stderr = os.fdopen(2, "w")
+            prepared(f"parquet:{glob}", tmp_path / "pixels")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as child:
+        said = next((line for line in child if "failpoint prepare_pause" in line), None)  # its word, not a sleep
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert said is not None
+    monkeypatch.delenv("FACEGAN_FAILPOINTS")
+    first = (tmp_path / "pixels" / "shard-00000.npy").stat().st_mtime_ns
+    assert [s.index for s in Manifest.from_json((tmp_path / "pixels" / MANIFEST).read_text()).shards] == [0]
+    result = prepared(f"parquet:{glob}", tmp_path / "pixels")
+    assert result.written == [1, 2] and result.manifest.complete and result.manifest.count == 24
+    assert (tmp_path / "pixels" / "shard-00000.npy").stat().st_mtime_ns == first
+
+
+def test_a_prepare_into_another_preparation_or_a_full_folder_is_refused(ids, tmp_path):
+    glob = ids.parent / "source" / "*.parquet"
+    with pytest.raises(DataSpecError, match=r"--to .*: it holds a preparation of parquet:.* with other settings"):
+        prepared(f"parquet:{glob}", ids, 64)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataSpecError, match="not empty"):
+        prepared(f"parquet:{glob}", tmp_path)
+
+
+def test_two_ranks_read_disjoint_rows_covering_one_pass_in_their_own_processes(ids):
+    streams = [stream(ids, rank, 2, workers=2) for rank in range(2)]
+    assert [s.workers for s in streams] == [0, 0]  # no hand-off through shared memory: it cost more than the reading
+    rows = [read_rows(s, 4) for s in streams]
+    assert all(len(set(r)) == len(r) == 16 for r in rows)
+    assert not set(rows[0]) & set(rows[1]) and set(rows[0]) | set(rows[1]) == set(range(ROWS))
+
+
+def test_the_resumed_stream_continues_the_pass_without_repeating_a_row(ids):
+    first = stream(ids, workers=0)
+    before = read_rows(first, 2)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)  # through a checkpoint file, loaded as weights only
+    buffer.seek(0)
+    resumed = stream(ids, workers=0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    after = read_rows(resumed, 4)  # 8 + 16 rows: within the first pass, less the shuffle buffer (8)
+    assert not set(before) & set(after) and len(set(after)) == len(after) == 16
+
+
+def test_batches_are_the_prepared_pixels_with_per_sample_random_flips(ids):
+    plain = torch.cat([next(stream(ids, batch=ROWS, workers=0))])
+    flipped = next(stream(ids, batch=ROWS, workers=0, hflip=True))
+    pixels = torch.from_numpy(np.concatenate([np.load(ids / f"shard-0000{i}.npy") for i in range(4)]))
+    assert sorted(row_ids(plain)) == list(range(ROWS)) and flipped.dtype == torch.uint8
+    by_id = {row: image for row, image in zip(row_ids(pixels), pixels)}
+    assert all(torch.equal(image, by_id[row]) for row, image in zip(row_ids(plain), plain))
+    mirrored = [torch.equal(f, p.flip(-1)) for f, p in zip(flipped, plain)]
+    assert any(mirrored) and not all(mirrored)
+    assert all(m or torch.equal(f, p) for m, f, p in zip(mirrored, flipped, plain))
+
+
+@pytest.mark.parametrize("flag, value, named", [
+    ("--resolution", ("64",), "--resolution 64: the data was prepared with --resolution 32"),
+    ("--celeba-crop", ("108",), "--celeba-crop 108: the data was prepared with --celeba-crop 0"),
+    ("--alpha-background", ("0", "0", "0"), "--alpha-background 0 0 0: the data was prepared with --alpha-background 255 255 255"),
+])
+def test_a_run_whose_decoding_flags_differ_from_the_preparation_is_refused_in_one_line(ids, tmp_path, flag, value, named):
+    flags = {"--resolution": ("32",), flag: value}
+    args = [item for name, values in flags.items() for item in (name, *values)]
+    result = train_in_process("train/dcgan.py", "--debug", "--data", f"prepared:{ids}", *args, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {named} (--data prepared:{ids}); train with the prepared value, or prepare the source again with yours"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_configuration_checks_refuse_a_mismatch_before_anything_is_built(ids):
+    from train.dcgan import DCGANConfig
+    from train.run.checks import check_data_and_model
+    from train.run.flags import ConfigError
+
+    check_data_and_model(DCGANConfig(data=f"prepared:{ids}", resolution=32, model="dcgan"))
+    with pytest.raises(ConfigError, match=r"^--resolution 64: the data was prepared with --resolution 32 "):
+        check_data_and_model(DCGANConfig(data=f"prepared:{ids}", resolution=64, model="dcgan"))
+
+
+@pytest.mark.parametrize("damage", ["a flipped byte", "truncated"])
+def test_a_damaged_shard_is_skipped_counted_and_named(ids, tmp_path, damage):
+    folder = tmp_path / "pixels"
+    folder.mkdir()
+    for path in ids.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    shard = folder / "shard-00001.npy"
+    data = bytearray(shard.read_bytes())
+    if damage == "a flipped byte":
+        data[-1] ^= 1
+    shard.write_bytes(bytes(data) if damage == "a flipped byte" else bytes(data[: len(data) // 2]))
+    source = stream(folder, batch=8, workers=0)
+    with pytest.warns(PreparedShardWarning, match=r"skipped the 8 images of .*shard-00001\.npy"):
+        rows = read_rows(source, 3)  # the whole first pass: 24 readable rows
+    assert sorted(rows) == [r for r in range(ROWS) if not 8 <= r < 16]
+    assert source.counters() == {"data_read": 32, "data_skipped": 8}
+
+
+def test_the_cli_prepares_an_image_folder_and_says_how_to_train_from_it(tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "faces", rows=6)
+    assert data_main(["prepare", str(folder), "--resolution", "32", "--to", str(tmp_path / "pixels"), "--workers", "1"]) == 0
+    assert f"prepared 6 images (0 unreadable rows skipped) in 1 shards at {tmp_path / 'pixels'}" in capsys.readouterr().out
+    assert sorted(read_rows(stream(tmp_path / "pixels", batch=6, workers=0), 1)) == list(range(6))
+    assert data_main(["prepare", str(folder), "--resolution", "0", "--to", str(tmp_path / "other")]) == 2

@@ -1,0 +1,91 @@
+"""How many intra-op threads a rank computes with: chosen from the CPUs it may use, not inherited.
+
+OpenMP threads spin while they wait, and a spinning thread holds its core. A rank that takes every
+core beside a second rank, a decoding worker or another run loses most of its time to that: on this
+project's 2-core CPU, two debug runs side by side took 136 s with torch's default threads against
+24 s with one thread each (one run alone: 17 s; issue 24). So each rank takes its share of the CPUs
+it may run on (`os.sched_getaffinity`, which follows taskset, cgroups' cpusets and Slurm's
+--cpus-per-task): the CPUs over the ranks on this machine, less one for each of its decoding
+workers, which decode on a core of their own while the rank trains. Hyperthreads count as the
+cores behind them (torch's own default is the physical cores: two threads on one core's
+hyperthreads only share its arithmetic units), so a run alone never takes more threads than
+torch would have given it.
+
+Precedence: --threads, then an OMP_NUM_THREADS the user set, then the share. torchrun writes
+OMP_NUM_THREADS=1 for every rank of a multi-rank launch when it is unset, which cannot be told
+apart from a user's 1 in the rank; so under torchrun a value of 1 is taken as torchrun's, and a
+user who wants one thread there says --threads 1.
+"""
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+OMP_VARIABLE = "OMP_NUM_THREADS"
+TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"  # set by torchrun (torch.distributed.run) in every rank
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """A rank's intra-op thread count and where it came from, said in one log line."""
+
+    threads: int
+    source: str  # "--threads", "OMP_NUM_THREADS" or "share"
+    cores: int
+    local_ranks: int
+    workers: int
+
+    def line(self) -> str:
+        plural = "s" if self.threads != 1 else ""
+        if self.source == "--threads":
+            return f"threads: {self.threads} intra-op thread{plural} per process (--threads)"
+        if self.source == OMP_VARIABLE:
+            return f"threads: {self.threads} intra-op thread{plural} per process ({OMP_VARIABLE}; --threads overrides it)"
+        return (
+            f"threads: {self.threads} intra-op thread{plural} per process: {self.cores} core{'s' if self.cores != 1 else ''} over {self.local_ranks}"
+            f" process{'es' if self.local_ranks != 1 else ''} on this machine, less {self.workers} decoding"
+            f" worker{'s' if self.workers != 1 else ''} each (--threads N to choose)"
+        )
+
+
+def user_omp_threads(environ: Mapping[str, str]) -> int | None:
+    """The thread count the user asked for in OMP_NUM_THREADS, or None: unset, not a positive
+    count (torch ignores such a value too), or torchrun's own 1."""
+    value = environ.get(OMP_VARIABLE, "").split(",")[0].strip()  # OpenMP's nested form: "4,2" is 4 at the top
+    if not value.isdigit() or int(value) < 1:
+        return None
+    if value == "1" and TORCHRUN_VARIABLE in environ:
+        return None
+    return int(value)
+
+
+def choose_threads(
+    cores: int, local_ranks: int, workers: int, requested: int | None = None, environ: Mapping[str, str] = {}
+) -> ThreadChoice:
+    """The intra-op threads of one rank among `local_ranks` on `cores` cores, each rank with `workers`
+    decoding workers; `requested` is --threads (None: not given)."""
+    local_ranks = max(1, local_ranks)
+    if requested is not None:
+        return ThreadChoice(requested, "--threads", cores, local_ranks, workers)
+    if (from_environment := user_omp_threads(environ)) is not None:
+        return ThreadChoice(from_environment, OMP_VARIABLE, cores, local_ranks, workers)
+    return ThreadChoice(max(1, cores // local_ranks - workers), "share", cores, local_ranks, workers)
+
+
+def set_threads(requested: int | None, workers: int, environ: Mapping[str, str] = os.environ) -> ThreadChoice:
+    """Choose this rank's threads from its CPU affinity, LOCAL_WORLD_SIZE (torchrun's ranks on this
+    machine) and its decoding workers, and set them; the choice, for the log."""
+    local_ranks = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    choice = choose_threads(usable_cores(), local_ranks, workers, requested, environ)
+    torch.set_num_threads(choice.threads)
+    return choice
+
+
+def usable_cores() -> int:
+    """The cores behind the CPUs this process may run on: its affinity, hyperthreads counted as the
+    machine's share of cores per logical CPU."""
+    logical = psutil.cpu_count(logical=True) or 1
+    physical = psutil.cpu_count(logical=False) or logical
+    return max(1, len(os.sched_getaffinity(0)) * physical // logical)
