@@ -70,6 +70,8 @@ def test_resume_auto_continues_a_run_with_a_checkpoint_and_starts_over_one_witho
         (["--model", "mlp"], "--model mlp is for toy data; for images use --model dcgan or resnet"),
         (["--data", "toy:9gaussians"], "unknown toy dataset"),
         (["--ema-decay", "1.0"], r"--ema-decay 1.0: must be in \[0, 1\)"),
+        (["--data", "toy:8gaussians", "--model", "mlp", "--augment", "ada"], "--augment ada: the augmentations transform images"),
+        (["--augment", "ada", "--ada-target", "1.5"], r"--ada-target 1.5: must be in \[0, 1\]"),
     ],
 )
 def test_bad_values_are_refused_naming_the_flag_and_the_fix(tmp_path, argv, message):

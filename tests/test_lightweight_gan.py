@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import assert_resumed_like_whole, completed
+from train.gan.augmented import Augmented, augmented
 from train.lightweight_gan import LightweightGANConfig, make_objective
 from train.report.metrics import read_metrics
 from train.run.config import ConfigError, load_config
@@ -74,6 +75,16 @@ def test_defaults_are_the_papers_and_debug_is_a_tiny_lightweight_pair(tmp_path):
     assert (d.data, d.model, d.resolution, d.max_steps, d.attn_resolutions) == ("synthetic", "lightweight", 64, 40, (16,))
 
 
+def test_fixed_diffaugment_stays_the_default_inside_the_objective_and_ada_or_none_take_it_out(tmp_path):
+    for mode, policy, wrapped in (("fixed", ("color", "translation", "cutout"), False), ("none", (), False), ("ada", (), True)):
+        c = config("--augment", mode, "--out", str(tmp_path / "r"))
+        objective = augmented(make_objective(c, None, torch.Generator()), c.augment_options(), None, lambda t: t)[0]
+        assert isinstance(objective, Augmented) == wrapped, mode
+        inner = objective.objective if wrapped else objective
+        assert inner.augment.policy == policy, mode
+    assert config("--out", str(tmp_path / "r")).augment == "fixed"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -82,6 +93,7 @@ def test_defaults_are_the_papers_and_debug_is_a_tiny_lightweight_pair(tmp_path):
         (["--gp-every", "0"], "--gp-every 0: must be at least 1"),
         (["--resolution", "64", "--attn-resolutions", "32"], "attention at 32 px is not possible at resolution 64; choose from 8, 16"),
         (["--data", "toy:8gaussians"], "is 2-D points, which this trainer's models do not take"),
+        (["--augment", "ada", "--diffaug-policy", "color"], "--augment ada: --diffaug-policy and --diffaug-probability are --augment fixed's"),
     ],
 )
 def test_bad_values_are_refused_naming_the_flag_and_the_fix(tmp_path, argv, message):

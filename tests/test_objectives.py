@@ -213,6 +213,7 @@ DDP_CASES = {
     **{name: (f"{__name__}:_ddp_step_matches_full_batch", (name, 1)) for name in ("mlp", "dcgan", "resnet")},
     "mlp, 2 micro-batches": (f"{__name__}:_ddp_step_matches_full_batch", ("mlp", 2)),
     "fastgan": (f"{__name__}:_lightweight_ddp_step_matches_full_batch", ()),
+    "ada": ("tests.test_ada:two_ranks_hold_the_one_process_p", ()),  # ADA's p, reduced over ranks
 }
 
 
@@ -228,6 +229,10 @@ def test_two_gloo_processes_give_the_full_batch_gradients(name, two_gloo_process
 
 def test_accumulated_micro_batches_on_two_processes_give_the_full_batch_gradients(two_gloo_processes):
     two_gloo_processes.assert_passed("mlp, 2 micro-batches")
+
+
+def test_two_gloo_processes_hold_the_ada_probability_of_one(two_gloo_processes):
+    two_gloo_processes.assert_passed("ada")
 
 
 # --- FastGANHinge: the lightweight GAN's objective -------------------------------------------

@@ -37,6 +37,10 @@ class LightweightGANConfig(TrainConfig):
     critic_steps: int = redeclared(TrainConfig, "critic_steps", 1, "discriminator updates per generator update (the paper's: 1)")
     lr: float = redeclared(TrainConfig, "lr", 2e-4, "Adam learning rate, both models (the paper's)")
     betas: tuple[float, float] = redeclared(TrainConfig, "betas", (0.5, 0.999), "Adam betas (the paper's)")
+    augment: str = redeclared(
+        TrainConfig, "augment", "fixed", "augmentation of every image the discriminator sees: fixed: --diffaug-policy with"
+        " --diffaug-probability (the paper's); ada: adaptive (Karras et al. 2020); none",
+    )
     diffaug_policy: str = flag("color,translation,cutout", "DiffAugment transformations, comma-separated; '' for none")
     diffaug_probability: float = flag(1.0, "probability that each transformation is applied to each image", min=0.0, max=1.0)
     recon_loss: str = flag("mse", "the decoders' reconstruction loss: mse, or lpips (needs torchvision's VGG16 weights on disk)", choices=RECON_LOSSES)
@@ -57,6 +61,7 @@ class LightweightGANConfig(TrainConfig):
         "out": "runs/debug-lightweight",
     }
     toy_preset: ClassVar[dict[str, Any]] = {}  # images only
+    objective_augments: ClassVar[tuple[str, ...]] = ("fixed",)  # FastGANHinge's own DiffAugment
 
     def model_options(self) -> ModelOptions:
         return dataclasses.replace(super().model_options(), attn_resolutions=self.attn_resolutions)
@@ -66,6 +71,13 @@ class LightweightGANConfig(TrainConfig):
             parse_policy(self.diffaug_policy)
         except ValueError as error:
             raise ConfigError(f"--diffaug-policy {self.diffaug_policy!r}: {error}") from None
+        fields = LightweightGANConfig.__dataclass_fields__
+        if self.augment != "fixed" and (self.diffaug_policy, self.diffaug_probability) != (
+                fields["diffaug_policy"].default, fields["diffaug_probability"].default):
+            raise ConfigError(
+                f"--augment {self.augment}: --diffaug-policy and --diffaug-probability are --augment fixed's;"
+                " drop them, or use --augment fixed"
+            )
         if self.instance_noise:
             raise ConfigError(
                 f"--instance-noise {self.instance_noise}: the discriminator's decoders would learn to reconstruct the"
@@ -80,7 +92,8 @@ class LightweightGANConfig(TrainConfig):
 
 def make_objective(config: LightweightGANConfig, scaler, rng) -> FastGANHinge:
     return FastGANHinge(
-        augment=DiffAugment(parse_policy(config.diffaug_policy), config.diffaug_probability),
+        # Under --augment ada or none the objective augments nothing itself (train/gan/augmented.py).
+        augment=DiffAugment(parse_policy(config.diffaug_policy) if config.augment == "fixed" else (), config.diffaug_probability),
         recon_loss=reconstruction_loss(config.recon_loss, rng.device),
         recon_weight=config.recon_weight,
         gp_weight=config.gp_weight,

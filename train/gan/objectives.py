@@ -47,7 +47,7 @@ class WGANGP:
         gp, _ = gradient_penalty(critic, interpolate(real, fake, alpha), self.scaler)
         wdist = d_real.mean() - d_fake.mean()
         loss = -wdist + self.gp_weight * gp
-        return loss, {"d_loss": loss.detach(), "wdist": wdist.detach(), "gp": gp.detach()}
+        return loss, {"d_loss": loss.detach(), "wdist": wdist.detach(), "gp": gp.detach(), "r_t": overfitting(d_real)}
 
     def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         loss = -critic(fake).float().mean()
@@ -58,6 +58,12 @@ class WGANGP:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def overfitting(d_real: torch.Tensor) -> torch.Tensor:
+    """r_t = E[sign(D(real))], ADA's overfitting heuristic (Karras et al. 2020, eq. 1): near 0 while the
+    critic cannot tell the training images from new ones, toward 1 as it learns them by heart."""
+    return d_real.detach().sign().mean()
 
 
 def _prefixed(draw: Draw, prefix: str) -> Draw:
@@ -118,7 +124,7 @@ class FastGANHinge:
             part, F.interpolate(crop_quarter(real, draw["quarters"]), size=part.shape[-1], mode="area")
         )
         loss = hinge + self.recon_weight * recon
-        stats = {"hinge": hinge, "recon": recon, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
+        stats = {"hinge": hinge, "recon": recon, "d_real": d_real.mean(), "d_fake": d_fake.mean(), "r_t": overfitting(d_real)}
         self.critic_calls += 1
         if self.gp_weight > 0 and self.critic_calls % self.gp_every == 0:
             # Lazy regularisation (Karras et al. 2020): every k-th call, k times the weight. The
@@ -187,7 +193,8 @@ class RpGAN:
         pairing = F.softplus(-(d_real - d_fake)).mean()
         penalty, stats = self.penalties(critic, real, fake, self.scaler)
         loss = pairing + penalty
-        stats = {**stats, "d_loss": loss, "pairing": pairing, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
+        stats = {**stats, "d_loss": loss, "pairing": pairing, "d_real": d_real.mean(), "d_fake": d_fake.mean(),
+                 "r_t": overfitting(d_real)}
         return loss, {k: v.detach() for k, v in stats.items()}
 
     def generator_loss(self, critic: nn.Module, fake: torch.Tensor, real: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
@@ -265,7 +272,8 @@ class NonSaturating:
         real_targets = self.labels.targets("real", len(d_real), d_real.device, self.rng)
         fake_targets = self.labels.targets("fake", len(d_fake), d_fake.device, self.rng)
         loss = F.binary_cross_entropy_with_logits(d_real, real_targets) + F.binary_cross_entropy_with_logits(d_fake, fake_targets)
-        stats = {"d_loss": loss, "d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
+        stats = {"d_loss": loss, "d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean(),
+                 "r_t": overfitting(d_real)}
         return loss, {k: v.detach() for k, v in stats.items()}
 
     def generator_loss(self, critic: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, Stats]:

@@ -12,6 +12,8 @@ from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 
 from train.common.seeds import SeedPurpose, stream_seed
+from train.gan.ada import AdaController
+from train.gan.augmented import augmented
 from train.gan.objectives import Objective
 from train.run import zero
 from train.run.config import TrainConfig, collective_timeout_seconds
@@ -75,6 +77,7 @@ class Training:
     # the EMA follows. accelerator.unwrap_model would find it too, but imports DeepSpeed (half a
     # second of every run's start) only to ask whether the model is one of its engines.
     generator_module: nn.Module
+    ada: AdaController | None = None  # ADA's p, stepped by the loop after each step (train/gan/ada.py)
 
     def latents(self) -> torch.Tensor:
         config = self.config
@@ -127,6 +130,7 @@ def build_training(
         generator, critic, g_opt, d_opt = prepare(accelerator, generator, critic, g_opt, d_opt)
         updates, scaler = DataParallelUpdates(accelerator, config.grad_accum), accelerator.scaler
     latent_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, rank, SeedPurpose.LATENTS))
-    objective = make_objective(config, scaler, latent_rng)
+    objective, ada = augmented(make_objective(config, scaler, latent_rng), config.augment_options(), latent_rng,
+                               reduce=lambda totals: accelerator.reduce(totals, reduction="sum"))
     return Training(config, accelerator, generator, critic, g_opt, d_opt, updates, ema, objective, latent_rng,
-                    generator_module)
+                    generator_module, ada)

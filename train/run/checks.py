@@ -98,6 +98,8 @@ def check_data_and_model(config: "TrainConfig") -> None:
         raise ConfigError(f"--model {config.model}: --data {config.data} is 2-D points; use --model mlp")
     if spec.is_points and config.fid_every:
         raise ConfigError(f"--fid-every {config.fid_every}: FID compares images, --data {config.data} is points; use --fid-every 0")
+    if spec.is_points and config.augment != "none":
+        raise ConfigError(f"--augment {config.augment}: the augmentations transform images, --data {config.data} is points; use --augment none")
     if config.fid_every and config.fid_samples < 4:
         scores = (  # what --fid-every evaluates on this data (train/run/evaluation.py)
             "the Stacked MNIST scores need at least 4 (26000 for PacGAN's tables)"

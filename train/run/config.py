@@ -13,6 +13,7 @@ from models import ModelOptions
 from train.data import DataOptions, parse_data_spec
 from train.data.device_decode import DECODE_DEVICES
 from train.data.specs import DEFAULT_HUB_DATASET
+from train.gan.augmented import AUGMENT_MODES, AugmentOptions
 from train.report.fid import INCEPTION_WEIGHTS, default_cache_dir
 from train.report.monitor import CollapseThresholds
 from train.report.tracking import WANDB_MODES
@@ -108,6 +109,14 @@ class TrainConfig:
     instance_noise_decay: float = flag(4.0, "instance noise: k in A*exp(-k*t/T)")
     instance_noise_steps: int = flag(8000, "instance noise: T in A*exp(-k*t/T), in generator steps")
     instance_noise_real_only: bool = flag(False, "instance noise on real samples only (the sound form adds it to real and fake)")
+    augment: str = flag(
+        "none", "augmentation of every image the critic sees, real and generated, in both phases: none; fixed: DiffAugment's"
+        " colour, translation and cutout on every image (Zhao et al. 2020); ada: those and an x-flip, each with a"
+        " probability p steered by the overfitting heuristic (Karras et al. 2020; p and r_t in metrics.jsonl)",
+        choices=AUGMENT_MODES,
+    )
+    ada_target: float = flag(0.6, "ADA: the target of r_t = E[sign(D(real))]; p rises while r_t is above it (the paper's 0.6)", min=0.0, max=1.0)
+    ada_kimg: float = flag(500.0, "ADA: thousands of real images over which p can go from 0 to 1 (stylegan2-ada's 500)", min=0.0, exclusive_min=True)
     ema_decay: float = flag(0.999, "decay of the generator EMA used for samples (warmed up over the first steps)", min=0.0, max=1.0, exclusive_max=True)
     max_steps: int = flag(100_000, "generator steps to train for", min=1)
     seed: int = flag(0, "base seed; each rank draws latents from its own stream derived from it", min=0, max=SEED_MAX)
@@ -191,6 +200,9 @@ class TrainConfig:
     # Flags whose value brings settings of its own, {flag: {value: {field: value}}}: defaults that the
     # flags given still override (train/dcgan.py's --networks).
     choice_presets: ClassVar[dict[str, dict[Any, dict[str, Any]]]] = {}
+    # The --augment modes the recipe's objective applies itself (the lightweight GAN's DiffAugment);
+    # the others wrap the objective (train/gan/augmented.py).
+    objective_augments: ClassVar[tuple[str, ...]] = ()
 
     def check_recipe(self) -> None:
         """A recipe's own checks of its own fields; raise ConfigError."""
@@ -215,6 +227,11 @@ class TrainConfig:
             channel_max=self.channel_max, critic_norm=self.critic_norm, mlp_hidden=self.mlp_hidden,
             g_spectral_norm=self.g_spectral_norm, d_spectral_norm=self.d_spectral_norm, pack=self.pack,
         )
+
+    def augment_options(self) -> AugmentOptions:
+        """What wraps the objective: 'none' where the recipe's objective augments by itself."""
+        mode = "none" if self.augment in self.objective_augments else self.augment
+        return AugmentOptions(mode, ada_target=self.ada_target, ada_kimg=self.ada_kimg)
 
     @functools.cached_property
     def data_options(self) -> DataOptions:

@@ -260,6 +260,8 @@ def adversarial_step(run: Run, step: int, first_steps: bool = False) -> RunEnd |
         if first_steps and is_out_of_memory(error):
             raise batch_too_large(run.config, step, training.accelerator.device, error) from None
         raise
+    if training.ada is not None:
+        training.ada.after_step(step)  # collective every few steps: every rank's p moves alike
     state.skipped_steps += result.skipped_updates
     if result.generator_updated:
         training.ema.update(training.generator_module)

@@ -45,10 +45,12 @@ def resolve_config(config_cls: type[Config], given: dict[str, Any]) -> Config:
             )
         if "deepspeed" in given and given["deepspeed"] != saved.get("deepspeed"):
             raise ConfigError(_checkpoint_kind_differs(out, given["deepspeed"], saved.get("deepspeed")))
-        for name in config_cls.architecture_fields:
-            if name in given and _plain(given[name]) != _plain(saved.get(name)):
+        # --augment too: the objective's state in each checkpoint (ADA's p) follows it.
+        for name in (*config_cls.architecture_fields, "augment"):
+            was = saved.get(name, config_cls.__dataclass_fields__[name].default)  # a run from before the field: its default
+            if name in given and _plain(given[name]) != _plain(was):
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} {given[name]} differs from the run in {out} ({_plain(saved.get(name))});"
+                    f"--{name.replace('_', '-')} {given[name]} differs from the run in {out} ({_plain(was)});"
                     " drop the flag to resume, or start a new run in another --out"
                 )
         values.update({k: v for k, v in saved.items() if k not in SESSION_FIELDS})
