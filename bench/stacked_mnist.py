@@ -260,9 +260,21 @@ def train_and_score(name: str, seed: int, settings: Settings, judge: Judge) -> R
     result = run_on_one_thread(argv, settings.out / f"{name}-seed{seed}.log", cpu_budget_s=settings.seconds)
     ran = (name, seed, tuple(argv[1:]), result.wall_s, result.cpu_s)
     if result.returncode not in (0, 75):  # 75: stopped at its CPU budget (or the backstop), as intended
-        return RunResult(*ran, error=f"exit {result.returncode}: {last_line(result.output)}")
-    step, scores = judge.score_run(settings.out / f"{name}-seed{seed}", settings.samples)
-    return RunResult(*ran, step, **scores)
+        return recorded(RunResult(*ran, error=f"exit {result.returncode}: {last_line(result.output)}"), settings)
+    try:
+        step, scores = judge.score_run(settings.out / f"{name}-seed{seed}", settings.samples)
+    except Exception as error:  # noqa: BLE001 (one run's failed scoring is that run's row, never the whole table's end)
+        return recorded(RunResult(*ran, error=f"scoring failed: {type(error).__name__}: {error}"), settings)
+    return recorded(RunResult(*ran, step, **scores), settings)
+
+
+def recorded(result: RunResult, settings: Settings) -> RunResult:
+    """`result`, also written beside its run as `<recipe>-seed<N>.json` as soon as it is known: a
+    bench that dies later keeps every finished run's figures."""
+    from train.common.atomic import atomic_write_text
+
+    atomic_write_text(settings.out / f"{result.recipe}-seed{result.seed}.json", json.dumps(dataclasses.asdict(result), indent=1) + "\n")
+    return result
 
 
 def run_all(settings: Settings, judge: Judge) -> list[RunResult]:

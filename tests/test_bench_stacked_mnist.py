@@ -85,6 +85,7 @@ def test_one_recipe_trained_for_its_seconds_is_scored_as_evaluate_py_scores_it(c
     assert record["settings"]["seconds"] == 9 and record["settings"]["samples"] == 200
     assert run["cpu_s"] >= 9  # stopped by its CPU budget (SIGTERM below), not the wall-clock backstop
     assert json.loads((out / "gan-seed0" / "exit_status.json").read_text())["reason"] == "SIGTERM"
+    assert json.loads((out / "gan-seed0.json").read_text()) == run  # written as soon as the run was scored
 
     evaluated = completed(tool_in_process("train/evaluate.py", "--run", str(out / "gan-seed0"), "--samples", "200"))
     scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
