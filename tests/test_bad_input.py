@@ -217,6 +217,8 @@ CASES = [
     Case("--gradient-clipping 1 without --deepspeed", [*DEBUG, "--gradient-clipping", "1"],
          "--gradient-clipping 1.0: a value of 0 or more, and only with --deepspeed"),
     Case("--ema-decay 1", [*DEBUG, "--ema-decay", "1"], "--ema-decay 1.0: must be in [0, 1)"),
+    Case("--ada-target 1.5", [*DEBUG, "--ada-target", "1.5"], "--ada-target 1.5: must be in [0, 1]"),
+    Case("--ada-kimg 0", [*DEBUG, "--ada-kimg", "0"], "--ada-kimg 0.0: must be above 0"),
     Case("--collapse-diversity-drop 1", [*DEBUG, "--collapse-diversity-drop", "1"], "--collapse-diversity-drop 1.0: must be in [0, 1)"),
     Case("--time-limit soon", [*DEBUG, "--time-limit", "soon"], "--time-limit soon: 'soon' is not a duration; give a duration"),
     Case("--time-limit 0", [*DEBUG, "--time-limit", "0"], "--time-limit 0: it is no time at all"),
