@@ -69,6 +69,7 @@ def exported_by_the_cli(run, output, export_format: str) -> None:
     assert max_difference(generator, output, export_format, torch.randn(7, finished.config.latent_dim)) <= 1e-4
 
 
+@pytest.mark.slow  # a lightweight run to train (5 s) and onnx to import: the whole suite runs it, the inner loop need not
 def test_the_cli_exports_the_lightweight_run_to_onnx_with_a_symbolic_batch(lightweight_run, tmp_path):
     exported_by_the_cli(lightweight_run, tmp_path / "G.onnx", "onnx")
     batch = onnx.load(str(tmp_path / "G.onnx")).graph.input[0].type.tensor_type.shape.dim[0]

@@ -186,6 +186,7 @@ def test_a_finished_run_rerun_with_resume_says_so_and_leaves_its_metrics_alone(f
     assert listing(out / "checkpoints") == checkpoints
 
 
+@pytest.mark.slow  # it waits out the stop's grace after the run's end (AFTER_END_GRACE_S): the whole suite runs it, the inner loop need not
 def test_a_stop_signal_after_the_run_has_ended_ends_a_process_that_would_hang(tmp_path):
     with started([sys.executable, "-c", ENDED_THEN_HANGS], stdout=subprocess.PIPE, text=True) as process:
         assert read_line(process) == "ready"
