@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launch.prepare_once import prepared_data
 from train.run.checkpoint import checkpoint_step, latest_checkpoint
 from train.run.outcome import EXIT_STATUS_FILE, RunStatus
 
@@ -35,6 +36,9 @@ class Session:
     flags: list[str] = field(default_factory=list)
     restored_from: Path | None = None
     deepspeed: int | None = None  # ZeRO stage 1 or 2 (README, "DeepSpeed"); None: DDP
+    prepare_root: Path | None = None  # where a streamed source is prepared once (launch/prepare_once.py); None: never
+    inputs: Path | None = None  # a previous session's attached output (Kaggle), to reuse its preparation
+    prepare_workers: int | None = None  # decoding processes; None: one per CPU
 
     def command(self) -> list[str]:
         launch = ["accelerate", "launch"]
@@ -114,10 +118,12 @@ def kaggle_session(
     inputs: Path = KAGGLE_INPUT,
     working: Path = KAGGLE_WORKING,
     deepspeed: int | None = None,
+    prepare: bool = True,
 ) -> Session:
     """A Kaggle session: both T4s with fp16, the run in /kaggle/working/<run_name>, and, when a
     previous session's output is attached as input, that run copied back to continue it.
-    `deepspeed`: ZeRO stage 1 or 2 for both networks (off by default: DDP)."""
+    `deepspeed`: ZeRO stage 1 or 2 for both networks (off by default: DDP). `prepare`: a streamed
+    source is decoded once into /kaggle/working/prepared and reused by later sessions."""
     check_trainer(trainer, deepspeed)
     out = Path(working) / run_name
     restored = None
@@ -133,7 +139,8 @@ def kaggle_session(
     except ImportError:
         use_wandb_secret(lambda name: None)
     count, precision = gpu_setup(processes)
-    return Session(trainer, out, count, precision, time_limit, list(flags), restored, deepspeed)
+    return Session(trainer, out, count, precision, time_limit, list(flags), restored, deepspeed,
+                   prepare_root=Path(working) if prepare else None, inputs=Path(inputs))
 
 
 def colab_session(
@@ -144,10 +151,12 @@ def colab_session(
     drive: Path = COLAB_DRIVE,
     fallback: Path = Path("/content/facegan"),
     deepspeed: int | None = None,
+    prepare: bool = True,
 ) -> Session:
     """A Colab session: one GPU, fp16 on a T4 and bf16 on an A100 or L4, the run on Google Drive
     when it is mounted (so a disconnect loses nothing), resumed from there on the next session.
-    `deepspeed`: ZeRO stage 1 or 2 (off by default: DDP)."""
+    `deepspeed`: ZeRO stage 1 or 2 (off by default: DDP). `prepare`: a streamed source is decoded
+    once into the same folder's prepared/ and reused by later sessions."""
     check_trainer(trainer, deepspeed)
     if Path(drive).is_dir():
         out = Path(drive) / "facegan" / run_name
@@ -161,11 +170,22 @@ def colab_session(
     except ImportError:
         use_wandb_secret(lambda name: None)
     _, precision = gpu_setup(1)
-    return Session(trainer, out, 1, precision, time_limit, list(flags), deepspeed=deepspeed)
+    return Session(trainer, out, 1, precision, time_limit, list(flags), deepspeed=deepspeed,
+                   prepare_root=out.parent if prepare else None)
 
 
 def run(session: Session, dry_run: bool = False) -> int:
-    """Print the command, run it with its output streamed into the notebook, and say how it ended."""
+    """Prepare the data once (not in a dry run), print the command, run it with its output streamed
+    into the notebook, and say how it ended."""
+    if session.prepare_root is not None and not dry_run:
+        from train.data.specs import DataSpecError
+
+        try:
+            session.flags = prepared_data(session.trainer, session.flags, session.out, session.prepare_root, session.inputs,
+                                          session.prepare_workers)
+        except DataSpecError as error:  # the source cannot be read (offline hub, no such folder): said as the trainer says it
+            print(f"error: {error}")
+            return 2
     command = session.command()
     print(shlex.join(command), flush=True)
     if dry_run:

@@ -18,6 +18,8 @@ from launch.notebook import (
     run,
     use_wandb_secret,
 )
+from launch.prepare_once import prepared_data
+from tests.fixtures import write_image_folder
 from train.report.metrics import read_metrics
 
 KAGGLE = ROOT / "launch" / "kaggle" / "facegan_kaggle.ipynb"
@@ -102,6 +104,32 @@ def test_dry_runs_print_the_command_of_each_notebook_path(tmp_path, capsys, no_w
     assert f"train/dcgan.py --out {tmp_path}/working/d --resume auto --label-jitter 0.1" in capsys.readouterr().out
 
 
+def test_a_streamed_source_is_prepared_once_and_the_next_session_takes_it_from_the_attached_output(tmp_path, capsys):
+    images = write_image_folder(tmp_path / "faces", 12)
+    flags = ["--data", str(images), "--resolution", "32", "--celeba-crop", "8"]
+    first = prepared_data("dcgan", flags, tmp_path / "s1" / "run", tmp_path / "s1", workers=0)
+    folder = Path(first[-1].removeprefix("prepared:"))
+    assert first[:-2] == flags and first[-2] == "--data" and folder.parent == tmp_path / "s1" / "prepared"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["count"] == 12
+    assert manifest["preprocessing"] == {"resolution": 32, "celeba_crop": 8, "background": [255, 255, 255]}
+    assert "preparing" in capsys.readouterr().out
+
+    # The next Kaggle session: a new /kaggle/working, the first one's attached as an input.
+    second = prepared_data("dcgan", flags, tmp_path / "s2" / "run", tmp_path / "s2", inputs=tmp_path / "s1", workers=0)
+    again = Path(second[-1].removeprefix("prepared:"))
+    assert again == tmp_path / "s2" / "prepared" / folder.name
+    printed = capsys.readouterr().out
+    assert f"continues from {folder}" in printed and "preparing" not in printed
+    assert [(f.name, f.read_bytes()) for f in sorted(again.iterdir())] == [(f.name, f.read_bytes()) for f in sorted(folder.iterdir())]
+
+    # Other decoding flags are another preparation; data that is not streamed is left as it is.
+    other = prepared_data("dcgan", flags[:-2], tmp_path / "s1" / "run2", tmp_path / "s1", workers=0)
+    assert Path(other[-1].removeprefix("prepared:")) != folder
+    assert prepared_data("dcgan", ["--debug"], tmp_path / "s3" / "run", tmp_path / "s3") == ["--debug"]
+    assert not (tmp_path / "s3").exists()
+
+
 def execute(notebook: Path, output: Path, **parameters) -> str:
     """Run a notebook top to bottom in a fresh kernel; returns everything its cells printed."""
     papermill.execute_notebook(
@@ -115,19 +143,23 @@ def execute(notebook: Path, output: Path, **parameters) -> str:
 @pytest.mark.slow
 def test_the_kaggle_notebook_stops_at_its_time_limit_and_the_next_session_continues_from_its_output(tmp_path, no_wandb_env):
     first, second = tmp_path / "session1", tmp_path / "session2"
-    flags = ["--debug", "--max-steps", "400", "--log-every", "1"]
+    images = str(write_image_folder(tmp_path / "faces", 16))
+    flags = ["--debug", "--data", images, "--max-steps", "400", "--log-every", "1"]
     # A limit shorter than the start-up: the session stops at its first step's end, as test_stop shows.
     printed = execute(KAGGLE, tmp_path / "k1.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT="1s",
                       INPUTS=str(tmp_path / "none"), WORKING=str(first))
     assert "no WANDB_API_KEY secret, so the run logs offline" in printed
     assert "stopped early with a checkpoint" in printed
     stopped = json.loads((first / "run" / "exit_status.json").read_text())["step"]
+    prepared = json.loads((first / "run" / "config.json").read_text())["data"]
+    assert "preparing" in printed and prepared.startswith(f"prepared:{first / 'prepared'}")
 
     # The next session: the first one's /kaggle/working attached as an input.
-    flags = ["--debug", "--max-steps", str(stopped + 2), "--log-every", "1"]
+    flags = ["--debug", "--data", images, "--max-steps", str(stopped + 2), "--log-every", "1"]
     printed = execute(KAGGLE, tmp_path / "k2.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT=None,
                       INPUTS=str(tmp_path), WORKING=str(second))
     assert f"continuing the run from {first / 'run'}" in printed
+    assert "preparing" not in printed and json.loads((second / "run" / "config.json").read_text())["data"] == prepared
     assert f"resumed from step {stopped}" in printed and "finished:" in printed
     assert [r["step"] for r in read_metrics(second / "run" / "metrics.jsonl")] == list(range(1, stopped + 3))
 
