@@ -4,10 +4,10 @@ an image folder) prepares it at the run's resolution into the notebook's persist
 `--data prepared:DIR`. Later sessions reuse it: on Kaggle it is copied back from the attached output
 with the run, finished or not (`prepare` continues an unfinished one without redoing its shards).
 
-The run's own settings decide what is prepared: its trainer's defaults and presets, the session's
-flags, and a continuing run's config.json (train/run/resolve.py), so the pixels match what the run
-would decode. A run that already has checkpoints keeps its data as it is: a stream is never swapped
-under a run mid-way.
+The run's own settings decide what is prepared: its trainer's defaults and presets and the session's
+flags, resolved as the trainer resolves them (train/run/resolve.py), so the pixels match what the run
+would decode. A run that already has checkpoints keeps the data its config.json names, whatever the
+flags say: a stream is never swapped under a run mid-way (a prepared one is restored and named again).
 """
 import hashlib
 import importlib
@@ -28,7 +28,7 @@ def prepared_data(trainer: str, flags: list[str], out: Path, root: Path, inputs:
                   workers: int | None = None) -> list[str]:
     """`flags`, with `--data prepared:DIR` added where the run will read a streamed source for the
     first time, after preparing it into `root/prepared/<name>` (or restoring it from `inputs`)."""
-    from train.data.specs import DataSpecError, parse_data_spec
+    from train.data.specs import DataSpecError
     from train.run.flags import ConfigError
 
     if latest_checkpoint(out) is not None:  # a continuing run: never a new stream under it
@@ -41,17 +41,17 @@ def prepared_data(trainer: str, flags: list[str], out: Path, root: Path, inputs:
         _restore(Path(saved.removeprefix(PREPARED_KIND)), inputs)
         return [*flags, "--data", saved]
     try:
-        config = _run_config(trainer, flags, out)
-        if not parse_data_spec(config.data).is_streamed:
-            return flags
+        options = _run_config(trainer, flags, out).data_options
     except (ConfigError, DataSpecError):
         return flags  # the trainer refuses it in one line, as it would without the notebook
-    folder = Path(root) / PREPARED_FOLDER / _name(config)
+    if not options.spec.is_streamed:
+        return flags
+    folder = Path(root) / PREPARED_FOLDER / _name(options)
     if not _complete(folder):
         _restore(folder, inputs)
     if not _complete(folder):
-        _prepare(config, folder, workers if workers is not None else os.cpu_count() or 1)
-    print(f"training from the prepared data in {folder} (decoded once at {config.resolution} px)")
+        _prepare(options, folder, workers if workers is not None else os.cpu_count() or 1)
+    print(f"training from the prepared data in {folder} (decoded once at {options.resolution} px)")
     return [*flags, "--data", f"{PREPARED_KIND}{folder}"]
 
 
@@ -67,19 +67,23 @@ def _run_config(trainer: str, flags: list[str], out: Path):
     return resolve_config(config_cls, {**vars(given), "out": str(out)})
 
 
-def _name(config) -> str:
+def _name(options) -> str:
     """A folder name that says the source and resolution, and differs for any other decoding."""
-    settings = (config.data, config.split, config.image_column, config.resolution, config.celeba_crop, tuple(config.alpha_background))
-    readable = re.sub(r"[^A-Za-z0-9]+", "-", config.data.rsplit("/", 2)[-1] if "/" in config.data else config.data).strip("-")
-    return f"{readable[:40]}-{config.resolution}px-{hashlib.sha256(repr(settings).encode()).hexdigest()[:8]}"
+    from train.data.prepared import Preprocessing
+
+    source = str(options.spec)
+    settings = (source, options.split, options.image_column, Preprocessing.of(options))
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", source.rsplit("/", 1)[-1]).strip("-")
+    return f"{readable[:40]}-{options.resolution}px-{hashlib.sha256(repr(settings).encode()).hexdigest()[:8]}"
 
 
 def _complete(folder: Path) -> bool:
-    from train.data.prepared import MANIFEST, Manifest
+    from train.data.prepared import read_manifest
+    from train.data.specs import DataSpecError
 
     try:
-        return Manifest.from_json((folder / MANIFEST).read_text()).complete
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_manifest(folder, str(folder)).complete
+    except DataSpecError:  # none yet, or unreadable: prepare (again)
         return False
 
 
@@ -97,11 +101,11 @@ def _restore(folder: Path, inputs: Path | None) -> None:
         print(f"the prepared data continues from {best} (attached input) in {folder}")
 
 
-def _prepare(config, folder: Path, workers: int) -> None:
+def _prepare(options, folder: Path, workers: int) -> None:
     from train.data.prepare import PrepareRequest, prepare
     from train.data.prepared import Preprocessing
 
-    print(f"preparing {config.data} once at {config.resolution} px into {folder} ({workers} decoding processes)", flush=True)
-    preprocessing = Preprocessing(config.resolution, config.celeba_crop, tuple(config.alpha_background))
-    manifest = prepare(PrepareRequest(config.data, folder, preprocessing, config.split, config.image_column, workers=workers)).manifest
+    print(f"preparing {options.spec} once at {options.resolution} px into {folder} ({workers} decoding processes)", flush=True)
+    request = PrepareRequest(str(options.spec), folder, Preprocessing.of(options), options.split, options.image_column, workers=workers)
+    manifest = prepare(request).manifest
     print(f"prepared {manifest.count} images ({manifest.skipped} unreadable rows skipped) in {folder}", flush=True)
