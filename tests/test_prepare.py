@@ -17,6 +17,7 @@ from tests.fixtures import FEATURES, id_image, jpeg_bytes, row_ids, write_image_
 from train.data import DataOptions, DataSpecError, open_stream, parse_data_spec
 from train.data.__main__ import main as data_main
 from train.data.decode import decode_image
+from train.data import prepare as prepare_module
 from train.data.prepare import PrepareRequest, prepare
 from train.data.prepared import MANIFEST, Manifest, Preprocessing, PreparedShardWarning, check_prepared
 
@@ -56,20 +57,25 @@ def rgba_png(row: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_prepared_pixels_equal_decode_image_exactly_with_crop_and_alpha(tmp_path):
+def test_prepared_pixels_equal_decode_image_exactly_with_crop_and_alpha(tmp_path, monkeypatch):
     blobs = [rgba_png(row) if row % 2 else jpeg_bytes(id_image(row, 40).resize((48, 40))) for row in range(12)]
     (tmp_path / "source").mkdir()
     records = [{"image": {"bytes": blob, "path": None}, "label": row} for row, blob in enumerate(blobs)]
     datasets.Dataset.from_list(records, features=FEATURES).to_parquet(str(tmp_path / "source" / "train.parquet"))
     flags = {"celeba_crop": 36, "background": (0, 128, 255)}
-    for workers in (0, 2):  # in this process, and over decoding processes
-        manifest = prepared(f"parquet:{tmp_path}/source/*.parquet", tmp_path / f"w{workers}", 16, workers, **flags).manifest
-        pixels = np.concatenate([np.load(tmp_path / f"w{workers}" / shard.file) for shard in manifest.shards])
+    # in this process, in a thread of it (the way of large rows), and over decoding processes
+    for way, workers, threaded_from in (("in-process", 0, None), ("thread", 0, 0), ("processes", 2, None)):
+        monkeypatch.setattr(prepare_module, "ROW_BYTES_WORTH_A_THREAD", threaded_from or prepare_module.ROW_BYTES_WORTH_A_THREAD)
+        manifest = prepared(f"parquet:{tmp_path}/source/*.parquet", tmp_path / way, 16, workers, **flags).manifest
+        pixels = np.concatenate([np.load(tmp_path / way / shard.file) for shard in manifest.shards])
         expected = np.stack([decode_image(blob, 16, 36, (0, 128, 255)).numpy() for blob in blobs])
         assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected)
 
 
-def test_the_manifest_names_source_options_counts_skipped_rows_and_checksums(tmp_path):
+@pytest.mark.parametrize("threaded", [False, True], ids=["in-process", "decoding-thread"])
+def test_the_manifest_names_source_options_counts_skipped_rows_and_checksums(tmp_path, monkeypatch, threaded):
+    if threaded:
+        monkeypatch.setattr(prepare_module, "ROW_BYTES_WORTH_A_THREAD", 0)
     glob = write_parquet_shards(tmp_path / "source", rows=20, shards=1, corrupt_every=10)
     manifest = prepared(f"parquet:{glob}", tmp_path / "pixels").manifest
     record = json.loads((tmp_path / "pixels" / MANIFEST).read_text())
