@@ -8,7 +8,8 @@ intra-op threads the trainer chooses itself (`auto`, train/run/threads.py) or `-
 - alone: one run on every CPU this process may use;
 - pinned-pair: two runs, each given its half of those CPUs (as taskset, a cgroup cpuset or Slurm's
   --cpus-per-task would), so each chooses from its own affinity;
-- pair: two runs on all of them, neither pinned, each choosing as if alone.
+- pair: two runs on all of them, neither pinned: each starts as if alone, then computes on what the
+  other leaves (train/run/threads.py's CoreShare); the line shows where its thread count went.
 `--env` adds a row per setting, with that variable given to the runs (OpenMP reads its variables
 as torch loads it). A pair's fair share is twice the time alone: each has half the machine. The figures are wall times
 of whole processes (start-up and exit included), so they move with whatever else runs here.
@@ -51,7 +52,8 @@ def timed(folder: Path, mode: str, threads: str, max_steps: int, extra: dict[str
             sys.exit(f"a run failed (exit code {run.returncode}):\n{output[-2000:]}")
         seconds.append(time.perf_counter() - began)
         found = re.search(r"^threads: .*$", output, re.M)
-        lines.append(found.group(0) if found else "threads: (no line)")
+        later = re.findall(r"^threads: (\d+) intra-op threads? from here", output, re.M)  # train/run/threads.py's CoreShare
+        lines.append((found.group(0) if found else "threads: (no line)") + (f"; then {' -> '.join(later)}" if later else ""))
     return seconds, lines
 
 

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -52,7 +53,7 @@ from train.run.report import RunReport
 from train.run.rollback import Rollback
 from train.run.state import TrainState
 from train.run.stop import GracefulStop
-from train.run.threads import set_threads
+from train.run.threads import CoreShare, set_threads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Run:
     profiler: StepProfiler
     resumed: bool
     step_pause: float  # the step_pause failpoint's seconds (test-only)
+    core_share: CoreShare | None  # None where --threads or OMP_NUM_THREADS fixed the thread count
 
     @property
     def accelerator(self) -> Accelerator:
@@ -113,12 +115,13 @@ def _train(config: TrainConfig, make_objective: ObjectiveFactory, accelerator: A
     stream = open_stream(config.data_options, batch_size=config.batch_size, seed=config.seed,
                          rank=accelerator.process_index, world_size=accelerator.num_processes,
                          pin_memory=accelerator.device.type == "cuda")
-    accelerator.print(set_threads(config.threads, stream.workers).line())
+    threads = set_threads(config.threads, stream.workers)
+    accelerator.print(threads.line())
     profiler = StepProfiler(config.profile, Path(config.out), accelerator.process_index,
                             print_table=accelerator.is_main_process)
     # Decoding workers are shut down on every way out, an error included, or the process cannot exit.
     with contextlib.closing(stream), profiler:
-        run = build_run(config, training, stream, stop, profiler, wandb, failpoints)
+        run = build_run(config, training, stream, stop, profiler, wandb, failpoints, CoreShare.watching(threads, above_the_bar(accelerator)))
         if run.resumed and (finished := restore(run)) is not None:
             del run, training
             release(accelerator)
@@ -130,6 +133,11 @@ def _train(config: TrainConfig, make_objective: ObjectiveFactory, accelerator: A
         del run, training
         release(accelerator)
         return end
+
+
+def above_the_bar(accelerator: Accelerator) -> Callable[[str], None]:
+    """Print a line from the main process during the steps, on a line of its own above the progress bar."""
+    return lambda line: tqdm.write(line) if accelerator.is_main_process else None
 
 
 def stopped_before_set_up(config: TrainConfig, accelerator: Accelerator, reason: str) -> RunEnd:
@@ -144,7 +152,7 @@ def stopped_before_set_up(config: TrainConfig, accelerator: Accelerator, reason:
 
 
 def build_run(config: TrainConfig, training: Training, stream: BatchStream, stop: GracefulStop,
-              profiler: StepProfiler, wandb: Wandb, failpoints: Failpoints) -> Run:
+              profiler: StepProfiler, wandb: Wandb, failpoints: Failpoints, core_share: CoreShare | None) -> Run:
     """Around what the rank trains: the evaluation (FID, or Stacked MNIST's scores), the state a checkpoint holds, the step's
     batches, the instance noise, the phases (poisoned where a non-finite failpoint is set) and
     the divergence rollback."""
@@ -162,7 +170,7 @@ def build_run(config: TrainConfig, training: Training, stream: BatchStream, stop
                              perturb=lambda samples, kind: noise(samples, kind, state.step, training.latent_rng))
     rollback = Rollback(accelerator, out, training.ema, reporter, config.nonfinite_patience, config.max_rollbacks)
     return Run(config, out, training, state, batches, phases, noise, evaluation, reporter, rollback, stop, profiler,
-               resuming(config), failpoints.seconds("step_pause"))
+               resuming(config), failpoints.seconds("step_pause"), core_share)
 
 
 def restore(run: Run) -> RunEnd | None:
@@ -219,6 +227,8 @@ def run_steps(run: Run) -> RunEnd:
                 break
             end = adversarial_step(run, step, first_steps=step <= session_start + config.ckpt_every)
             run.profiler.step()
+            if run.core_share is not None:
+                run.core_share.after_step()
             if run.step_pause and not run.resumed:  # test-only: a first start outlasts a signal's timer
                 time.sleep(run.step_pause)
             end = report.after_step(step) or end

@@ -11,13 +11,22 @@ cores behind them (torch's own default is the physical cores: two threads on one
 hyperthreads only share its arithmetic units), so a run alone never takes more threads than
 torch would have given it.
 
+Runs started separately on the same CPUs know nothing of each other's share, and two that each
+take every core spin against each other (two unpinned debug runs side by side: 3.4x the time of
+one alone, where the fair share is 2x). So a rank on the share also watches the CPUs it may use:
+every few seconds, the time other processes kept them busy, and it computes on what they leave
+(never more than its share, never fewer than 1 thread), said in a line whenever that changes.
+Its own decoding workers are not "other processes": the share has already left them their cores.
+
 Precedence: --threads, then an OMP_NUM_THREADS the user set, then the share. torchrun writes
 OMP_NUM_THREADS=1 for every rank of a multi-rank launch when it is unset, which cannot be told
 apart from a user's 1 in the rank; so under torchrun a value of 1 is taken as torchrun's, and a
 user who wants one thread there says --threads 1.
 """
+import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import psutil
@@ -89,3 +98,64 @@ def usable_cores() -> int:
     logical = psutil.cpu_count(logical=True) or 1
     physical = psutil.cpu_count(logical=False) or logical
     return max(1, len(os.sched_getaffinity(0)) * physical // logical)
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Busy CPU-seconds on the CPUs this process may use: all processes', and this process tree's."""
+
+    at: float  # time.monotonic()
+    busy: float
+    ours: float
+
+    @classmethod
+    def now(cls) -> "CpuSample":
+        cpus = os.sched_getaffinity(0)
+        per_cpu = psutil.cpu_times(percpu=True)
+        # Steal is another virtual machine's time and iowait is idle: neither is a process here.
+        busy = sum(t.user + t.nice + t.system + t.irq + t.softirq for cpu, t in enumerate(per_cpu) if cpu in cpus)
+        return cls(time.monotonic(), busy, _tree_cpu_seconds(psutil.Process()))
+
+
+def _tree_cpu_seconds(process: psutil.Process) -> float:
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.Error:  # a decoding worker that ended in between
+            continue
+        total += times.user + times.system
+    return total
+
+
+class CoreShare:
+    """A rank's intra-op threads kept to what other processes leave of its CPUs (module docstring)."""
+
+    INTERVAL_SECONDS = 2.0
+
+    def __init__(self, choice: ThreadChoice, report: Callable[[str], None], sample: Callable[[], CpuSample] = CpuSample.now):
+        self.most, self.threads, self.report, self.sample = choice.threads, choice.threads, report, sample
+        self.cores_per_cpu = choice.cores / max(1, len(os.sched_getaffinity(0)))
+        self.last = sample()
+
+    @classmethod
+    def watching(cls, choice: ThreadChoice, report: Callable[[str], None]) -> "CoreShare | None":
+        """A CoreShare for a rank on the share; None where --threads or OMP_NUM_THREADS fixed the count."""
+        return cls(choice, report) if choice.source == "share" else None
+
+    def after_step(self) -> None:
+        if time.monotonic() - self.last.at >= self.INTERVAL_SECONDS:
+            self.adjust(self.sample())
+
+    def adjust(self, sample: CpuSample) -> None:
+        """Threads for what other processes used of these CPUs since the last sample."""
+        others = max(0.0, (sample.busy - self.last.busy) - (sample.ours - self.last.ours)) / (sample.at - self.last.at)
+        self.last = sample
+        free = len(os.sched_getaffinity(0)) - others
+        threads = max(1, min(self.most, math.floor(free * self.cores_per_cpu + 0.5)))
+        if threads != self.threads:
+            self.threads = threads
+            torch.set_num_threads(threads)
+            plural = "s" if threads != 1 else ""
+            self.report(f"threads: {threads} intra-op thread{plural} from here: other processes keep {others:.1f}"
+                        f" of this process's {len(os.sched_getaffinity(0))} CPUs busy (its share: {self.most}; --threads N fixes it)")
