@@ -64,7 +64,7 @@ def test_prepared_pixels_equal_decode_image_exactly_with_crop_and_alpha(tmp_path
     datasets.Dataset.from_list(records, features=FEATURES).to_parquet(str(tmp_path / "source" / "train.parquet"))
     flags = {"celeba_crop": 36, "background": (0, 128, 255)}
     # in this process, in a thread of it (the way of large rows), and over decoding processes
-    for way, workers, threaded_from in (("in-process", 0, None), ("thread", 0, 0), ("processes", 2, None)):
+    for way, workers, threaded_from in (("in-process", 0, None), ("processes", 2, None), ("thread", 0, 0)):
         monkeypatch.setattr(prepare_module, "ROW_BYTES_WORTH_A_THREAD", threaded_from or prepare_module.ROW_BYTES_WORTH_A_THREAD)
         manifest = prepared(f"parquet:{tmp_path}/source/*.parquet", tmp_path / way, 16, workers, **flags).manifest
         pixels = np.concatenate([np.load(tmp_path / way / shard.file) for shard in manifest.shards])

@@ -187,9 +187,9 @@ def _decode_cell(cell: dict) -> Decoded:
 
 
 class Decoder:
-    """decode(chunk) -> an iterator of one Decoded per row, in order, decoded ahead of the reader:
-    over `workers` processes, or in a thread of this one (for large rows), where the shard's writing
-    overlaps the decoding, which alone then sets the pace, as in a plain decode loop."""
+    """decode(chunk) -> one Decoded per row, in order: over `workers` processes (the whole chunk at
+    once), or in this process, in a thread ahead of the writer for large rows, where the shard's
+    writing then overlaps the decoding."""
 
     def __init__(self, request: PrepareRequest):
         self.request, self.pool, self.thread = request, None, None
@@ -200,7 +200,7 @@ class Decoder:
             # fork, not the default of newer Pythons: the workers need nothing but this module's state
             context = multiprocessing.get_context("fork")
             self.pool = context.Pool(self.request.workers, _set_preprocessing, (self.request.preprocessing,))
-            return lambda chunk: self.pool.imap(_decode_cell, chunk, chunksize=max(1, len(chunk) // (4 * self.request.workers)))
+            return lambda chunk: self.pool.map(_decode_cell, chunk, chunksize=max(1, len(chunk) // (4 * self.request.workers)))
         if 3 * self.request.preprocessing.resolution**2 < ROW_BYTES_WORTH_A_THREAD:
             return lambda chunk: map(_decode_cell, chunk)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="prepare-decode")
