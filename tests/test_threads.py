@@ -60,7 +60,7 @@ def test_threads_below_one_are_refused_naming_the_flag(tmp_path):
 
 def test_a_rank_on_the_share_computes_on_what_other_processes_leave_of_its_cpus():
     lines, cpus = [], len(os.sched_getaffinity(0))
-    share = CoreShare(ThreadChoice(cpus, "share", cpus, 1, 0), lines.append, sample=lambda: CpuSample(0.0, 0.0, 0.0))
+    share = CoreShare(ThreadChoice(cpus, "share", cpus, 1, 0), lines.append, sample=lambda cpus: CpuSample(0.0, 0.0, 0.0))
     before = torch.get_num_threads()
     try:
         # 10 s in which this process tree used 10 CPU-seconds and others all but one CPU's worth
@@ -102,7 +102,7 @@ def test_a_busy_process_beside_the_rank_is_measured_as_others_and_its_own_worker
             spun_for(other, 0.2)
             share = CoreShare(ThreadChoice(cpus, "share", cpus, 1, 0), print)
             spun_for(other, 0.5)
-            share.adjust(CpuSample.now())
+            share.adjust(CpuSample.now(os.sched_getaffinity(0)))
             assert share.threads == max(1, cpus - 1)
         finally:
             other.kill()
@@ -110,7 +110,7 @@ def test_a_busy_process_beside_the_rank_is_measured_as_others_and_its_own_worker
             try:
                 share = CoreShare(ThreadChoice(cpus, "share", cpus, 1, 0), print)
                 spun_for(psutil.Process(worker.pid), 0.5)
-                share.adjust(CpuSample.now())
+                share.adjust(CpuSample.now(os.sched_getaffinity(0)))
                 assert share.threads == cpus
             finally:
                 worker.kill()

@@ -109,8 +109,7 @@ class CpuSample:
     ours: float
 
     @classmethod
-    def now(cls) -> "CpuSample":
-        cpus = os.sched_getaffinity(0)
+    def now(cls, cpus: set[int]) -> "CpuSample":
         per_cpu = psutil.cpu_times(percpu=True)
         # Steal is another virtual machine's time and iowait is idle: neither is a process here.
         busy = sum(t.user + t.nice + t.system + t.irq + t.softirq for cpu, t in enumerate(per_cpu) if cpu in cpus)
@@ -133,10 +132,11 @@ class CoreShare:
 
     INTERVAL_SECONDS = 2.0
 
-    def __init__(self, choice: ThreadChoice, report: Callable[[str], None], sample: Callable[[], CpuSample] = CpuSample.now):
+    def __init__(self, choice: ThreadChoice, report: Callable[[str], None], sample: Callable[[set[int]], CpuSample] = CpuSample.now):
         self.most, self.threads, self.report, self.sample = choice.threads, choice.threads, report, sample
-        self.cores_per_cpu = choice.cores / max(1, len(os.sched_getaffinity(0)))
-        self.last = sample()
+        self.cpus = os.sched_getaffinity(0)  # the run's, for its whole life
+        self.cores_per_cpu = choice.cores / len(self.cpus)
+        self.last = sample(self.cpus)
 
     @classmethod
     def watching(cls, choice: ThreadChoice, report: Callable[[str], None]) -> "CoreShare | None":
@@ -145,17 +145,17 @@ class CoreShare:
 
     def after_step(self) -> None:
         if time.monotonic() - self.last.at >= self.INTERVAL_SECONDS:
-            self.adjust(self.sample())
+            self.adjust(self.sample(self.cpus))
 
     def adjust(self, sample: CpuSample) -> None:
         """Threads for what other processes used of these CPUs since the last sample."""
         others = max(0.0, (sample.busy - self.last.busy) - (sample.ours - self.last.ours)) / (sample.at - self.last.at)
         self.last = sample
-        free = len(os.sched_getaffinity(0)) - others
+        free = len(self.cpus) - others
         threads = max(1, min(self.most, math.floor(free * self.cores_per_cpu + 0.5)))
         if threads != self.threads:
             self.threads = threads
             torch.set_num_threads(threads)
             plural = "s" if threads != 1 else ""
             self.report(f"threads: {threads} intra-op thread{plural} from here: other processes keep {others:.1f}"
-                        f" of this process's {len(os.sched_getaffinity(0))} CPUs busy (its share: {self.most}; --threads N fixes it)")
+                        f" of this process's {len(self.cpus)} CPUs busy (its share: {self.most}; --threads N fixes it)")
