@@ -72,6 +72,22 @@ def test_prepared_pixels_equal_decode_image_exactly_with_crop_and_alpha(tmp_path
         assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected)
 
 
+class DiesWhereUnpickled:
+    """A row that kills the decoding process it reaches, as a crash in a decoder or the OOM killer would."""
+
+    def __reduce__(self):
+        return os._exit, (1,)
+
+
+def test_a_decoding_process_that_dies_ends_the_prepare_with_a_line_instead_of_a_hang(tmp_path):
+    request = PrepareRequest("unused", tmp_path, Preprocessing(16), workers=2, progress=False)
+    cells = [{"bytes": jpeg_bytes(id_image(row, 16)), "path": None} for row in range(8)]
+    with prepare_module.Decoder(request) as decode:
+        assert all(pixels is not None for pixels, _ in decode(cells))
+        with pytest.raises(prepare_module.DecodingProcessDied, match="--workers 2: a decoding process died .* rerun with --workers 0"):
+            list(decode(cells + [{**cells[0], "dies": DiesWhereUnpickled()}]))
+
+
 @pytest.mark.parametrize("threaded", [False, True], ids=["in-process", "decoding-thread"])
 def test_the_manifest_names_source_options_counts_skipped_rows_and_checksums(tmp_path, monkeypatch, threaded):
     if threaded:
@@ -118,6 +134,7 @@ def test_a_sigkilled_prepare_resumes_where_it_was_killed(tmp_path, monkeypatch):
     pid = os.fork()
     if pid == 0:  # the child: prepare until the failpoint holds it after shard 0's record
         try:
+            torch.set_num_threads(1)  # no OpenMP pool: the parent's threads are not in the fork (as in DataLoader's workers)
             os.dup2(write, 2)
             sys.stderr = os.fdopen(2, "w")
             prepared(f"parquet:{glob}", tmp_path / "pixels")

@@ -57,7 +57,7 @@ def add_prepare_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from train.data.prepare import PrepareRequest, prepare
+    from train.data.prepare import DecodingProcessDied, PrepareRequest, prepare
     from train.data.prepared import Preprocessing
     from train.run.config import TrainConfig
     from train.run.flags import ConfigError, check_limits
@@ -74,7 +74,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     preprocessing = Preprocessing(args.resolution, args.celeba_crop, tuple(args.alpha_background))
     request = PrepareRequest(args.source, Path(args.to), preprocessing, args.split, args.image_column,
                              args.rows_per_shard, args.workers, args.limit)
-    result = prepare(request)
+    try:
+        result = prepare(request)
+    except DecodingProcessDied as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     manifest = result.manifest
     print(f"prepared {manifest.count} images ({manifest.skipped} unreadable rows skipped) in {len(manifest.shards)} shards"
           f" at {args.to}, {len(result.written)} written now; train with --data prepared:{args.to}"

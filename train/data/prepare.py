@@ -14,7 +14,8 @@ import itertools
 import multiprocessing
 import struct
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -197,21 +198,41 @@ class Decoder:
     def __enter__(self):
         _set_preprocessing(self.request.preprocessing)
         if self.request.workers:
-            # fork, not the default of newer Pythons: the workers need nothing but this module's state
-            context = multiprocessing.get_context("fork")
-            self.pool = context.Pool(self.request.workers, _set_preprocessing, (self.request.preprocessing,))
-            return lambda chunk: self.pool.map(_decode_cell, chunk, chunksize=max(1, len(chunk) // (4 * self.request.workers)))
+            self.pool = _decoding_processes(self.request)
+            return lambda chunk: _decoded_by(self.pool, chunk, self.request.workers)
         if 3 * self.request.preprocessing.resolution**2 < ROW_BYTES_WORTH_A_THREAD:
             return lambda chunk: map(_decode_cell, chunk)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="prepare-decode")
         return lambda chunk: _decoded_ahead(self.thread, chunk)
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-        if self.thread is not None:
-            self.thread.shutdown(cancel_futures=True)
+        for pool in (self.pool, self.thread):
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+
+def _decoding_processes(request: PrepareRequest) -> ProcessPoolExecutor:
+    """Started from a forkserver, never forked from this process: a fork copies the locks other
+    threads hold (the progress bar's, Arrow's, a training run's), and a worker that forked holding
+    one waits forever; multiprocessing.Pool then waited forever too, for that worker's rows (it
+    hung this project's test suite). An executor whose worker dies raises BrokenProcessPool instead."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # imported once, in the server, not in every worker
+    return ProcessPoolExecutor(request.workers, context, initializer=_set_preprocessing, initargs=(request.preprocessing,))
+
+
+def _decoded_by(pool: ProcessPoolExecutor, chunk: list[dict], workers: int) -> Iterator[Decoded]:
+    try:
+        yield from pool.map(_decode_cell, chunk, chunksize=max(1, len(chunk) // (4 * workers)))
+    except BrokenProcessPool as error:
+        raise DecodingProcessDied(
+            f"--workers {workers}: a decoding process died ({error}); the shards finished so far are kept and a"
+            " rerun continues from them; rerun with --workers 0 to decode in this process and see the failure"
+        ) from None
+
+
+class DecodingProcessDied(RuntimeError):
+    """A --workers process ended without its rows (killed, out of memory, a crash in a decoder)."""
 
 
 # In this process, rows are decoded in a thread only where their writing is worth hiding: 480 rows
