@@ -32,12 +32,19 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One xdist worker runs every test of a file that shares a machine-wide resource: the real
-    Slurm (munged's socket and key are the machine's own)."""
+    """Background jobs (the real Slurm jobs: a minute, most of it spent waiting for Slurm's
+    time-limit check) are submitted by the first test and judged by the last ones, so that their
+    waiting overlaps the rest of the suite instead of adding to it. One xdist worker runs every
+    test of a file that shares a machine-wide resource: the real Slurm (munged's socket and key are
+    the machine's own)."""
     for item in items:
         if item.path.name == "test_slurm.py":
             item.add_marker(pytest.mark.xdist_group("slurm"))
+    first = [item for item in items if item.get_closest_marker("submits_background_jobs")]
+    last = [item for item in items if item.get_closest_marker("waits_for_background_jobs")]
+    items[:] = first + [item for item in items if item not in first and item not in last] + last
 
 
 def run_script(script: str, *args: str, timeout: float = 300, env: dict | None = None, launcher: list[str] | None = None):

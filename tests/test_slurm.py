@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.slurm_cluster import LocalSlurm, WatchedJob, unavailable_reason
+from tests.slurm_cluster import WAITING_OR_RUNNING, LocalSlurm, WatchedJob, unavailable_reason
 from train.report.metrics import read_metrics
 from train.run.outcome import RunStatus
 
@@ -149,7 +149,7 @@ def test_requeues_stop_at_the_maximum_restarts():
 # ---- on a real Slurm ----
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # the real jobs' tests run first and last (conftest): one cluster for both
 def slurm(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
@@ -229,7 +229,7 @@ class RealJobs:
     two_nodes: WatchedJob
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def real_jobs(slurm, tmp_path_factory) -> Iterator[RealJobs]:
     """Each test waits for its own job only: a job that fails, or a watcher that gives up, costs
     the other test nothing; the cluster's teardown cancels what is left."""
@@ -246,6 +246,14 @@ def run_folder(job: WatchedJob) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.submits_background_jobs
+def test_both_real_jobs_are_accepted_and_queued_or_running_while_the_suite_goes_on(real_jobs):
+    for job in (real_jobs.time_limited, real_jobs.two_nodes):
+        assert job.cluster.job(job.id).get("JobState") in WAITING_OR_RUNNING
+
+
+@pytest.mark.slow
+@pytest.mark.waits_for_background_jobs
 def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finishes(real_jobs):
     job, steps = real_jobs.time_limited, TIME_LIMITED_STEPS
     out = run_folder(job)
@@ -264,6 +272,7 @@ def test_a_job_signalled_by_its_time_limit_checkpoints_requeues_itself_and_finis
 
 
 @pytest.mark.slow
+@pytest.mark.waits_for_background_jobs
 def test_two_tasks_as_two_nodes_rendezvous_and_resume_after_the_batch_shell_is_signalled(real_jobs):
     job = real_jobs.two_nodes
     state = job.wait_until_done(timeout=300)
