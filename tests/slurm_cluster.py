@@ -19,6 +19,10 @@ MUNGE_SOCKET_DIR = Path("/run/munge")
 # CPUs whatever the machine has, and config_overrides makes slurmd take the declaration over what
 # it counts (an over-subscribed 2-core machine only runs them slower).
 CPUS = 4
+# The jobs run beside the rest of the suite (conftest: submitted first, judged last): at the lowest
+# priority (slurmd's, which Slurm's tasks inherit), they take the CPU time the other tests leave idle
+# while those wait on their own processes, instead of slowing them.
+NICE = {"slurmd": ["nice", "-n", "19"]}
 # cred_expire also sets how long Slurm holds a requeued job before it may start again (120 s by
 # default), and the schedulers look for it every 5 s (60 and 30 by default): a short requeue.
 SLURM_CONF = """\
@@ -90,7 +94,7 @@ class LocalSlurm:
             dir=self.folder, cpus=CPUS,
         ))
         for daemon in ("slurmctld", "slurmd"):
-            subprocess.run([daemon, "-f", str(self.conf)], check=True, env=self.env, capture_output=True, timeout=60)
+            subprocess.run([*NICE.get(daemon, []), daemon, "-f", str(self.conf)], check=True, env=self.env, capture_output=True, timeout=60)
         deadline = time.monotonic() + 60
         while self.scontrol("show", "node", check=False).find("State=IDLE") < 0:
             if time.monotonic() > deadline:

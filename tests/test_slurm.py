@@ -195,7 +195,7 @@ def submit_time_limited_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
     """Slurm sends B:USR1 at its first time-limit check (every 30 s) once less than 110 s is left of
     2 minutes: 10 to 40 s in. 40 steps of at least 1 s each (a test-only failpoint, for the first
     start only) outlast that on any machine. Once the batch shell says it has the signal, the job
-    gets 10 minutes, so that the rerun is not signalled again."""
+    gets 30 minutes (it runs at the lowest priority beside the suite), so that the rerun is not signalled again."""
     out, log = folder / "run", folder / "slurm.out"
     steps = TIME_LIMITED_STEPS
     job = slurm.sbatch(
@@ -206,7 +206,7 @@ def submit_time_limited_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
         env={**ENV, "FACEGAN_FAILPOINTS": "step_pause=1"}, cwd=folder,  # submitted from elsewhere than the repository
     )
     return WatchedJob(slurm, job, log, ready=lambda: log.exists() and "SIGUSR1: asking" in log.read_text(),
-                      act=lambda: slurm.scontrol("update", f"JobId={job}", "TimeLimit=10"), timeout=180)
+                      act=lambda: slurm.scontrol("update", f"JobId={job}", "TimeLimit=30"), timeout=420)
 
 
 def submit_two_node_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
@@ -220,7 +220,7 @@ def submit_two_node_job(slurm: LocalSlurm, folder: Path) -> WatchedJob:
     )
     signal_batch_shell = ["scancel", "--batch", "--signal=USR1", str(job)]
     return WatchedJob(slurm, job, log, ready=lambda: len(logged(out)) >= 2,
-                      act=lambda: subprocess.run(signal_batch_shell, env=slurm.env, check=True, timeout=30), timeout=180)
+                      act=lambda: subprocess.run(signal_batch_shell, env=slurm.env, check=True, timeout=30), timeout=420)
 
 
 @dataclass(frozen=True)
