@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import datasets
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import train_in_process
+from tests.conftest import ROOT, train_in_process
 from tests.fixtures import FEATURES, id_image, jpeg_bytes, row_ids, write_image_folder, write_parquet_shards
 from train.data import DataOptions, DataSpecError, open_stream, parse_data_spec
 from train.data.__main__ import main as data_main
@@ -152,6 +153,28 @@ def test_a_sigkilled_prepare_resumes_where_it_was_killed(tmp_path, monkeypatch):
     result = prepared(f"parquet:{glob}", tmp_path / "pixels")
     assert result.written == [1, 2] and result.manifest.complete and result.manifest.count == 24
     assert (tmp_path / "pixels" / "shard-00000.npy").stat().st_mtime_ns == first
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_prepare_with_workers_in_one_line_keeping_the_finished_shards(tmp_path):
+    glob = write_parquet_shards(tmp_path / "source", rows=24, shards=1)
+    command = [sys.executable, "-m", "train.data", "prepare", f"parquet:{glob}", "--resolution", "32", "--to", str(tmp_path / "pixels"),
+               "--workers", "1", "--rows-per-shard", str(ROWS_PER_SHARD)]
+    env = {**os.environ, "FACEGAN_FAILPOINTS": "prepare_pause=600@0"}  # held after shard 0's record
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        said = next((line for line in process.stderr if "failpoint prepare_pause" in line), None)  # its word, not a sleep
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group, the decoding worker too
+        rest = process.stderr.read()
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert said is not None and process.returncode == 130, rest[-3000:]
+    assert rest.strip().splitlines()[-1] == (f"interrupted: the shards finished so far are kept in {tmp_path / 'pixels'};"
+                                             " rerun the same command to continue")
+    assert "Traceback" not in rest, rest[-3000:]
+    assert [s.index for s in Manifest.from_json((tmp_path / "pixels" / MANIFEST).read_text()).shards] == [0]
 
 
 def test_a_prepare_into_another_preparation_or_a_full_folder_is_refused(ids, tmp_path):

@@ -79,6 +79,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     except DecodingProcessDied as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # finished shards are whole (atomic); the one being written was never renamed
+        print(f"interrupted: the shards finished so far are kept in {args.to}; rerun the same command to continue", file=sys.stderr)
+        return 130
     manifest = result.manifest
     print(f"prepared {manifest.count} images ({manifest.skipped} unreadable rows skipped) in {len(manifest.shards)} shards"
           f" at {args.to}, {len(result.written)} written now; train with --data prepared:{args.to}"

@@ -12,6 +12,7 @@ manifest (another atomic rename); a shard written but not yet recorded is made a
 import collections
 import itertools
 import multiprocessing
+import signal
 import struct
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -218,7 +219,14 @@ def _decoding_processes(request: PrepareRequest) -> ProcessPoolExecutor:
     hung this project's test suite). An executor whose worker dies raises BrokenProcessPool instead."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # imported once, in the server, not in every worker
-    return ProcessPoolExecutor(request.workers, context, initializer=_set_preprocessing, initargs=(request.preprocessing,))
+    return ProcessPoolExecutor(request.workers, context, initializer=_start_worker, initargs=(request.preprocessing,))
+
+
+def _start_worker(preprocessing: Preprocessing) -> None:
+    # A Ctrl-C reaches the whole process group: the prepare process ends the pool; a worker's own
+    # KeyboardInterrupt would only add a traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_preprocessing(preprocessing)
 
 
 def _decoded_by(pool: ProcessPoolExecutor, chunk: list[dict], workers: int) -> Iterator[Decoded]:
