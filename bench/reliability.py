@@ -53,7 +53,7 @@ def main() -> None:
         root = Path(folder)
         references = {}
         for processes in sorted({FAULTS[fault][1] for fault in args.faults}):
-            code, output, seconds = run_to_end(root / f"reference{processes}", processes)
+            code, output, seconds = run_to_end(root / f"reference{processes}", processes, through_accelerate=True)
             assert code == 0, output[-3000:]
             references[processes] = (root / f"reference{processes}", seconds)
         for fault in args.faults:
@@ -62,7 +62,8 @@ def main() -> None:
             figures = Figures(name)
             seed = list(FAULTS).index(fault)
             killed_and_resumed(figures, reference, root / f"run{seed}", processes, moments(100 + seed, args.moments, seconds * span),
-                               env, signals and signals * (args.moments // len(signals)), timeout=1800, flags=flags)
+                               env, signals and signals * (args.moments // len(signals)), timeout=1800, flags=flags,
+                               through_accelerate=True)  # as the README's figures were made
             print(figures.row(), flush=True)
             stop_times += figures.end_seconds
             for note in figures.notes:  # its head says what was judged, its tail how the run ended

@@ -17,7 +17,7 @@ import psutil
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TORCHRUN_CPU_ENV, torchrun_cpu
 from train.report.metrics import read_metrics
 from train.run.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
 from train.run.outcome import EXIT_STATUS_FILE
@@ -27,7 +27,9 @@ TRAINER = ROOT / "train" / "wgangp.py"
 # Every step logged; checkpoints often, so that kills land around them. 64 px: the README's
 # Reliability figures were measured so (the --debug preset's own size is 32 px now).
 RUN_FLAGS = ["--debug", "--resolution", "64", "--max-steps", "30", "--log-every", "1", "--ckpt-every", "5", "--sample-every", "10"]
-TWO_PROCESSES = ["accelerate", "launch", "--cpu", "--num_processes", "2"]
+# Two ranks are started by torchrun itself (what `accelerate launch --cpu` hands over to, two
+# interpreter starts later: 3.6 s less a start on 2 cores); `through_accelerate` starts them as a user would.
+ACCELERATE_TWO_PROCESSES = ["accelerate", "launch", "--cpu", "--num_processes", "2"]
 
 
 @dataclass
@@ -50,23 +52,32 @@ class Figures:
                 f" {self.failed_loads} | {same} |")
 
 
-def command(out: Path, processes: int, *extra: str, flags: list[str] = RUN_FLAGS) -> list[str]:
-    launcher = [str(Path(sys.executable).with_name(TWO_PROCESSES[0])), *TWO_PROCESSES[1:]] if processes > 1 else [sys.executable]
+def command(out: Path, processes: int, *extra: str, flags: list[str] = RUN_FLAGS, through_accelerate: bool = False) -> list[str]:
+    if processes == 1:
+        launcher = [sys.executable]
+    elif through_accelerate:
+        launcher = [str(Path(sys.executable).with_name(ACCELERATE_TWO_PROCESSES[0])), *ACCELERATE_TWO_PROCESSES[1:]]
+    else:
+        launcher = torchrun_cpu(processes)
     return [*launcher, str(TRAINER), *flags, *extra, "--out", str(out)]
 
 
-def start(out: Path, processes: int, env: dict | None = None, *extra: str, flags: list[str] = RUN_FLAGS) -> subprocess.Popen:
+def start(out: Path, processes: int, env: dict | None = None, *extra: str, flags: list[str] = RUN_FLAGS,
+          through_accelerate: bool = False) -> subprocess.Popen:
     # Its own session, so that a kill reaches the launcher, every rank and every decoding worker.
+    launcher_env = TORCHRUN_CPU_ENV if processes > 1 and not through_accelerate else {}
     return subprocess.Popen(
-        command(out, processes, *extra, flags=flags), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+        command(out, processes, *extra, flags=flags, through_accelerate=through_accelerate), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **launcher_env, **(env or {})}, start_new_session=True,
     )
 
 
-def run_to_end(out: Path, processes: int, *extra: str, timeout: float = 300, flags: list[str] = RUN_FLAGS) -> tuple[int, str, float]:
+def run_to_end(out: Path, processes: int, *extra: str, timeout: float = 300, flags: list[str] = RUN_FLAGS,
+               through_accelerate: bool = False) -> tuple[int, str, float]:
     """Start the run (`flags`, then `extra`) and wait for it; its exit code, output and duration."""
     began = time.monotonic()
-    process = start(out, processes, None, *extra, flags=flags)
+    process = start(out, processes, None, *extra, flags=flags, through_accelerate=through_accelerate)
     try:
         output, _ = process.communicate(timeout=timeout)
     finally:
@@ -117,7 +128,7 @@ def same_as(reference: Path, out: Path, keys=("d_loss", "g_loss", "gp", "wdist")
 
 def killed_and_resumed(
     figures: Figures, reference: Path, out: Path, processes: int, moments: list[float], env: dict | None = None,
-    signals: list[int] | None = None, timeout: float = 300, flags: list[str] = RUN_FLAGS,
+    signals: list[int] | None = None, timeout: float = 300, flags: list[str] = RUN_FLAGS, through_accelerate: bool = False,
 ) -> None:
     """Start the run with `--resume auto`, send `signals[i]` (SIGKILL by default) `moments[i]`
     seconds in, again and again, then let it finish; fold the outcome into `figures`. SIGKILL goes
@@ -127,7 +138,7 @@ def killed_and_resumed(
     deadline = time.monotonic() + timeout
     for trial, (moment, sig) in enumerate(zip(moments, signals or [signal.SIGKILL] * len(moments))):
         expected = latest_checkpoint(out)
-        output = _faulted(figures, out, processes, moment, sig, trial, env, flags, deadline)
+        output = _faulted(figures, out, processes, moment, sig, trial, env, flags, deadline, through_accelerate)
         figures.trials += 1
         if sig != signal.SIGKILL:
             status = json.loads((out / EXIT_STATUS_FILE).read_text()) if (out / EXIT_STATUS_FILE).exists() else {}
@@ -145,7 +156,8 @@ def killed_and_resumed(
             figures.failed_loads += 1
             figures.notes.append(output[-2000:])
     expected = latest_checkpoint(out)
-    code, output, _ = run_to_end(out, processes, "--resume", "auto", timeout=max(30.0, deadline - time.monotonic()), flags=flags)
+    code, output, _ = run_to_end(out, processes, "--resume", "auto", timeout=max(30.0, deadline - time.monotonic()), flags=flags,
+                                 through_accelerate=through_accelerate)
     figures.runs += 1
     if code == 0:
         figures.runs_finished += 1
@@ -166,11 +178,12 @@ def killed_and_resumed(
 
 
 def _faulted(figures: Figures, out: Path, processes: int, moment: float, sig: int, trial: int, env: dict | None,
-             flags: list[str], deadline: float) -> str:
+             flags: list[str], deadline: float, through_accelerate: bool) -> str:
     """One start with `--resume auto`, `sig` sent `moment` seconds in; what it printed. After a
     SIGSTOP, the seconds until every process had ended go into `figures.end_seconds`."""
     pid_dir = out.parent / f"{out.name}-pids"
-    process = start(out, processes, {**(env or {}), PID_DIR_VARIABLE: str(pid_dir)}, "--resume", "auto", flags=flags)
+    process = start(out, processes, {**(env or {}), PID_DIR_VARIABLE: str(pid_dir)}, "--resume", "auto", flags=flags,
+                    through_accelerate=through_accelerate)
     time.sleep(moment)
     signalled = []
     if sig == signal.SIGKILL:
@@ -227,10 +240,9 @@ def fault_one_rank(out: Path, rank: int, sig: int, after: Path, bound: float, fl
     pid_dir = out.parent / f"{out.name}-pids"
     # torchrun itself (accelerate launch --cpu hands over to it, then prints the ranks' stderr again).
     process = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(TRAINER), *flags, *extra,
-         "--out", str(out)],
+        [*torchrun_cpu(2), str(TRAINER), *flags, *extra, "--out", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", PID_DIR_VARIABLE: str(pid_dir)},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **TORCHRUN_CPU_ENV, PID_DIR_VARIABLE: str(pid_dir)},
     )
     ranks: list[psutil.Process] = []
     output = None
@@ -269,3 +281,10 @@ def moments(seed: int, count: int, span: float) -> list[float]:
     """`count` seeded-random moments in (0, span): from start-up to shutdown."""
     rng = random.Random(seed)
     return [round(rng.uniform(0.3, span), 2) for _ in range(count)]
+
+
+def spread_moments(seed: int, count: int, span: float) -> list[float]:
+    """One seeded-random moment in each of `count` equal parts of (0.3, span), in turn: with few
+    moments, start-up, mid-run and shutdown are each hit (independent draws may all fall at one end)."""
+    rng, part = random.Random(seed), (span - 0.3) / count
+    return [round(0.3 + part * (i + rng.random()), 2) for i in range(count)]

@@ -179,7 +179,9 @@ class WatchedJob:
         try:
             while not ready():
                 state = self.cluster.job(self.id).get("JobState")
-                if state not in WAITING_OR_RUNNING and not ready():  # ready() again: it may have come just before
+                # Only an ended job is a problem: between PENDING and RUNNING Slurm shows passing
+                # states (SIGNALING while it sends the time-limit signal, CONFIGURING, REQUEUED...)
+                if state in FINAL_STATES and not ready():  # ready() again: it may have come just before
                     self.problem = f"job {self.id} was {state} before the moment to act"
                 elif time.monotonic() > deadline:
                     self.problem = f"job {self.id} still {state} and not ready to act on after {timeout:.0f} s"

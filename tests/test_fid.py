@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from torch import nn
 
 import train.report.fid
-from tests.conftest import debug_launch, run_in_process_where_possible, run_script
+from tests.conftest import debug_launch, run_in_process_where_possible, train_in_process
 from tests.fixtures import unwritable_folder
 from train.data import DataOptions, parse_data_spec
 from train.evaluate import main as evaluate_main
@@ -282,12 +282,11 @@ def test_training_evaluates_fid_every_k_steps_and_evaluate_py_scores_the_run(tmp
     assert scores["step"] == 4 and scores["fid"] == pytest.approx(lines[-1]["fid"], rel=1e-4)
 
 
-def test_missing_inception_weights_leave_training_running_without_fid(tmp_path):
+def test_missing_inception_weights_leave_training_running_without_fid(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    result = run_script(
-        "train/wgangp.py", "--debug", "--max-steps", "2", "--fid-every", "1", "--fid-cache", str(tmp_path / "cache"),
-        "--out", str(out), env={"TORCH_HOME": str(tmp_path / "empty-torch-home")},
-    )
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # torch.hub.get_dir() reads it at each call
+    result = train_in_process(
+        "train/wgangp.py", "--debug", "--max-steps", "2", "--fid-every", "1", "--fid-cache", str(tmp_path / "cache"), "--out", str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "--fid-weights" in result.stderr and "training continues with FID disabled" in result.stderr
     assert not any("fid" in r for r in read_metrics(out / "metrics.jsonl"))

@@ -55,9 +55,11 @@ def test_resumed_run_continues_exactly_like_an_uninterrupted_one(run, tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_launch_cpu_with_two_processes_trains_on_two_ranks(run, tmp_path):
+    """Accelerate starts one process for --cpu; the trainer hands over to torchrun with two."""
     out = tmp_path / "ddp"
     launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]
-    completed(run(SCRIPT, "--debug", "--max-steps", "4", "--log-every", "2", "--out", str(out), launcher=launcher))
+    launched = completed(run(SCRIPT, "--debug", "--max-steps", "4", "--log-every", "2", "--out", str(out), launcher=launcher))
+    assert "running 2 CPU processes on this machine (2 on 1) with torchrun" in launched.stdout
     records = read_metrics(out / "metrics.jsonl")
     assert [r["world_size"] for r in records] == [2, 2]
     files = {p.name for p in (out / "checkpoints" / "step_000004").iterdir()}

@@ -16,7 +16,7 @@ from typing import TypeVar
 import psutil
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TORCHRUN_CPU_ENV, torchrun_cpu
 from train.report.metrics import read_metrics
 from train.run.checkpoint import latest_checkpoint
 from train.run.lock import LOCK_FILE, RunLock, RunLocked
@@ -284,9 +284,8 @@ def test_a_second_start_or_resume_into_a_live_run_is_refused_and_touches_nothing
 @pytest.mark.slow
 def test_two_cpu_processes_take_the_lock_once_from_rank_0_and_refuse_a_concurrent_start(tmp_path, capsys):
     out, log = tmp_path / "two", tmp_path / "two.log"
-    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]
-    command = [*launcher, str(ROOT / "train/wgangp.py"), "--debug", "--max-steps", "4", "--out", str(out)]
-    with log.open("w") as sink, started(command, stdout=sink, stderr=subprocess.STDOUT, env=TRAINER_ENV) as launch:
+    command = [*torchrun_cpu(2), str(ROOT / "train/wgangp.py"), "--debug", "--max-steps", "4", "--out", str(out)]
+    with log.open("w") as sink, started(command, stdout=sink, stderr=subprocess.STDOUT, env={**TRAINER_ENV, **TORCHRUN_CPU_ENV}) as launch:
         holder = wait_for(lambda: lock_holder_pid(out), launch, log)
         with paused(holder):
             rank = psutil.Process(holder).environ().get("RANK")

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, run_script, train_in_process
+from tests.conftest import ROOT, TORCHRUN_CPU_ENV, run_script, torchrun_cpu, train_in_process
 from tests.fixtures import write_parquet_shards
 from train.common.failpoints import Failpoints
 from train.data import DataOptions, open_stream, parse_data_spec, to_model_input
@@ -132,10 +132,9 @@ def test_a_lasting_divergence_rolls_back_then_stops_with_a_checkpoint_and_exit_c
 @pytest.mark.slow
 def test_two_processes_take_the_same_decisions(tmp_path):
     out = tmp_path / "run"
-    launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2"]
-    env = {"FACEGAN_FAILPOINTS": "nonfinite_loss=6:100"}
+    env = {"FACEGAN_FAILPOINTS": "nonfinite_loss=6:100", **TORCHRUN_CPU_ENV}
     result = run_script("train/wgangp.py", *DEBUG, "--max-steps", "20", "--max-rollbacks", "1", "--out", str(out),
-                        env=env, launcher=launcher)
+                        env=env, launcher=torchrun_cpu(2))
     status = json.loads((out / "exit_status.json").read_text())
     assert (status["status"], status["step"]) == ("diverged", 11), result.stderr[-3000:]  # 6-8: back to 5; 9-11: stop
     states = [torch.load(out / "checkpoints" / "step_000011" / f"train_state_{r}.pt", weights_only=True) for r in (0, 1)]

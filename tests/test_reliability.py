@@ -13,7 +13,7 @@ from tests.conftest import TWO_RANK_FLAGS, train_in_process
 from tests.faults import (
     Figures,
     killed_and_resumed,
-    moments,
+    spread_moments,
     run_to_end,
     whole_checkpoints_load,
 )
@@ -33,13 +33,13 @@ def judged(figures: Figures) -> None:
 @pytest.mark.slow
 def test_sigkill_and_stop_signals_at_random_moments_lose_nothing_and_each_stop_leaves_a_whole_checkpoint_and_exit_75(two_rank_run, tmp_path):
     """One run of 2 processes, resumed after each fault: SIGKILL of every process, then SIGUSR1 and
-    SIGTERM to the ranks (as the launchers send them), each at a seeded-random moment of the
-    reference run's span. A stop must end with exit code 75 and a whole checkpoint of the step it
+    SIGTERM to the ranks (as the launchers send them), each at a seeded-random moment of its own third
+    of the reference run's span (start-up, mid-run, shutdown). A stop must end with exit code 75 and a whole checkpoint of the step it
     stopped at (or a finished run); a kill may lose only what the last checkpoint had not kept.
     One process, and ten moments of each: bench/reliability.py."""
     faults = [signal.SIGKILL, signal.SIGUSR1, signal.SIGTERM]
     figures = Figures("SIGKILL, SIGUSR1, SIGTERM; 2 processes")
-    killed_and_resumed(figures, two_rank_run.out, tmp_path / "run", 2, moments(2, len(faults), two_rank_run.seconds),
+    killed_and_resumed(figures, two_rank_run.out, tmp_path / "run", 2, spread_moments(2, len(faults), two_rank_run.seconds),
                        PAUSED_CHECKPOINTS, faults, flags=TWO_RANK_FLAGS)
     judged(figures)
 

@@ -13,19 +13,39 @@ from train.run.outcome import EXIT_STATUS_FILE, RunEnd, RunStatus, write_exit_st
 HEAVY = ("datasets", "pyarrow", "wandb", "torchmetrics", "torch_fidelity", "accelerate.accelerator", "matplotlib")
 
 
-@pytest.mark.parametrize("script", ["train/wgangp.py", "train/lightweight_gan.py"])
-@pytest.mark.parametrize("argv, code, line", [(["--help"], 0, "usage:"), (["--batch-size", "0"], 2, "--batch-size 0: must be at least 1"),
-                                              (["--data", "nowhere"], 2, "--data nowhere: no such folder")])
-def test_help_and_a_bad_flag_import_none_of_the_heavy_libraries(script, argv, code, line):
-    # A fresh interpreter (this one has imported them all by now), whose atexit functions still run
-    # when the runner ends the process without the interpreter's teardown (runner.exit_promptly).
-    program = f"""
+SCRIPTS = ["train/wgangp.py", "train/lightweight_gan.py"]
+EARLY_ENDS = [(["--help"], 0, "usage:"), (["--batch-size", "0"], 2, "--batch-size 0: must be at least 1"),
+              (["--data", "nowhere"], 2, "--data nowhere: no such folder")]
+
+
+@pytest.fixture(scope="module")
+def early_ends() -> dict[tuple[str, str], subprocess.Popen]:
+    """Every script and argv of EARLY_ENDS in a fresh interpreter (this one has imported the heavy
+    libraries by now), whose atexit functions still run when the runner ends the process without the
+    interpreter's teardown (runner.exit_promptly). All started at once: each waits on its imports
+    on one core, so side by side they take the time of about half of them."""
+    program = """
 import atexit, runpy, sys
-atexit.register(lambda: print("heavy:" + ",".join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr))
+heavy = {heavy!r}
+atexit.register(lambda: print("heavy:" + ",".join(m for m in heavy if m in sys.modules), file=sys.stderr))
 sys.argv = ["{script}", *{argv!r}]
 runpy.run_path("{script}", run_name="__main__")
 """
-    result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    started = {(script, " ".join(argv)): subprocess.Popen([sys.executable, "-c", program.format(heavy=HEAVY, script=script, argv=argv)],
+                                                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for script in SCRIPTS for argv, _, _ in EARLY_ENDS}
+    yield started
+    for process in started.values():
+        process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("argv, code, line", EARLY_ENDS)
+def test_help_and_a_bad_flag_import_none_of_the_heavy_libraries(early_ends, script, argv, code, line):
+    process = early_ends[script, " ".join(argv)]
+    stdout, stderr = process.communicate(timeout=120)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert result.returncode == code, result.stderr
     assert line in result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1] == "heavy:"
