@@ -61,7 +61,7 @@ BESIDE_BACKGROUND_JOBS = ("test_runner.py", "test_startup.py", "test_stop.py", "
 # CPU ranks started by torchrun itself, for the tests whose subject is not the launcher: `accelerate
 # launch --cpu --num_processes N` hands over to the same torchrun (train/run/multi_cpu.py), two
 # interpreter starts later (12.8 s against 9.2 s for a 12-step 2-rank run on 2 cores). The launch
-# itself is checked through Accelerate in test_lightweight_gan, the Slurm jobs and the notebooks.
+# itself is checked through Accelerate in two_rank_run, the Slurm jobs and the notebooks.
 TORCHRUN_CPU_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -213,20 +213,33 @@ class LaunchedRun:
     out: Path
     output: str  # the launcher's and both ranks' stdout and stderr
     seconds: float
+    torchrun_seconds: float  # from Accelerate's hand-over to torchrun until the end: a run torchrun starts itself takes about as long
 
 
 @pytest.fixture(scope="session")
 def two_rank_run(tmp_path_factory) -> LaunchedRun:
-    """`torchrun --nproc_per_node 2 train/wgangp.py` with TWO_RANK_FLAGS: 12 steps on 2 gloo ranks.
-    test_wgangp checks the run; test_reliability judges faulted runs, started the same way, against
-    it (its duration is the span of their random moments) and continues a copy of it on other
-    numbers of processes."""
-    from tests.faults import run_to_end
+    """`accelerate launch --cpu --num_processes 2 train/wgangp.py` with TWO_RANK_FLAGS: 12 steps on
+    2 gloo ranks. test_wgangp checks the launch; test_reliability judges faulted runs against it
+    (started by torchrun itself: their random moments fall within `torchrun_seconds`) and continues a
+    copy of it on other numbers of processes."""
+    import time
+
+    from tests.faults import kill_group, start
 
     out = tmp_path_factory.mktemp("two_rank") / "run"
-    code, output, seconds = run_to_end(out, 2, flags=TWO_RANK_FLAGS)
-    assert code == 0, output[-3000:]
-    return LaunchedRun(out, output, seconds)
+    began, handed_over, lines = time.monotonic(), None, []
+    process = start(out, 2, None, flags=TWO_RANK_FLAGS, through_accelerate=True)
+    try:
+        for line in process.stdout:  # until every process holding the pipe has ended
+            lines.append(line)
+            if handed_over is None and "CPU processes on this machine" in line:
+                handed_over = time.monotonic()
+        code = process.wait(timeout=60)
+    finally:
+        kill_group(process)
+    ended, output = time.monotonic(), "".join(lines)
+    assert code == 0 and handed_over is not None, output[-3000:]
+    return LaunchedRun(out, output, ended - began, ended - handed_over)
 
 
 def _debug_launcher(target: str, args: tuple, num_processes: int, timeout: float) -> subprocess.CompletedProcess:

@@ -39,7 +39,7 @@ def test_sigkill_and_stop_signals_at_random_moments_lose_nothing_and_each_stop_l
     One process, and ten moments of each: bench/reliability.py."""
     faults = [signal.SIGKILL, signal.SIGUSR1, signal.SIGTERM]
     figures = Figures("SIGKILL, SIGUSR1, SIGTERM; 2 processes")
-    killed_and_resumed(figures, two_rank_run.out, tmp_path / "run", 2, spread_moments(2, len(faults), two_rank_run.seconds),
+    killed_and_resumed(figures, two_rank_run.out, tmp_path / "run", 2, spread_moments(2, len(faults), two_rank_run.torchrun_seconds),
                        PAUSED_CHECKPOINTS, faults, flags=TWO_RANK_FLAGS)
     judged(figures)
 

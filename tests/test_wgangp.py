@@ -78,7 +78,9 @@ def test_metrics_logged_after_the_last_checkpoint_are_not_repeated_on_resume(run
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
-def test_two_cpu_processes_train_on_two_ranks(two_rank_run):
+def test_accelerate_launch_cpu_with_two_processes_trains_on_two_ranks(two_rank_run):
+    """Accelerate starts one process for --cpu; the trainer hands over to torchrun with two."""
+    assert "running 2 CPU processes on this machine (2 on 1) with torchrun" in two_rank_run.output
     assert read_metrics(two_rank_run.out / "metrics.jsonl")[-1]["world_size"] == 2
     files = {p.name for p in (two_rank_run.out / "checkpoints" / "step_000012").iterdir()}
     assert {"random_states_1.pkl", "train_state_1.pt"} <= files
