@@ -1,7 +1,6 @@
 """A real single-node Slurm on this machine for the launcher tests: munge, slurmctld and slurmd
 with a private slurm.conf, state and ports under a temporary folder. Needs root and Debian's
 slurm-wlm and munge (.ci/run installs them). Stops only what it started."""
-import contextlib
 import os
 import re
 import shutil
@@ -12,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.background import background
 
 DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol")
 MUNGE_KEY = Path("/etc/munge/munge.key")
@@ -24,14 +25,7 @@ CPUS = 4
 # priority (slurmd's, which Slurm's tasks inherit), they take the CPU time the other tests leave idle
 # while those wait on their own processes, instead of slowing them.
 NICE = {"slurmd": ["nice", "-n", "19"]}
-# Niceness alone does not do that: Linux's autogroup scheduling (sched_autogroup_enabled) first shares
-# the CPU between sessions, and each Slurm task (as each torchrun rank) runs in a session of its own,
-# whose processes then get as much CPU as all of pytest's session, whatever their niceness. Measured
-# here: two CPU-bound nice-19 processes in sessions of their own slowed a loop in this session from
-# 1.75 s to 2.46 s; with their sessions' autogroups at nice 19 too, 1.65 s. So a thread sets the
-# autogroup of every process under slurmstepd to nice 19 as it appears (/proc/PID/autogroup, root).
-AUTOGROUP_NICE = 19
-AUTOGROUP_POLL_S = 0.2
+# Niceness alone does not do that under autogroup scheduling: tests/background.py.
 # cred_expire also sets how long Slurm holds a requeued job before it may start again (120 s by
 # default), and the schedulers look for it every 5 s (60 and 30 by default): a short requeue.
 SLURM_CONF = """\
@@ -93,8 +87,6 @@ class LocalSlurm:
         self.conf = folder / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._munged_pid: int | None = None
-        self._stopping = threading.Event()
-        self._background = threading.Thread(target=self._keep_jobs_in_the_background, name="slurm jobs' priority", daemon=True)
 
     def start(self) -> "LocalSlurm":
         for sub in ("state", "spool"):
@@ -113,29 +105,8 @@ class LocalSlurm:
                 self.stop()
                 raise RuntimeError(f"the local Slurm node never became idle:\n{log}")
             time.sleep(0.5)
-        self._background.start()
+        background.start()
         return self
-
-    def _keep_jobs_in_the_background(self) -> None:
-        """Every AUTOGROUP_POLL_S, each new process that is a slurmstepd or a child of a job's process
-        (the batch shells, launchers and ranks, in their sessions) gets its autogroup set to
-        AUTOGROUP_NICE. Only the new pids of /proc are read: a few hundred microseconds a poll. Only
-        this cluster's slurmd runs here (see stop: every job is a test's)."""
-        seen: set[int] = set()
-        jobs: set[int] = set()
-        while not self._stopping.wait(AUTOGROUP_POLL_S):
-            pids = {int(name) for name in os.listdir("/proc") if name.isdigit()}
-            for pid in sorted(pids - seen):  # a parent before its children
-                try:
-                    stat = Path(f"/proc/{pid}/stat").read_text()
-                except OSError:
-                    continue  # ended already
-                name, after = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-                if name == "slurmstepd" or int(after[1]) in jobs:
-                    jobs.add(pid)
-                    with contextlib.suppress(OSError):  # ended already, or no autogroups in this kernel
-                        Path(f"/proc/{pid}/autogroup").write_text(str(AUTOGROUP_NICE))
-            seen = pids
 
     def _start_munge(self) -> None:
         if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0:
@@ -150,7 +121,6 @@ class LocalSlurm:
         self._munged_pid = int(pid_file.read_text()) if pid_file.exists() else None
 
     def stop(self) -> None:
-        self._stopping.set()
         # Every job of this private cluster is a test's.
         subprocess.run(["scancel", "--quiet", "--user", "root"], env=self.env, capture_output=True, timeout=30)
         for daemon in ("slurmd", "slurmctld"):

@@ -17,11 +17,12 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tests.background import NICE as BACKGROUND_NICE
+from tests.background import background
 from train.run.zero import ZeroOptions, ZeroRefused, accelerator_options, check_zero
 
 GLOBAL_BATCH = 8
@@ -129,7 +132,7 @@ def test_fp16_is_torch_autocast_with_fp32_weights():
 
 # --- 2 gloo processes ----------------------------------------------------------------------
 
-def _torchrun(script: str, *args: str, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+def _torchrun_command(script: str, *args: str, processes: int = 2) -> tuple[list[str], dict[str, str]]:
     """`script args...` on `processes` CPU processes, without an outer launcher's ACCELERATE_* settings.
     DS_ACCELERATOR=cpu: DeepSpeed's CPU accelerator without the warning."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -139,6 +142,11 @@ def _torchrun(script: str, *args: str, processes: int = 2, timeout: float = 300)
     # The cases import tests.conftest: the repository root on the ranks' path, as pytest's rootdir
     # is on this process's (the editable install maps only the product's packages).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return command, env
+
+
+def _torchrun(script: str, *args: str, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    command, env = _torchrun_command(script, *args, processes=processes)
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -182,18 +190,72 @@ class ZeroCases:
         return stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
 
 
-@pytest.fixture(scope="session")
-def zero_cases(tmp_path_factory) -> ZeroCases:
-    """Every 2-process case (CASES) in one torchrun launch: the launch (2 interpreters, torch,
-    DeepSpeed and Accelerate imported, a rendezvous) costs more than most cases. Its first
-    `deepspeed.init_distributed` compiles the deepspeed_shm_comm op (about 45-80 s on 2 cores, cached
-    in ~/.cache/torch_extensions), paid here, once, so no test times out on it."""
-    folder = tmp_path_factory.mktemp("zero_cases")
+@dataclasses.dataclass(frozen=True)
+class ZeroLaunch:
+    folder: Path  # where each case records its outcome, and the launch's output
+    process: subprocess.Popen
+
+
+def _started_in_the_background(folder: Path, script: str, *args: str) -> ZeroLaunch:
+    """`script args...` on 2 CPU processes from now on, in the background (tests/background.py),
+    its output in files: a pipe nobody reads before the end would fill and stop it."""
+    command, env = _torchrun_command(script, *args)
+    with (folder / "launch.out").open("w") as stdout, (folder / "launch.err").open("w") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+    background.add(process.pid)
+    return ZeroLaunch(folder, process)
+
+
+def _ended(launch: ZeroLaunch, timeout: float) -> subprocess.CompletedProcess | subprocess.TimeoutExpired:
+    """The launch's end and output; a launch past `timeout` is killed with its ranks."""
     try:
-        launch = _torchrun("tests/test_zero.py", "cases", str(folder), timeout=CASES_TIMEOUT_S)
-    except subprocess.TimeoutExpired as timed_out:  # the cases recorded before it still count
-        launch = timed_out
-    return ZeroCases(folder, launch)
+        launch.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as timed_out:
+        os.killpg(launch.process.pid, signal.SIGKILL)
+        timed_out.stderr = (launch.folder / "launch.err").read_text()
+        return timed_out
+    return subprocess.CompletedProcess(launch.process.args, launch.process.returncode, (launch.folder / "launch.out").read_text(),
+                                       (launch.folder / "launch.err").read_text())
+
+
+def _end(launch: ZeroLaunch) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(launch.process.pid, signal.SIGKILL)
+    launch.process.wait()
+
+
+@pytest.fixture(scope="session")
+def zero_launch(tmp_path_factory) -> Iterator[ZeroLaunch]:
+    """Every 2-process case (CASES) in one torchrun launch: the launch (2 interpreters, torch,
+    DeepSpeed and Accelerate imported, a rendezvous) costs more than most cases. Started by the
+    suite's first tests (submits_background_jobs) in the background, so that it runs in the CPU
+    time the tests before this file leave idle."""
+    folder = tmp_path_factory.mktemp("zero_cases")
+    launch = _started_in_the_background(folder, "tests/test_zero.py", "cases", str(folder))
+    yield launch
+    _end(launch)
+
+
+@pytest.fixture(scope="session")
+def zero_cases(zero_launch) -> ZeroCases:
+    """The cases' outcomes once the launch has ended. Its first `deepspeed.init_distributed`
+    compiles the deepspeed_shm_comm op where it is not cached yet (about 45-80 s on 2 cores, cached
+    in ~/.cache/torch_extensions), paid here, once, so no test times out on it."""
+    return ZeroCases(zero_launch.folder, _ended(zero_launch, CASES_TIMEOUT_S))
+
+
+@pytest.mark.slow
+@pytest.mark.submits_background_jobs
+def test_the_deepspeed_launches_start_first_at_background_priority(zero_launch, lightweight_zero_run):
+    """Their processes yield the CPU to the rest of the suite: their session's autogroup (where the
+    kernel has them) and their own niceness at 19."""
+    for launch in (zero_launch, lightweight_zero_run):
+        pid = launch.process.pid
+        assert launch.process.poll() is None, (launch.folder / "launch.err").read_text()[-3000:]
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-1] == str(BACKGROUND_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == BACKGROUND_NICE
 
 
 @pytest.fixture(scope="session")
@@ -422,16 +484,27 @@ def test_wgangp_under_zero_2_on_two_processes_logs_world_size_2_and_resumes_exac
     assert_resumed_like_whole(whole, split, ("d_loss", "g_loss", "gp", "wdist"))
 
 
+@pytest.fixture(scope="session")
+def lightweight_zero_run(tmp_path_factory) -> Iterator[ZeroLaunch]:
+    """The lightweight GAN to step 6 under ZeRO-1 on 2 processes (its exact resume is the same code
+    as the WGAN-GP case's, which proves it), launched as a user launches it: the one DeepSpeed
+    trainer here that ends as a process, with its exit code and end_training's release of the
+    process group (the cases' runs share theirs). Started with the cases' launch, in the background."""
+    folder = tmp_path_factory.mktemp("lightweight_zero")
+    launch = _started_in_the_background(folder, "train/lightweight_gan.py", "--debug", "--deepspeed", "1", "--ckpt-every", "3",
+                                        "--log-every", "2", "--sample-every", "100", "--max-steps", "6", "--out", str(folder / "whole"))
+    yield launch
+    _end(launch)
+
+
 @pytest.mark.slow
-def test_lightweight_gan_under_zero_1_on_two_processes_logs_world_size_2_and_refuses_one_process(deepspeed_op_compiled, tmp_path):
+def test_lightweight_gan_under_zero_1_on_two_processes_logs_world_size_2_and_refuses_one_process(lightweight_zero_run):
     from tests.conftest import completed
 
-    # The run to step 6 (its exact resume is the same code as the WGAN-GP test's above, which proves it),
-    # launched as a user launches it: the one DeepSpeed trainer here that ends as a process, with its
-    # exit code and end_training's release of the process group (the cases' runs share theirs).
-    whole = tmp_path / "whole"
-    completed(_torchrun("train/lightweight_gan.py", "--debug", "--deepspeed", "1", "--ckpt-every", "3", "--log-every", "2",
-                        "--sample-every", "100", "--max-steps", "6", "--out", str(whole)))
+    ended = _ended(lightweight_zero_run, CASES_TIMEOUT_S)
+    assert not isinstance(ended, subprocess.TimeoutExpired), ended.stderr[-3000:]
+    completed(ended)
+    whole = lightweight_zero_run.folder / "whole"
     _assert_deepspeed_run(whole, 1)
     # ZeRO's optimizer states are split over the 2 ranks that saved them: 1 process is refused in one
     # line, and the run's folder left as it was, its exit_status.json and run.lock included.
