@@ -11,8 +11,11 @@ So a thread sets the autogroup of every background process to nice 19 as it appe
 (/proc/PID/autogroup): each slurmstepd, each process registered here, and their descendants."""
 import contextlib
 import os
+import signal
+import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 NICE = 19
@@ -71,3 +74,47 @@ def _lower(pid: int) -> None:
 
 
 background = _Background()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A command started in the background; its stdout and stderr in `folder`'s launch.out and
+    launch.err (a pipe nobody reads before the end would fill and stop it)."""
+
+    folder: Path
+    process: subprocess.Popen
+
+    def output(self) -> tuple[str, str]:
+        return (self.folder / "launch.out").read_text(), (self.folder / "launch.err").read_text()
+
+    def ended(self, timeout: float) -> subprocess.CompletedProcess | subprocess.TimeoutExpired:
+        """Its end and output; one past `timeout` is killed with everything it started."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as timed_out:
+            self.end()
+            timed_out.stdout, timed_out.stderr = self.output()
+            return timed_out
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, *self.output())
+
+    def end(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def assert_in_background(self) -> None:
+        """Still running, at the background priority: its autogroup (where the kernel has them) and niceness."""
+        pid = self.process.pid
+        assert self.process.poll() is None, self.output()[1][-3000:]
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-1] == str(NICE), autogroup.read_text()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == NICE
+
+
+def start_in_background(command: list[str], folder: Path, env: dict[str, str], cwd: Path) -> Launch:
+    """`command` from now on, in a session of its own, at the background priority."""
+    with (folder / "launch.out").open("w") as stdout, (folder / "launch.err").open("w") as stderr:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+    background.add(process.pid)
+    return Launch(folder, process)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -30,8 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tests.background import NICE as BACKGROUND_NICE
-from tests.background import background
+from tests.background import Launch, start_in_background
 from train.run.zero import ZeroOptions, ZeroRefused, accelerator_options, check_zero
 
 GLOBAL_BATCH = 8
@@ -190,42 +188,13 @@ class ZeroCases:
         return stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
 
 
-@dataclasses.dataclass(frozen=True)
-class ZeroLaunch:
-    folder: Path  # where each case records its outcome, and the launch's output
-    process: subprocess.Popen
-
-
-def _started_in_the_background(folder: Path, script: str, *args: str) -> ZeroLaunch:
-    """`script args...` on 2 CPU processes from now on, in the background (tests/background.py),
-    its output in files: a pipe nobody reads before the end would fill and stop it."""
+def _started_in_the_background(folder: Path, script: str, *args: str) -> Launch:
     command, env = _torchrun_command(script, *args)
-    with (folder / "launch.out").open("w") as stdout, (folder / "launch.err").open("w") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
-    background.add(process.pid)
-    return ZeroLaunch(folder, process)
-
-
-def _ended(launch: ZeroLaunch, timeout: float) -> subprocess.CompletedProcess | subprocess.TimeoutExpired:
-    """The launch's end and output; a launch past `timeout` is killed with its ranks."""
-    try:
-        launch.process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired as timed_out:
-        os.killpg(launch.process.pid, signal.SIGKILL)
-        timed_out.stderr = (launch.folder / "launch.err").read_text()
-        return timed_out
-    return subprocess.CompletedProcess(launch.process.args, launch.process.returncode, (launch.folder / "launch.out").read_text(),
-                                       (launch.folder / "launch.err").read_text())
-
-
-def _end(launch: ZeroLaunch) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(launch.process.pid, signal.SIGKILL)
-    launch.process.wait()
+    return start_in_background(command, folder, env, ROOT)
 
 
 @pytest.fixture(scope="session")
-def zero_launch(tmp_path_factory) -> Iterator[ZeroLaunch]:
+def zero_launch(tmp_path_factory) -> Iterator[Launch]:
     """Every 2-process case (CASES) in one torchrun launch: the launch (2 interpreters, torch,
     DeepSpeed and Accelerate imported, a rendezvous) costs more than most cases. Started by the
     suite's first tests (submits_background_jobs) in the background, so that it runs in the CPU
@@ -233,7 +202,7 @@ def zero_launch(tmp_path_factory) -> Iterator[ZeroLaunch]:
     folder = tmp_path_factory.mktemp("zero_cases")
     launch = _started_in_the_background(folder, "tests/test_zero.py", "cases", str(folder))
     yield launch
-    _end(launch)
+    launch.end()
 
 
 @pytest.fixture(scope="session")
@@ -241,7 +210,7 @@ def zero_cases(zero_launch) -> ZeroCases:
     """The cases' outcomes once the launch has ended. Its first `deepspeed.init_distributed`
     compiles the deepspeed_shm_comm op where it is not cached yet (about 45-80 s on 2 cores, cached
     in ~/.cache/torch_extensions), paid here, once, so no test times out on it."""
-    return ZeroCases(zero_launch.folder, _ended(zero_launch, CASES_TIMEOUT_S))
+    return ZeroCases(zero_launch.folder, zero_launch.ended(CASES_TIMEOUT_S))
 
 
 @pytest.mark.slow
@@ -250,12 +219,7 @@ def test_the_deepspeed_launches_start_first_at_background_priority(zero_launch, 
     """Their processes yield the CPU to the rest of the suite: their session's autogroup (where the
     kernel has them) and their own niceness at 19."""
     for launch in (zero_launch, lightweight_zero_run):
-        pid = launch.process.pid
-        assert launch.process.poll() is None, (launch.folder / "launch.err").read_text()[-3000:]
-        autogroup = Path(f"/proc/{pid}/autogroup")
-        if autogroup.exists():
-            assert autogroup.read_text().split()[-1] == str(BACKGROUND_NICE)
-        assert os.getpriority(os.PRIO_PROCESS, pid) == BACKGROUND_NICE
+        launch.assert_in_background()
 
 
 @pytest.fixture(scope="session")
@@ -485,7 +449,7 @@ def test_wgangp_under_zero_2_on_two_processes_logs_world_size_2_and_resumes_exac
 
 
 @pytest.fixture(scope="session")
-def lightweight_zero_run(tmp_path_factory) -> Iterator[ZeroLaunch]:
+def lightweight_zero_run(tmp_path_factory) -> Iterator[Launch]:
     """The lightweight GAN to step 6 under ZeRO-1 on 2 processes (its exact resume is the same code
     as the WGAN-GP case's, which proves it), launched as a user launches it: the one DeepSpeed
     trainer here that ends as a process, with its exit code and end_training's release of the
@@ -494,14 +458,14 @@ def lightweight_zero_run(tmp_path_factory) -> Iterator[ZeroLaunch]:
     launch = _started_in_the_background(folder, "train/lightweight_gan.py", "--debug", "--deepspeed", "1", "--ckpt-every", "3",
                                         "--log-every", "2", "--sample-every", "100", "--max-steps", "6", "--out", str(folder / "whole"))
     yield launch
-    _end(launch)
+    launch.end()
 
 
 @pytest.mark.slow
 def test_lightweight_gan_under_zero_1_on_two_processes_logs_world_size_2_and_refuses_one_process(lightweight_zero_run):
     from tests.conftest import completed
 
-    ended = _ended(lightweight_zero_run, CASES_TIMEOUT_S)
+    ended = lightweight_zero_run.ended(CASES_TIMEOUT_S)
     assert not isinstance(ended, subprocess.TimeoutExpired), ended.stderr[-3000:]
     completed(ended)
     whole = lightweight_zero_run.folder / "whole"
