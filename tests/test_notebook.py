@@ -2,8 +2,6 @@
 executed top to bottom on the CPU (papermill), Kaggle's twice to continue from an attached output."""
 import json
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -21,7 +19,6 @@ from launch.notebook import (
     use_wandb_secret,
 )
 from launch.prepare_once import prepared_data
-from tests.background import Launch, start_in_background
 from tests.conftest import completed, train_in_process
 from tests.fixtures import write_image_folder
 from train.report.metrics import read_metrics
@@ -144,55 +141,24 @@ def execute(notebook: Path, output: Path, **parameters) -> str:
     return "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-def kaggle_sessions(folder: str) -> None:
-    """The two Kaggle sessions of the test below, one after the other, each notebook's printed text
-    kept in FOLDER/k1.txt and k2.txt: run in the background by `kaggle_launch`."""
-    tmp = Path(folder)
-    first, second = tmp / "session1", tmp / "session2"
-    images = str(write_image_folder(tmp / "faces", 16))
+@pytest.mark.slow
+def test_the_kaggle_notebook_stops_at_its_time_limit_and_the_next_session_continues_from_its_output(tmp_path, no_wandb_env):
+    first, second = tmp_path / "session1", tmp_path / "session2"
+    images = str(write_image_folder(tmp_path / "faces", 16))
     flags = ["--debug", "--data", images, "--max-steps", "400", "--log-every", "1"]
     # A limit shorter than the start-up: the session stops at its first step's end, as test_stop shows.
-    (tmp / "k1.txt").write_text(execute(KAGGLE, tmp / "k1.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT="1s",
-                                        INPUTS=str(tmp / "none"), WORKING=str(first)))
-    # The next session: the first one's /kaggle/working attached as an input.
-    stopped = json.loads((first / "run" / "exit_status.json").read_text())["step"]
-    flags = ["--debug", "--data", images, "--max-steps", str(stopped + 2), "--log-every", "1"]
-    (tmp / "k2.txt").write_text(execute(KAGGLE, tmp / "k2.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT=None,
-                                        INPUTS=str(tmp), WORKING=str(second)))
-
-
-@pytest.fixture(scope="session")
-def kaggle_launch(tmp_path_factory) -> Iterator[Launch]:
-    """Both Kaggle sessions (two kernels, a preparation, two launches: about 25 s), started by the
-    suite's first tests (submits_background_jobs) in the background and judged when their test comes."""
-    folder = tmp_path_factory.mktemp("kaggle")
-    env = {name: value for name, value in os.environ.items() if name not in ("WANDB_API_KEY", "WANDB_MODE")}
-    launch = start_in_background([sys.executable, "-c", f"from tests.test_notebook import kaggle_sessions; kaggle_sessions({str(folder)!r})"],
-                                 folder, env, ROOT)
-    yield launch
-    launch.end()
-
-
-@pytest.mark.slow
-@pytest.mark.submits_background_jobs
-def test_the_kaggle_sessions_start_first_at_background_priority(kaggle_launch):
-    kaggle_launch.assert_in_background()
-
-
-@pytest.mark.slow
-def test_the_kaggle_notebook_stops_at_its_time_limit_and_the_next_session_continues_from_its_output(kaggle_launch):
-    ended = kaggle_launch.ended(timeout=540)
-    assert ended.returncode == 0, ended.stderr[-4000:]
-    tmp = kaggle_launch.folder
-    first, second = tmp / "session1", tmp / "session2"
-    printed = (tmp / "k1.txt").read_text()
+    printed = execute(KAGGLE, tmp_path / "k1.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT="1s",
+                      INPUTS=str(tmp_path / "none"), WORKING=str(first))
     assert "no WANDB_API_KEY secret, so the run logs offline" in printed
     assert "stopped early with a checkpoint" in printed
     stopped = json.loads((first / "run" / "exit_status.json").read_text())["step"]
     prepared = json.loads((first / "run" / "config.json").read_text())["data"]
     assert "preparing" in printed and prepared.startswith(f"prepared:{first / 'prepared'}")
 
-    printed = (tmp / "k2.txt").read_text()
+    # The next session: the first one's /kaggle/working attached as an input.
+    flags = ["--debug", "--data", images, "--max-steps", str(stopped + 2), "--log-every", "1"]
+    printed = execute(KAGGLE, tmp_path / "k2.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT=None,
+                      INPUTS=str(tmp_path), WORKING=str(second))
     assert f"continuing the run from {first / 'run'}" in printed
     assert "preparing" not in printed and json.loads((second / "run" / "config.json").read_text())["data"] == prepared
     assert f"resumed from step {stopped}" in printed and "finished:" in printed
