@@ -153,6 +153,7 @@ accelerator.end_training()
 """
 
 
+@pytest.mark.slow  # two rank processes: the whole suite's, not the inner loop's
 def test_when_one_rank_cannot_write_every_rank_fails_the_save_and_none_waits_for_the_other(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -136,6 +136,7 @@ def assert_stopped_together(out: Path, ends: list[tuple[int, str]], reason: str)
     return step
 
 
+@pytest.mark.slow  # a torchrun pair: the whole suite's, not the inner loop's
 def test_sigusr1_to_one_rank_stops_both_at_the_same_step_and_a_second_signal_corrupts_nothing(tmp_path):
     out = tmp_path / "run"
     ranks, pid_dir = start_ranks(out, *LONG_DEBUG)
@@ -154,6 +155,7 @@ def test_sigusr1_to_one_rank_stops_both_at_the_same_step_and_a_second_signal_cor
     # Resuming from such a checkpoint on two ranks: tests/test_slurm.py, the multi-node job.
 
 
+@pytest.mark.slow  # a torchrun pair: the whole suite's, not the inner loop's
 def test_time_limit_stops_both_ranks_at_the_same_step_and_marks_the_wandb_run_preempted(tmp_path):
     out = tmp_path / "run"
     ranks, _ = start_ranks(out, *LONG_DEBUG, "--time-limit", "1s", "--wandb-mode", "offline")  # over by the first step's end
