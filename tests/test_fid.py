@@ -176,6 +176,7 @@ def _two_process_scores(cached: str, fresh: str, expected: dict) -> None:
     accelerator.end_training()
 
 
+@pytest.mark.slow  # a gloo launch of two processes: the whole suite's, not the inner loop's
 def test_two_gloo_processes_give_the_one_process_scores(accelerator, tmp_path):
     expected = make_evaluator(accelerator, tmp_path / "cached").evaluate(SyntheticLikeGenerator(), LATENT_DIM)
     debug_launch(f"{__name__}:_two_process_scores", str(tmp_path / "cached"), str(tmp_path / "fresh"), expected)

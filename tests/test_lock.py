@@ -251,6 +251,7 @@ def test_a_lock_path_that_is_no_regular_file_is_refused_in_one_line_and_left_alo
     assert [p.name for p in out.iterdir()] == [LOCK_FILE]
 
 
+@pytest.mark.slow  # a live run's process beside this one: the whole suite's, not the inner loop's
 def test_a_second_start_or_resume_into_a_live_run_is_refused_and_touches_nothing(tmp_path, capsys):
     out, log = tmp_path / "run", tmp_path / "first.log"
     first_run = [sys.executable, str(ROOT / "train/wgangp.py"), "--debug", "--max-steps", "200", "--log-every", "1",

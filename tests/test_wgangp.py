@@ -106,6 +106,7 @@ def test_wgangp_covers_all_eight_gaussian_modes(run, tmp_path):
     assert (per_mode >= 5).all(), f"samples within 3 std of each mode: {per_mode.tolist()}"
 
 
+@pytest.mark.slow  # a trainer process with two decoding workers: the whole suite's, not the inner loop's
 def test_training_from_parquet_shards_logs_data_counters(tmp_path):
     from tests.fixtures import write_parquet_shards
 
