@@ -8,7 +8,14 @@ session of its own gets as much CPU as all of pytest's session, whatever its nic
 from 1.75 s to 2.46 s, and a 2-thread torch loop from 3.6 s to 26.9 s (its OpenMP threads wait for
 each other at every barrier); with those sessions' autogroups at nice 19 too, 1.65 s and 3.9 s.
 So a thread sets the autogroup of every background process to nice 19 as it appears
-(/proc/PID/autogroup): each slurmstepd, each process registered here, and their descendants."""
+(/proc/PID/autogroup): each process registered here, and its descendants.
+
+Not the real Slurm jobs (they keep slurmd's nice 19 only): lowered this way on a fresh clone's run
+(2026-12-03 13:37), the time-limited job's trainer was still starting when Slurm's time-limit
+SIGUSR1 came 26 s in, and that run went on to finish its 40 steps without stopping or requeueing,
+so its test failed. Why a signal at that moment of start-up was not acted on is still open (see
+the README's Tests section); until then that job starts at a full session's share, as it did when
+its test passed."""
 import contextlib
 import os
 import signal
@@ -20,7 +27,6 @@ from pathlib import Path
 
 NICE = 19
 POLL_S = 0.2
-STEPD = "slurmstepd"
 
 
 class _Background:
@@ -37,8 +43,7 @@ class _Background:
         self.start()
 
     def start(self) -> None:
-        """Watching from now on: every slurmstepd (this machine's only Slurm is the suite's), each
-        process added, and what they start."""
+        """Watching from now on: each process added, and what they start."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="background priority", daemon=True)
@@ -57,8 +62,8 @@ class _Background:
                     stat = Path(f"/proc/{pid}/stat").read_text()
                 except OSError:
                     continue  # ended already
-                name, after = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-                if pid in background or name == STEPD or int(after[1]) in background:
+                after = stat[stat.rindex(")") + 2 :].split()  # after the name: state, ppid, ...
+                if pid in background or int(after[1]) in background:
                     background.add(pid)
                     _lower(pid)
             background &= pids
