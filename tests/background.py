@@ -40,11 +40,6 @@ class _Background:
         _lower(pid)
         with self._lock:
             self._registered.add(pid)
-        self.start()
-
-    def start(self) -> None:
-        """Watching from now on: each process added, and what they start."""
-        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="background priority", daemon=True)
                 self._thread.start()
