@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tests.background import Launch, start_in_background
+from tests.conftest import torchrun_cpu
 from train.run.zero import ZeroOptions, ZeroRefused, accelerator_options, check_zero
 
 GLOBAL_BATCH = 8
@@ -133,8 +134,7 @@ def test_fp16_is_torch_autocast_with_fp32_weights():
 def _torchrun_command(script: str, *args: str, processes: int = 2) -> tuple[list[str], dict[str, str]]:
     """`script args...` on `processes` CPU processes, without an outer launcher's ACCELERATE_* settings.
     DS_ACCELERATOR=cpu: DeepSpeed's CPU accelerator without the warning."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               str(ROOT / script), *args]
+    command = [*torchrun_cpu(processes), str(ROOT / script), *args]
     env = {name: value for name, value in os.environ.items() if not name.startswith("ACCELERATE_")}
     env |= {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     # The cases import tests.conftest: the repository root on the ranks' path, as pytest's rootdir
