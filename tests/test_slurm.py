@@ -4,6 +4,7 @@ standing in for two nodes, side by side."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -144,6 +145,26 @@ def test_requeues_stop_at_the_maximum_restarts():
     result = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == RESUMABLE
     assert "after 2 restarts, the most --max-restarts / MAX_RESTARTS allows; submit again with --resume" in result.stdout
+
+
+def test_a_signal_is_kept_for_a_rank_whose_pid_file_is_not_written_yet(tmp_path):
+    """node.sh passes a signal to the ranks' listed pids; a rank caught between creating its pid
+    file and writing the pid (a starved process can stay there a while) must get it later, not be
+    counted as reached."""
+    ranks = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        code = f'''source "{SLURM}/common.sh"; PER_NODE=2; FACEGAN_PID_DIR="{tmp_path}"; SENT=""
+            : > "{tmp_path}/rank0.pid"; echo {ranks[1].pid} > "{tmp_path}/rank1.pid"
+            forward_to_ranks USR1; echo "one of two: ${{PENDING:-none}}"
+            echo {ranks[0].pid} > "{tmp_path}/rank0.pid"
+            forward_to_ranks USR1; echo "both: ${{PENDING:-none}}"
+            forward_to_ranks USR1; echo "sent:$SENT"'''
+        result = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30)
+        assert result.stdout.splitlines() == ["one of two: USR1", "both: none", f"sent: {ranks[1].pid} {ranks[0].pid}"], result.stderr
+        assert [rank.wait(timeout=30) for rank in ranks] == [-signal.SIGUSR1, -signal.SIGUSR1]
+    finally:
+        for rank in ranks:
+            rank.kill()
 
 
 # ---- on a real Slurm ----

@@ -220,6 +220,28 @@ run_forwarding_signals() {
     return "$code"
 }
 
+# node.sh's signal on to the training processes, which list their pids in $FACEGAN_PID_DIR as
+# rankN.pid once their stop handlers are in (train/run/stop.py): each listed pid not yet in $SENT
+# gets signal $1. $PENDING keeps the signal until $PER_NODE processes have had it, for node.sh to
+# pass again to those that start later. A file without a pid yet, or a pid that cannot be
+# signalled, counts as not reached: a run still starting must not lose the request.
+forward_to_ranks() {
+    local pid_file pid
+    for pid_file in "$FACEGAN_PID_DIR"/rank*.pid; do
+        pid=$(cat "$pid_file" 2> /dev/null) || continue
+        [[ "$pid" =~ ^[0-9]+$ ]] || continue
+        case " $SENT " in *" $pid "*) continue ;; esac
+        kill "-$1" "$pid" 2> /dev/null && SENT="$SENT $pid"
+    done
+    local reached
+    reached=$(wc -w <<< "$SENT")
+    if [ "$reached" -lt "$PER_NODE" ]; then
+        PENDING=$1
+    else
+        PENDING=""
+    fi
+}
+
 # The arguments as given, less --dry-run (before the trainer's flags): what a real run passes on.
 without_dry_run() {
     local arg

@@ -20,21 +20,10 @@ build_launch_command "$MACHINES" "$MACHINE_RANK" "${FACEGAN_HEAD:-127.0.0.1}"
 export FACEGAN_PID_DIR
 FACEGAN_PID_DIR=$(mktemp -d "${TMPDIR:-/tmp}/facegan-pids.XXXXXX")
 trap 'rm -rf "$FACEGAN_PID_DIR"' EXIT
-PENDING=""  # a signal that came before every process had written its pid
-
-forward() {
-    local pid_file
-    for pid_file in "$FACEGAN_PID_DIR"/*.pid; do
-        [ -f "$pid_file" ] && kill "-$1" "$(cat "$pid_file")" 2> /dev/null
-    done
-    if [ "$(find "$FACEGAN_PID_DIR" -name '*.pid' | wc -l)" -lt "$PER_NODE" ]; then
-        PENDING=$1
-    else
-        PENDING=""
-    fi
-}
-trap 'say "node $MACHINE_RANK: SIGUSR1, passing it to the training processes"; forward USR1' USR1
-trap 'say "node $MACHINE_RANK: SIGTERM, passing it to the training processes"; forward TERM' TERM
+PENDING=""  # a signal not yet passed to every training process of this node
+SENT=""  # the pids it was passed to
+trap 'say "node $MACHINE_RANK: SIGUSR1, passing it to the training processes"; SENT=""; forward_to_ranks USR1' USR1
+trap 'say "node $MACHINE_RANK: SIGTERM, passing it to the training processes"; SENT=""; forward_to_ranks TERM' TERM
 
 say "node $MACHINE_RANK of $MACHINES on $(hostname -s): $(print_command "${LAUNCH[@]}")"
 # The launcher ignores SIGUSR1 (an inherited SIG_IGN): srun passes a signal to every process of a
@@ -42,7 +31,7 @@ say "node $MACHINE_RANK of $MACHINES on $(hostname -s): $(print_command "${LAUNC
 (trap '' USR1; exec "${LAUNCH[@]}") &
 LAUNCHER=$!
 while kill -0 "$LAUNCHER" 2> /dev/null; do
-    [ -n "$PENDING" ] && forward "$PENDING"
+    [ -n "$PENDING" ] && forward_to_ranks "$PENDING"
     sleep 1 &
     wait $! 2> /dev/null
 done

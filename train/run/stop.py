@@ -99,7 +99,11 @@ class GracefulStop:
         if pid_dir:  # written after the handlers: a pid listed there never dies of SIGUSR1
             self._pid_file = Path(pid_dir) / f"rank{self.accelerator.process_index}.pid"
             self._pid_file.parent.mkdir(parents=True, exist_ok=True)
-            self._pid_file.write_text(f"{os.getpid()}\n")
+            # Whole or absent, as a launcher reads it at any moment. Not atomic_write: its temporary
+            # name keeps the .pid suffix that the launchers' rank*.pid reads.
+            written = self._pid_file.with_name(f"{self._pid_file.name}.tmp")
+            written.write_text(f"{os.getpid()}\n")
+            os.replace(written, self._pid_file)
         return self
 
     def __exit__(self, *exc_info) -> None:
