@@ -2,8 +2,10 @@
 with wandb's protobuf classes (its LevelDB-log framing: 32 KiB blocks of CRC + length + type)."""
 import json
 import struct
+import time
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 BLOCK = 32768
@@ -36,14 +38,19 @@ def _payloads(data: bytes):
             pending = b""
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path, timeout: float = 60) -> dict:
     """{"run_id", "name", "config": {...}, "history": [{key: value, ...}], "alerts": [(title, text)],
-    "preempting": marked as preempted}."""
+    "preempting": marked as preempted}, once the file holds the run's exit record: wandb-core may
+    still be writing its last records when the run's process has returned from finishing it."""
     (log,) = Path(run_dir).glob("run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while not (records := _records(log)) or records[-1].WhichOneof("record_type") != "exit":
+        if time.monotonic() > deadline:
+            kinds = [record.WhichOneof("record_type") for record in records]
+            raise AssertionError(f"{log}: no exit record after {timeout:.0f} s, only {kinds}")
+        time.sleep(0.1)
     run = {"run_id": None, "name": None, "config": {}, "history": [], "alerts": [], "preempting": False}
-    for payload in _payloads(log.read_bytes()):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run["run_id"], run["name"] = record.run.run_id, record.run.display_name
@@ -60,6 +67,19 @@ def read_run(run_dir: Path) -> dict:
         elif kind == "preempting":
             run["preempting"] = True
     return run
+
+
+def _records(log: Path) -> list:
+    """The whole records so far: a record still being written ends the list."""
+    records = []
+    for payload in _payloads(log.read_bytes()):
+        record = wandb_internal_pb2.Record()
+        try:
+            record.ParseFromString(payload)
+        except DecodeError:
+            break
+        records.append(record)
+    return records
 
 
 def offline_runs(out: Path) -> list[Path]:
