@@ -2,6 +2,9 @@
 executed top to bottom on the CPU (papermill), Kaggle's twice to continue from an attached output."""
 import json
 import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -141,42 +144,77 @@ def execute(notebook: Path, output: Path, **parameters) -> str:
     return "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-@pytest.mark.slow
-def test_the_kaggle_notebook_stops_at_its_time_limit_and_the_next_session_continues_from_its_output(tmp_path, no_wandb_env):
-    first, second = tmp_path / "session1", tmp_path / "session2"
-    images = str(write_image_folder(tmp_path / "faces", 16))
+@dataclass(frozen=True)
+class Printed:
+    """What a notebook session's cells printed, and its folder."""
+
+    text: str
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def notebook_runs(tmp_path_factory) -> Iterator[dict[str, Future]]:
+    """Kaggle's two sessions, one after the other, beside Colab's session: each is a kernel and a
+    launch that mostly run on one thread, so on 2 cores the pair takes about the time of the longer.
+    Started by the first test that asks, judged by each notebook's own test."""
+    with pytest.MonkeyPatch.context() as env, ThreadPoolExecutor(2) as pool:
+        env.delenv("WANDB_API_KEY", raising=False)
+        env.delenv("WANDB_MODE", raising=False)
+        colab = colab_before_the_disconnect(tmp_path_factory.mktemp("colab"))  # in-process: here, in the main thread
+        yield {"kaggle": pool.submit(kaggle_sessions, tmp_path_factory.mktemp("kaggle")), "colab": pool.submit(colab_after_the_disconnect, colab)}
+
+
+def kaggle_sessions(folder: Path) -> tuple[Printed, Printed]:
+    first, second = folder / "session1", folder / "session2"
+    images = str(write_image_folder(folder / "faces", 16))
     flags = ["--debug", "--data", images, "--max-steps", "400", "--log-every", "1"]
     # A limit shorter than the start-up: the session stops at its first step's end, as test_stop shows.
-    printed = execute(KAGGLE, tmp_path / "k1.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT="1s",
-                      INPUTS=str(tmp_path / "none"), WORKING=str(first))
-    assert "no WANDB_API_KEY secret, so the run logs offline" in printed
-    assert "stopped early with a checkpoint" in printed
+    printed = execute(KAGGLE, folder / "k1.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT="1s",
+                      INPUTS=str(folder / "none"), WORKING=str(first))
     stopped = json.loads((first / "run" / "exit_status.json").read_text())["step"]
-    prepared = json.loads((first / "run" / "config.json").read_text())["data"]
-    assert "preparing" in printed and prepared.startswith(f"prepared:{first / 'prepared'}")
-
     # The next session: the first one's /kaggle/working attached as an input.
     flags = ["--debug", "--data", images, "--max-steps", str(stopped + 2), "--log-every", "1"]
-    printed = execute(KAGGLE, tmp_path / "k2.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT=None,
-                      INPUTS=str(tmp_path), WORKING=str(second))
-    assert f"continuing the run from {first / 'run'}" in printed
-    assert "preparing" not in printed and json.loads((second / "run" / "config.json").read_text())["data"] == prepared
-    assert f"resumed from step {stopped}" in printed and "finished:" in printed
-    assert [r["step"] for r in read_metrics(second / "run" / "metrics.jsonl")] == list(range(1, stopped + 3))
+    again = execute(KAGGLE, folder / "k2.ipynb", RUN_NAME="run", TRAINER_FLAGS=flags, TIME_LIMIT=None,
+                    INPUTS=str(folder), WORKING=str(second))
+    return Printed(printed, first), Printed(again, second)
 
 
 @pytest.mark.slow
-def test_the_colab_notebook_continues_the_run_on_drive_after_a_disconnect(tmp_path, no_wandb_env):
-    drive = tmp_path / "drive"
+def test_the_kaggle_notebook_stops_at_its_time_limit_and_the_next_session_continues_from_its_output(notebook_runs):
+    first, second = notebook_runs["kaggle"].result()
+    assert "no WANDB_API_KEY secret, so the run logs offline" in first.text
+    assert "stopped early with a checkpoint" in first.text
+    stopped = json.loads((first.folder / "run" / "exit_status.json").read_text())["step"]
+    prepared = json.loads((first.folder / "run" / "config.json").read_text())["data"]
+    assert "preparing" in first.text and prepared.startswith(f"prepared:{first.folder / 'prepared'}")
+
+    assert f"continuing the run from {first.folder / 'run'}" in second.text
+    assert "preparing" not in second.text and json.loads((second.folder / "run" / "config.json").read_text())["data"] == prepared
+    assert f"resumed from step {stopped}" in second.text and "finished:" in second.text
+    assert [r["step"] for r in read_metrics(second.folder / "run" / "metrics.jsonl")] == list(range(1, stopped + 3))
+
+
+def colab_before_the_disconnect(folder: Path) -> Path:
+    """The session before the disconnect: the trainer's part of the notebook's command (two steps,
+    then gone), run in this process; the notebook's own start is what the second session tests."""
+    drive = folder / "drive"
     drive.mkdir()
-    run_dir = drive / "facegan" / "run"
-    # The session before the disconnect: the trainer's part of the notebook's command (two steps, then
-    # gone), run in this process; the notebook's own start is what the second session tests.
     command = colab_session("wgangp", "run", ["--debug", "--max-steps", "2"], None, drive=drive).command()
     trainer = command.index(str(ROOT / "train" / "wgangp.py"))
     completed(train_in_process("train/wgangp.py", *command[trainer + 1:]))
-    printed = execute(COLAB, tmp_path / "c.ipynb", RUN_NAME="run", TIME_LIMIT=None, DRIVE=str(drive),
-                      FALLBACK=str(tmp_path / "content"), TRAINER_FLAGS=["--debug", "--max-steps", "3"])
-    assert "not on Colab: no Google Drive to mount" in printed
-    assert "resumed from step 2" in printed and f"finished: {run_dir}" in printed
+    return folder
+
+
+def colab_after_the_disconnect(folder: Path) -> Printed:
+    printed = execute(COLAB, folder / "c.ipynb", RUN_NAME="run", TIME_LIMIT=None, DRIVE=str(folder / "drive"),
+                      FALLBACK=str(folder / "content"), TRAINER_FLAGS=["--debug", "--max-steps", "3"])
+    return Printed(printed, folder)
+
+
+@pytest.mark.slow
+def test_the_colab_notebook_continues_the_run_on_drive_after_a_disconnect(notebook_runs):
+    printed = notebook_runs["colab"].result()
+    run_dir = printed.folder / "drive" / "facegan" / "run"
+    assert "not on Colab: no Google Drive to mount" in printed.text
+    assert "resumed from step 2" in printed.text and f"finished: {run_dir}" in printed.text
     assert (run_dir / "checkpoints" / "step_000003").is_dir()
