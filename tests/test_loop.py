@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -174,22 +176,42 @@ def kill_a_decoding_worker(process: subprocess.Popen) -> None:
     workers[0].kill()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fault", [lambda shard, process: shard.unlink(), lambda shard, process: break_shard(shard),
-                                   lambda shard, process: kill_a_decoding_worker(process)],
-                         ids=["shard deleted", "shard truncated", "worker killed"])
-def test_data_failing_mid_run_stops_with_a_checkpoint_and_one_line_never_a_hang(tmp_path, fault):
+DATA_FAULTS = {
+    "shard deleted": lambda shard, process: shard.unlink(),
+    "shard truncated": lambda shard, process: break_shard(shard),
+    "worker killed": lambda shard, process: kill_a_decoding_worker(process),
+}
+
+
+def run_with_data_fault(folder: Path, fault) -> tuple[int, str, Path, str]:
+    """A run with 2 decoding workers whose data fails after its third step: its exit code, stderr,
+    --out and data glob."""
     # 2 shards of 20 rows: each step reads 40 rows (8 x 5 critic steps), a whole pass.
-    glob = write_parquet_shards(tmp_path / "shards", rows=40, shards=2)
-    out = tmp_path / "run"
+    glob = write_parquet_shards(folder / "shards", rows=40, shards=2)
+    out = folder / "run"
     process = start_run(out, "--debug", "--data", f"parquet:{glob}", "--workers", "2", "--max-steps", "500",
                         "--log-every", "1", "--ckpt-every", "1000", "--sample-every", "1000")
     try:
         wait_for_steps(process, out, 3)
-        fault(tmp_path / "shards" / "train-00001.parquet", process)
+        fault(folder / "shards" / "train-00001.parquet", process)
         code, stderr = finish(process)
     finally:
         process.kill()
+    return code, stderr, out, glob
+
+
+@pytest.fixture(scope="module")
+def data_faults(tmp_path_factory) -> Iterator[dict[str, Future]]:
+    """The three runs side by side: each is mostly its rank waiting on its workers, so on 2 cores
+    the three take little more than the longest. Started by the first test that asks."""
+    with ThreadPoolExecutor(len(DATA_FAULTS)) as pool:
+        yield {name: pool.submit(run_with_data_fault, tmp_path_factory.mktemp("data_fault"), fault) for name, fault in DATA_FAULTS.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", DATA_FAULTS)
+def test_data_failing_mid_run_stops_with_a_checkpoint_and_one_line_never_a_hang(data_faults, fault):
+    code, stderr, out, glob = data_faults[fault].result()
     assert code == 2, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: --data parquet:{glob}") and "stopped with a checkpoint at step" in last, stderr[-3000:]
