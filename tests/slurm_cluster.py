@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.background import background
-
 DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_SOCKET_DIR = Path("/run/munge")
@@ -25,9 +23,8 @@ CPUS = 4
 # priority (slurmd's, which Slurm's tasks inherit), they take the CPU time the other tests leave idle
 # while those wait on their own processes, instead of slowing them.
 NICE = {"slurmd": ["nice", "-n", "19"]}
-# Niceness alone does not do that under autogroup scheduling: every slurmstepd and what it starts
-# is lowered by tests/background.py as well.
-STEPD = "slurmstepd"
+# Niceness alone does not do that under autogroup scheduling (tests/background.py), which the
+# jobs are not lowered by yet: see there.
 # cred_expire also sets how long Slurm holds a requeued job before it may start again (120 s by
 # default), and the schedulers look for it every 5 s (60 and 30 by default): a short requeue.
 SLURM_CONF = """\
@@ -107,7 +104,6 @@ class LocalSlurm:
                 self.stop()
                 raise RuntimeError(f"the local Slurm node never became idle:\n{log}")
             time.sleep(0.5)
-        background.add_named(STEPD)
         return self
 
     def _start_munge(self) -> None:
