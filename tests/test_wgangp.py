@@ -78,6 +78,7 @@ def test_metrics_logged_after_the_last_checkpoint_are_not_repeated_on_resume(run
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # the session's 2-rank launch: 11 s of the inner loop, run by the whole suite
 def test_accelerate_launch_cpu_with_two_processes_trains_on_two_ranks(two_rank_run):
     """Accelerate starts one process for --cpu; the trainer hands over to torchrun with two."""
     assert "running 2 CPU processes on this machine (2 on 1) with torchrun" in two_rank_run.output
