@@ -16,12 +16,11 @@ SIGUSR1 came, and the run went on to its last step. One way for node.sh to drop 
 found and closed: it read a rank's pid file that the rank had created but not yet written (a
 process at 1/68 of a core can stay between the two for seconds), counted that rank as signalled
 and cleared the pending signal; the pid file is now written whole (train/run/stop.py) and node.sh
-keeps the request until each rank has had it (test_slurm's pid-file test). But a starved job has
-other such moments: the batch shell and node.sh each run their own set-up (scontrol, the settings)
-before their traps are in, and a signal then ends that shell. A real job gets its SIGUSR1 ten
-minutes before its time limit, long after those seconds; the test's job gets it 10 to 40 s in, so
-it starts at a full session's share, where its test has passed in every run since
-its watcher's fix (2026-12-03)."""
+keeps the request until each rank has had it (test_slurm's pid-file test). A starved job had
+other such moments, the batch shell's and node.sh's own set-up before their traps, now trapped from
+their first lines (test_slurm's set-up tests). The jobs still start at a full session's share: the
+gain from lowering them was within the VM's run-to-run spread, and there their tests have passed in
+every run since the watcher's fix (2026-12-03)."""
 import contextlib
 import os
 import signal

@@ -1,13 +1,16 @@
 """launch/slurm/: the sbatch scripts' commands, checks and requeue bound, then the scripts on a
 real single-node Slurm (tests/slurm_cluster.py): a job preempted by its time limit, and two tasks
 standing in for two nodes, side by side."""
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -165,6 +168,58 @@ def test_a_signal_is_kept_for_a_rank_whose_pid_file_is_not_written_yet(tmp_path)
     finally:
         for rank in ranks:
             rank.kill()
+
+
+# A stop signal while a launch script is still setting itself up, before the run exists: outside
+# Slurm (no requeue: --max-restarts 0), each script paused at a failpoint that says where it is.
+SET_UP_PAUSES = {"the batch shell": "setup_pause", "node.sh": "node_pause"}
+
+
+def signalled_during_set_up(folder: Path, failpoint: str) -> tuple[int, str, Path]:
+    """single_node.sbatch run by bash, paused at `failpoint`; SIGUSR1 to the batch shell (as Slurm's
+    --signal=B: sends it) once the pause is said. Its exit code, output and --out."""
+    out = folder / "run"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "FACEGAN_")) and k not in SETTINGS}
+    command = ["bash", str(SLURM / "single_node.sbatch"), "--trainer", "wgangp", "--out", str(out), "--cpu", "1",
+               "--max-restarts", "0", "--", "--debug", "--max-steps", "3"]
+    log = folder / "output.log"  # a file, not a pipe: a shell's background sleep could hold a pipe open
+    with log.open("w") as output:
+        process = subprocess.Popen(command, cwd=folder, stdout=output, stderr=subprocess.STDOUT, text=True,
+                                   env={**clean, **ENV, "FACEGAN_FAILPOINTS": f"{failpoint}=600"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while f"failpoint {failpoint}" not in log.read_text():  # its word, not a sleep
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGUSR1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what is left: a background sleep, where a script died of the signal
+        process.wait()
+    return process.returncode, log.read_text(), out
+
+
+@pytest.fixture(scope="module")
+def set_up_signals(tmp_path_factory) -> Iterator[dict[str, Future]]:
+    """Both runs side by side: each is mostly one process starting."""
+    with ThreadPoolExecutor(len(SET_UP_PAUSES)) as pool:
+        yield {where: pool.submit(signalled_during_set_up, tmp_path_factory.mktemp("set_up"), failpoint)
+               for where, failpoint in SET_UP_PAUSES.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", SET_UP_PAUSES)
+def test_a_stop_signal_during_a_launch_scripts_set_up_stops_the_run_resumably(set_up_signals, where):
+    """Without a trap from the script's first line, bash ends at once on SIGUSR1 (exit 138) and
+    the job with it; kept, the signal reaches the trainer once it is there, which stops resumably."""
+    code, output, out = set_up_signals[where].result()
+    assert code == RESUMABLE, output[-3000:]
+    assert "rank 0: SIGUSR1 received" in output, output[-3000:]
+    status = json.loads((out / "exit_status.json").read_text())
+    assert status["status"] == "stopped" and "SIGUSR1" in status["reason"], status
+    assert "after 0 restarts, the most --max-restarts / MAX_RESTARTS allows" in output
 
 
 # ---- on a real Slurm ----

@@ -203,21 +203,51 @@ requeue_or_exit() {
     exit 0
 }
 
-# Runs "$@" in the background and passes SIGUSR1/SIGTERM on to it; returns its exit code.
+# Runs "$@" (after its kind: node.sh or srun) in the background and passes SIGUSR1/SIGTERM on to
+# it, a signal that came during the batch script's set-up ($EARLY_SIGNAL) included; returns its
+# exit code. node.sh gets a signal only once its traps are in (it creates $FACEGAN_NODE_READY
+# first thing): before, the signal would end it. srun forwards signals to its tasks itself.
 # Bash runs a trap only between commands, so the child is waited for in short slices.
 run_forwarding_signals() {
-    "$@" &
+    local kind=$1 ready code
+    shift
+    ready=$(mktemp -u "${TMPDIR:-/tmp}/facegan-ready.XXXXXX")
+    [ "$kind" = srun ] && : > "$ready"
+    FACEGAN_NODE_READY=$ready "$@" &
     CHILD=$!
-    trap 'say "SIGUSR1: asking the training processes to stop"; kill -USR1 "$CHILD" 2> /dev/null' USR1
-    trap 'say "SIGTERM: asking the training processes to stop"; kill -TERM "$CHILD" 2> /dev/null' TERM
-    local code
-    while true; do
-        wait "$CHILD"
-        code=$?
-        kill -0 "$CHILD" 2> /dev/null || break  # else a trapped signal interrupted the wait
+    PENDING_SIGNAL=$EARLY_SIGNAL
+    [ -n "$PENDING_SIGNAL" ] && say "SIG$PENDING_SIGNAL came during the set-up: asking the training processes to stop"
+    trap 'say "SIGUSR1: asking the training processes to stop"; PENDING_SIGNAL=USR1; pass_pending "$ready"' USR1
+    trap 'say "SIGTERM: asking the training processes to stop"; PENDING_SIGNAL=TERM; pass_pending "$ready"' TERM
+    while kill -0 "$CHILD" 2> /dev/null; do
+        pass_pending "$ready"
+        sleep 1 &
+        wait $! 2> /dev/null
     done
+    wait "$CHILD"
+    code=$?
     trap - USR1 TERM
+    rm -f "$ready"
     return "$code"
+}
+
+pass_pending() {
+    if [ -n "$PENDING_SIGNAL" ] && [ -e "$1" ]; then
+        kill "-$PENDING_SIGNAL" "$CHILD" 2> /dev/null
+        PENDING_SIGNAL=""
+    fi
+}
+
+# A test-only pause in a launch script's set-up (FACEGAN_FAILPOINTS=NAME=SECONDS, as the trainers'
+# failpoints): a window in which a test sends a signal. Said on stdout; a trapped signal ends it.
+failpoint_pause() {
+    local name=$1 where=$2 seconds
+    seconds=$(sed -n "s/.*\b$name=\([0-9.]*\).*/\1/p" <<< "${FACEGAN_FAILPOINTS:-}")
+    [ -n "$seconds" ] || return 0
+    say "failpoint $name: pausing ${seconds} s $where"
+    sleep "$seconds" &
+    wait $! 2> /dev/null
+    kill $! 2> /dev/null
 }
 
 # node.sh's signal on to the training processes, which list their pids in $FACEGAN_PID_DIR as

@@ -3,6 +3,13 @@
 # SIGUSR1/SIGTERM on to them, and exit with the run's exit code. single_node.sbatch runs it
 # directly; multi_node.sbatch runs it as one srun task per node. Takes the batch script's arguments.
 set -uo pipefail
+PENDING=""  # a signal not yet passed to every training process of this node
+SENT=""  # the pids it was passed to
+# One during this script's own set-up is kept for the training processes; the batch shell passes
+# a signal on only once these traps are in ($FACEGAN_NODE_READY: see run_forwarding_signals).
+trap 'PENDING=USR1' USR1
+trap 'PENDING=TERM' TERM
+[ -n "${FACEGAN_NODE_READY:-}" ] && : > "$FACEGAN_NODE_READY"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 find_root
 parse_settings "$@"
@@ -20,8 +27,7 @@ build_launch_command "$MACHINES" "$MACHINE_RANK" "${FACEGAN_HEAD:-127.0.0.1}"
 export FACEGAN_PID_DIR
 FACEGAN_PID_DIR=$(mktemp -d "${TMPDIR:-/tmp}/facegan-pids.XXXXXX")
 trap 'rm -rf "$FACEGAN_PID_DIR"' EXIT
-PENDING=""  # a signal not yet passed to every training process of this node
-SENT=""  # the pids it was passed to
+failpoint_pause node_pause "before the training processes start"
 trap 'say "node $MACHINE_RANK: SIGUSR1, passing it to the training processes"; SENT=""; forward_to_ranks USR1' USR1
 trap 'say "node $MACHINE_RANK: SIGTERM, passing it to the training processes"; SENT=""; forward_to_ranks TERM' TERM
 

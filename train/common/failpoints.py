@@ -24,6 +24,8 @@ KNOWN = {
     "out_of_memory": "FIRST[:COUNT]",
     "step_pause": "SECONDS",
     "prepare_pause": "SECONDS[@STEP]",  # STEP: the shard after whose record `python -m train.data prepare` pauses
+    "setup_pause": "SECONDS",  # read by launch/slurm/single_node.sbatch, before it starts node.sh
+    "node_pause": "SECONDS",  # read by launch/slurm/node.sh, before it starts the training processes
 }
 _FORMS = {"SECONDS": r"\d+(\.\d*)?", "SECONDS[@STEP]": r"\d+(\.\d*)?(@\d+)?", "STEP[:COUNT]": r"\d+(:\d+)?", "FIRST[:COUNT]": r"\d+(:\d+)?"}
 
