@@ -32,12 +32,14 @@ SETTINGS = {"TRAINER", "OUT", "GPUS_PER_NODE", "CPU_PROCESSES", "MIXED_PRECISION
             "RESUME", "DRY_RUN", "TRAINER_FLAGS", "CUDA_VISIBLE_DEVICES"}
 
 
-def bash(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """A launch script run as it is inside (or outside) a job: none of this shell's Slurm variables or settings."""
+def script_env(env: dict | None = None) -> dict[str, str]:
+    """A launch script's environment as inside (or outside) a job: none of this shell's Slurm variables or settings."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "FACEGAN_")) and k not in SETTINGS}
-    return subprocess.run(
-        ["bash", str(SLURM / script), *args], capture_output=True, text=True, timeout=60, env={**clean, **ENV, **(env or {})}
-    )
+    return {**clean, **ENV, **(env or {})}
+
+
+def bash(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SLURM / script), *args], capture_output=True, text=True, timeout=60, env=script_env(env))
 
 
 # ---- without a cluster: the commands a dry run prints, and bad input ----
@@ -179,13 +181,12 @@ def signalled_during_set_up(folder: Path, failpoint: str) -> tuple[int, str, Pat
     """single_node.sbatch run by bash, paused at `failpoint`; SIGUSR1 to the batch shell (as Slurm's
     --signal=B: sends it) once the pause is said. Its exit code, output and --out."""
     out = folder / "run"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "FACEGAN_")) and k not in SETTINGS}
     command = ["bash", str(SLURM / "single_node.sbatch"), "--trainer", "wgangp", "--out", str(out), "--cpu", "1",
                "--max-restarts", "0", "--", "--debug", "--max-steps", "3"]
     log = folder / "output.log"  # a file, not a pipe: a shell's background sleep could hold a pipe open
     with log.open("w") as output:
         process = subprocess.Popen(command, cwd=folder, stdout=output, stderr=subprocess.STDOUT, text=True,
-                                   env={**clean, **ENV, "FACEGAN_FAILPOINTS": f"{failpoint}=600"}, start_new_session=True)
+                                   env=script_env({"FACEGAN_FAILPOINTS": f"{failpoint}=600"}), start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while f"failpoint {failpoint}" not in log.read_text():  # its word, not a sleep
