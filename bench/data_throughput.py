@@ -14,7 +14,7 @@ heap (once per run), and so does the parent's loop after the fork. The shards ar
 (smooth random colour fields with detail), never downloaded.
 
 A second table (`--prepared`): images per second per process delivered from prepared shards
-(`--data prepared:DIR`, train/data/prepared.py) through the same StreamingImages, flips on, against
+(`--data prepared:DIR`) as training reads them (open_stream: train/data/prepared_stream.py), flips on, against
 the decode loop above and against a copy-only loop (np.frombuffer + stack into a pinned batch, the
 least any reader of raw pixels does): the shards are made from the same JPEGs, tiled to
 `--prepared-images`.

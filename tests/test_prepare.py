@@ -1,4 +1,4 @@
-"""train/data/prepare.py, prepared.py and prepared_source.py: images decoded once, trained from as pixels."""
+"""train/data/prepare.py, prepared.py and prepared_stream.py: images decoded once, trained from as pixels."""
 import io
 import itertools
 import json
@@ -15,10 +15,11 @@ from PIL import Image
 
 from tests.conftest import ROOT, train_in_process
 from tests.fixtures import FEATURES, id_image, jpeg_bytes, row_ids, write_image_folder, write_parquet_shards
-from train.data import DataOptions, DataSpecError, open_stream, parse_data_spec
+from train.data import DataError, DataOptions, DataSpecError, open_stream, parse_data_spec
 from train.data.__main__ import main as data_main
 from train.data.decode import decode_image
 from train.data import prepare as prepare_module
+from train.data import prepared_stream
 from train.data.prepare import PrepareRequest, prepare
 from train.data.prepared import MANIFEST, Manifest, Preprocessing, PreparedShardWarning, check_prepared
 
@@ -186,36 +187,64 @@ def test_a_prepare_into_another_preparation_or_a_full_folder_is_refused(ids, tmp
         prepared(f"parquet:{glob}", tmp_path)
 
 
-def test_two_ranks_read_disjoint_rows_covering_one_pass_in_their_own_processes(ids):
-    streams = [stream(ids, rank, 2, workers=2) for rank in range(2)]
-    assert [s.workers for s in streams] == [0, 0]  # no hand-off through shared memory: it cost more than the reading
-    rows = [read_rows(s, 4) for s in streams]
-    assert all(len(set(r)) == len(r) == 16 for r in rows)
-    assert not set(rows[0]) & set(rows[1]) and set(rows[0]) | set(rows[1]) == set(range(ROWS))
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_read_disjoint_shares_covering_the_data_in_their_own_processes(ids, world):
+    """Whole shards per rank where the 4 shards divide evenly, else every world-th row."""
+    streams = [stream(ids, rank, world, batch=1, workers=2) for rank in range(world)]
+    assert [s.workers for s in streams] == [0] * world  # no hand-off through shared memory: it cost more than the reading
+    shares = [range(rank * 8, ROWS, world * 8) if world == 2 else range(rank, ROWS, world) for rank in range(world)]
+    expected = [{row for first in share for row in (range(first, first + 8) if world == 2 else [first])} for share in shares]
+    rows = [read_rows(s, len(share)) for s, share in zip(streams, expected)]
+    assert [set(r) for r in rows] == expected and all(len(set(r)) == len(r) for r in rows)
+    assert set().union(*expected) == set(range(ROWS))
 
 
-def test_the_resumed_stream_continues_the_pass_without_repeating_a_row(ids):
-    first = stream(ids, workers=0)
-    before = read_rows(first, 2)
+def test_a_rank_left_without_rows_is_refused_in_one_line(ids):
+    with pytest.raises(DataError, match=r"its 32 images leave process 32 of 33 none; train on fewer processes"):
+        stream(ids, 32, 33)
+
+
+def test_every_pass_is_a_new_order_of_all_the_rows_and_a_resumed_stream_continues_it_exactly(ids):
+    """Through a checkpoint file, loaded as weights only, across a pass boundary, flips included."""
+    first = stream(ids, workers=0, hflip=True)
+    plain = stream(ids, workers=0)
+    passes = [read_rows(plain, ROWS // 4) for _ in range(2)]
+    assert [sorted(p) for p in passes] == [list(range(ROWS))] * 2 and passes[0] != passes[1]
+    for _ in range(3):
+        next(first)
     buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)  # through a checkpoint file, loaded as weights only
+    torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    resumed = stream(ids, workers=0)
+    resumed = stream(ids, workers=0, hflip=True)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    after = read_rows(resumed, 4)  # 8 + 16 rows: within the first pass, less the shuffle buffer (8)
-    assert not set(before) & set(after) and len(set(after)) == len(after) == 16
+    for _ in range(ROWS // 4):  # the rest of the first pass and most of the second
+        assert torch.equal(next(resumed), next(first))
+    assert resumed.counters() == first.counters() == {"data_read": 44, "data_skipped": 0}
 
 
-def test_batches_are_the_prepared_pixels_with_per_sample_random_flips(ids):
-    plain = torch.cat([next(stream(ids, batch=ROWS, workers=0))])
+def test_a_checkpoint_of_the_earlier_datasets_reader_starts_a_new_pass_with_its_counts(ids):
+    resumed = stream(ids, workers=0)
+    with pytest.warns(UserWarning, match="data position is from an older reader"):
+        resumed.load_state_dict({"loader": {}, "read": 40, "skipped": 1})
+    assert sorted(read_rows(resumed, ROWS // 4)) == list(range(ROWS))
+    assert resumed.counters() == {"data_read": 72, "data_skipped": 1}
+
+
+@pytest.mark.parametrize("flips", ["staged", "row by row"])
+def test_batches_are_the_prepared_pixels_with_per_sample_random_flips(ids, monkeypatch, flips):
+    """Small images' flipped rows are mirrored in one op per batch, larger ones one by one."""
+    if flips == "row by row":
+        monkeypatch.setattr(prepared_stream, "STAGED_FLIP_MAX_BYTES", 0)
+    plain = next(stream(ids, batch=ROWS, workers=0))
     flipped = next(stream(ids, batch=ROWS, workers=0, hflip=True))
     pixels = torch.from_numpy(np.concatenate([np.load(ids / f"shard-0000{i}.npy") for i in range(4)]))
     assert sorted(row_ids(plain)) == list(range(ROWS)) and flipped.dtype == torch.uint8
     by_id = {row: image for row, image in zip(row_ids(pixels), pixels)}
     assert all(torch.equal(image, by_id[row]) for row, image in zip(row_ids(plain), plain))
-    mirrored = [torch.equal(f, p.flip(-1)) for f, p in zip(flipped, plain)]
-    assert any(mirrored) and not all(mirrored)
-    assert all(m or torch.equal(f, p) for m, f, p in zip(mirrored, flipped, plain))
+    assert all(torch.equal(f, p) or torch.equal(f, p.flip(-1)) for f, p in zip(flipped, plain))
+    asymmetric = [(f, p) for f, p in zip(flipped, plain) if not torch.equal(p, p.flip(-1))]
+    mirrored = [not torch.equal(f, p) for f, p in asymmetric]
+    assert len(asymmetric) > ROWS // 2 and any(mirrored) and not all(mirrored)
 
 
 @pytest.mark.parametrize("flag, value, named", [
@@ -258,6 +287,19 @@ def test_a_damaged_shard_is_skipped_counted_and_named(ids, tmp_path, damage):
         rows = read_rows(source, 3)  # the whole first pass: 24 readable rows
     assert sorted(rows) == [r for r in range(ROWS) if not 8 <= r < 16]
     assert source.counters() == {"data_read": 32, "data_skipped": 8}
+    read_rows(source, 3)  # counted again in every pass, as unreadable rows of the other sources are
+    assert source.counters() == {"data_read": 64, "data_skipped": 16}
+
+
+def test_a_share_whose_shards_all_fail_their_check_stops_in_one_line(ids, tmp_path):
+    folder = tmp_path / "pixels"
+    folder.mkdir()
+    for path in ids.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes()[:-1] if path.suffix == ".npy" else path.read_bytes())
+    with pytest.warns(PreparedShardWarning), pytest.raises(DataError, match=(
+            r"every shard of this process's share failed its check \(96 rows skipped, named in the warnings above\);"
+            r" restore those files, or prepare the data again$")):
+        next(stream(folder, workers=0))
 
 
 def test_the_cli_prepares_an_image_folder_and_says_how_to_train_from_it(tmp_path, capsys):

@@ -13,6 +13,7 @@ class SeedPurpose(IntEnum):
     TORCH_GLOBAL = 2  # torch's global generator after the networks are built (injected noise, dropout)
     FID_LATENTS = 3  # FID's generated set, per block of samples (not per rank)
     FID_NOISE = 4  # noise the generator draws inside while making FID's set, per block
+    DATA_PREPARED = 5  # the order and flips of each pass over a prepared folder, per rank
     DATA_WORKER = 100  # horizontal flips in streaming DataLoader workers: 100 + the worker's id
 
 

@@ -2,7 +2,9 @@
 
 A `--data` spec names the source: `synthetic`, `stacked-mnist`, `toy:8gaussians`, `toy:25gaussians`, a folder of
 images, `hf:<dataset-id>`, `parquet:<glob>` or `prepared:<dir>` (pixels decoded once by
-`python -m train.data prepare`); the last four share one `datasets` streaming pipeline (streaming.py). Streams yield CPU tensors: uint8 images (N, 3, H, W) or float32 points
+`python -m train.data prepare`); hub, parquet and folders share one `datasets` streaming pipeline (streaming.py), and
+prepared pixels are read by index (prepared_stream.py) with the same per-rank split, reshuffle and exact resume.
+Streams yield CPU tensors: uint8 images (N, 3, H, W) or float32 points
 (N, 2); `to_model_input` turns them into model inputs on the device.
 """
 from typing import Protocol
@@ -49,7 +51,11 @@ def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, 
         from train.data.stacked_mnist import StackedMNISTStream
 
         return StackedMNISTStream(options.resolution, batch_size, stream_seed(seed, rank, SeedPurpose.DATA))
-    # datasets and pyarrow cost seconds to import: only runs that stream pay them (prepared ones too).
+    if spec.kind == "prepared":
+        from train.data.prepared_stream import PreparedStream
+
+        return PreparedStream(options, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
+    # datasets and pyarrow cost seconds to import: only runs that stream encoded images pay them.
     from train.data.streaming import StreamingImages
 
     return StreamingImages(options, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)

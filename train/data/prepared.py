@@ -4,7 +4,7 @@
     DIR/shard-00000.npy        uint8 (images, 3, R, R), the planar layout decode_image returns
 
 Why .npy and not parquet: a shard is one fixed-shape array, memory-mapped where it is read. Rows
-are views of the page cache, copied once into the batch (twice when flipped); parquet would hand
+are views of the page cache, copied once into the batch (mirrored on the way when flipped); parquet would hand
 each row over as a new bytes object (and a column decompressed first). At 256 px that difference
 is what keeps a process above 3,000 images/s (bench/data_throughput.py).
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-PIXELS = "pixels"  # the one column a prepared row has
 
 
 class PreparedShardWarning(UserWarning):

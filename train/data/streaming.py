@@ -1,4 +1,4 @@
-"""Hub datasets, parquet shards, image folders and prepared pixels through one `datasets` streaming pipeline.
+"""Hub datasets, parquet shards and image folders through one `datasets` streaming pipeline.
 
 Per rank: the stream is split by node (whole shards where the count allows, else row groups, else
 every world_size-th example), shuffled with the same seed on every rank, decoded in DataLoader
@@ -189,20 +189,14 @@ class DecodedBatches(IterableDataset):
         self.source.load_state_dict(state["source"])
 
 
-def rank_source(options: DataOptions, rank: int, world_size: int) -> tuple[datasets.IterableDataset, str, str, type[DecodedBatches]]:
-    """This rank's rows, unshuffled: the dataset, its image column, how it was split (for the log)
-    and what turns its rows into batches. Split before shuffling: resharding must precede it."""
+def rank_source(options: DataOptions, rank: int, world_size: int) -> tuple[datasets.IterableDataset, str, str]:
+    """This rank's rows, unshuffled: the dataset, its image column and how it was split (for the
+    log). Split before shuffling: resharding must precede it."""
     spec = options.spec
-    if spec.kind == "prepared":
-        from train.data.prepared import PIXELS
-        from train.data.prepared_source import PreparedBatches, prepared_source
-
-        source, how = shard_for_rank(prepared_source(options), spec, rank, world_size)
-        return source, PIXELS, how, PreparedBatches
     source = load_source(spec, options.split)
     column = image_column_of(source, spec, options.image_column)
     source, how = shard_for_rank(source, spec, rank, world_size)
-    return source.select_columns([column]).cast_column(column, datasets.Image(decode=False)), column, how, DecodedBatches
+    return source.select_columns([column]).cast_column(column, datasets.Image(decode=False)), column, how
 
 
 class StreamingImages:
@@ -212,21 +206,18 @@ class StreamingImages:
                  pin_memory: bool = False):
         self.spec = spec = options.spec
         self.options = options
-        source, column, how, batches = rank_source(options, rank, world_size)
+        source, column, how = rank_source(options, rank, world_size)
         # The shuffle seed is the same on every rank, and DecodedBatches advances the epoch so every
         # pass is reshuffled.
         source = source.shuffle(seed=seed, buffer_size=options.shuffle_buffer)
-        # Prepared pixels are read in the rank's own process: a worker's hand-off through shared
-        # memory cost more than the reading it saves (measured with one worker: 1,400 against 29,000
-        # images/s at 256 px, and 16,000 against 55,000 at 64 px, bench/data_throughput.py's figures).
-        self.workers = 0 if spec.kind == "prepared" else min(options.workers, source.num_shards)
+        self.workers = min(options.workers, source.num_shards)
         if rank == 0:
             print(f"data {spec}: {how}, {self.workers} decoding worker{'s' if self.workers != 1 else ''} per process", flush=True)
         self.split_description = how
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 on torch >= 2.10
             self.loader = StatefulDataLoader(
-                batches(source, column, options, batch_size, seed, rank),
+                DecodedBatches(source, column, options, batch_size, seed, rank),
                 batch_size=None,
                 num_workers=self.workers,
                 pin_memory=pin_memory,
