@@ -9,6 +9,8 @@ import sys
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -72,6 +74,24 @@ def test_prepared_pixels_equal_decode_image_exactly_with_crop_and_alpha(tmp_path
         pixels = np.concatenate([np.load(tmp_path / way / shard.file) for shard in manifest.shards])
         expected = np.stack([decode_image(blob, 16, 36, (0, 128, 255)).numpy() for blob in blobs])
         assert pixels.dtype == np.uint8 and np.array_equal(pixels, expected)
+
+
+def test_local_parquet_is_read_row_for_row_as_datasets_reads_it_an_image_or_a_binary_column(tmp_path):
+    """prepare reads local parquet with pyarrow (a memory map, no Python copy of each row)."""
+    write_parquet_shards(tmp_path / "images", rows=40, shards=2)  # batches of 16 across two files
+    expected = [bytes(row["image"]["bytes"]) for row in datasets.load_dataset(
+        "parquet", data_files={"train": sorted(map(str, (tmp_path / "images").glob("*.parquet")))}, split="train",
+        streaming=True).cast_column("image", datasets.Image(decode=False))]
+    cells = list(prepare_module._parquet_cells(sorted(map(str, (tmp_path / "images").glob("*.parquet"))), "image"))
+    assert [bytes(cell["bytes"]) for cell in cells] == expected and len(expected) == 40
+    blobs = [jpeg_bytes(id_image(row, 24)) for row in range(5)]
+    (tmp_path / "binary").mkdir()
+    pq.write_table(pa.table({"jpeg": pa.array(blobs, pa.binary()), "label": list(range(5))}), tmp_path / "binary" / "t.parquet")
+    request = PrepareRequest(f"parquet:{tmp_path}/binary/*.parquet", tmp_path / "pixels", Preprocessing(16), image_column="jpeg",
+                             progress=False)
+    manifest = prepare(request).manifest
+    pixels = np.concatenate([np.load(tmp_path / "pixels" / shard.file) for shard in manifest.shards])
+    assert np.array_equal(pixels, np.stack([decode_image(blob, 16).numpy() for blob in blobs]))
 
 
 class DiesWhereUnpickled:

@@ -23,13 +23,15 @@ from typing import Iterable, Iterator
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from train.common.atomic import atomic_write
 from train.common.failpoints import Failpoints
 from train.data.decode import decode_image
 from train.data.prepared import MANIFEST, Manifest, Preprocessing, ShardRecord, file_crc32, shard_name
-from train.data.specs import DataSpec, DataSpecError, parse_data_spec
+from train.data.specs import DataSpec, DataSpecError, parquet_files, parse_data_spec
 from train.data.streaming import _image_bytes, _row_name, image_column_of, load_source
 
 
@@ -65,7 +67,7 @@ def prepare(request: PrepareRequest) -> PrepareResult:
     source = load_source(spec, request.split)
     column = image_column_of(source, spec, request.image_column)
     manifest = _resumed_or_new(request, to, _source_name(spec), column)
-    cells = (row[column] for row in source.select_columns([column]).cast_column(column, datasets.Image(decode=False)))
+    cells = _cells(spec, source, column)
     if request.limit is not None:
         cells = itertools.islice(cells, request.limit)
     done, written = {shard.index for shard in manifest.shards}, []
@@ -85,6 +87,28 @@ def prepare(request: PrepareRequest) -> PrepareResult:
     manifest.complete = True
     manifest.write(to)
     return PrepareResult(manifest, written)
+
+
+PARQUET_BATCH_ROWS = 16  # rows pyarrow reads at a time: a few MB of JPEGs
+
+
+def _cells(spec: DataSpec, source: datasets.IterableDataset, column: str) -> Iterator[dict]:
+    """The source's image cells ({"bytes", "path"}, undecoded) in its own order. Local parquet is
+    read with pyarrow from a memory map: 0.07 ms a 232-kB JPEG row on the 2-core VM, where datasets
+    took 0.27 (it copies every row's bytes into a new Python object): a tenth of a 64-px decode."""
+    if spec.kind == "parquet":
+        return _parquet_cells(parquet_files(spec.name), column)
+    return (row[column] for row in source.select_columns([column]).cast_column(column, datasets.Image(decode=False)))
+
+
+def _parquet_cells(files: list[str], column: str) -> Iterator[dict]:
+    for path in files:
+        for batch in pq.ParquetFile(path, memory_map=True).iter_batches(PARQUET_BATCH_ROWS, columns=[column]):
+            values = batch.column(0)
+            images, paths = (values.field("bytes"), values.field("path")) if pa.types.is_struct(values.type) else (values, None)
+            for row in range(len(values)):
+                data = images[row]
+                yield {"bytes": data.as_buffer() if data.is_valid else None, "path": None if paths is None else paths[row].as_py()}
 
 
 def _source_name(spec: DataSpec) -> str:

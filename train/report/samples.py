@@ -28,7 +28,10 @@ def image_grid(images: torch.Tensor, columns: int | None = None) -> Image.Image:
 def point_plot(points: torch.Tensor, modes: torch.Tensor, std: float, size: int = 512) -> Image.Image:
     """Samples (blue) over the mode centres with their 3-std circles (red), in data coordinates."""
     extent = float(modes.abs().max()) * 1.4 + 10 * std
-    to_px = lambda xy: ((xy[0] + extent) / (2 * extent) * size, (extent - xy[1]) / (2 * extent) * size)
+
+    def to_px(xy: list[float]) -> tuple[float, float]:
+        return (xy[0] + extent) / (2 * extent) * size, (extent - xy[1]) / (2 * extent) * size
+
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     radius = 3 * std / (2 * extent) * size
