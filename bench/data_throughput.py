@@ -20,13 +20,13 @@ least any reader of raw pixels does): the shards are made from the same JPEGs, t
 `--prepared-images`.
 """
 import argparse
+import contextlib
 import io
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
 from PIL import Image
@@ -34,8 +34,6 @@ from PIL import Image
 from train.data import DataOptions, open_stream, parse_data_spec
 from train.data.decode import decode_image
 from train.data.prepared import Manifest, Preprocessing, ShardRecord, file_crc32, shard_name
-
-FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
 
 
 def face_sized_jpeg(rng: np.random.Generator, size: int = 1024) -> bytes:
@@ -47,12 +45,19 @@ def face_sized_jpeg(rng: np.random.Generator, size: int = 1024) -> bytes:
     return buffer.getvalue()
 
 
-def write_shards(folder: Path, images: int, shards: int = 2) -> tuple[str, list[bytes]]:
+def drawn_jpegs(images: int) -> list[bytes]:
     rng = np.random.default_rng(0)
-    blobs = [face_sized_jpeg(rng) for _ in range(images)]
+    return [face_sized_jpeg(rng) for _ in range(images)]
+
+
+def write_shards(folder: Path, images: int, shards: int = 2) -> tuple[str, list[bytes]]:
+    import datasets  # here, not at the top: the prepared table runs without it (a GPU machine may lack it)
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    blobs = drawn_jpegs(images)
     for shard, ids in enumerate(np.array_split(np.arange(images), shards)):
         rows = [{"image": {"bytes": blobs[i], "path": None}, "label": int(i)} for i in ids]
-        datasets.Dataset.from_list(rows, features=FEATURES).to_parquet(str(folder / f"train-{shard:05d}.parquet"))
+        datasets.Dataset.from_list(rows, features=features).to_parquet(str(folder / f"train-{shard:05d}.parquet"))
     return str(folder / "*.parquet"), blobs
 
 
@@ -71,7 +76,8 @@ class Pipeline:
 
     def __init__(self, glob: str, resolution: int, workers: int, warmup: int, batch: int):
         options = DataOptions(parse_data_spec(f"parquet:{glob}"), resolution, workers=workers, shuffle_buffer=16)
-        self.stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1)
+        with contextlib.redirect_stdout(io.StringIO()):  # its log line names a temporary folder
+            self.stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1)
         self.batch, self.workers = batch, workers
         self.prefetched = workers * self.stream.loader.prefetch_factor
         self.rate(warmup)
@@ -128,7 +134,9 @@ def prepared_table(blobs: list[bytes], args: argparse.Namespace) -> list[str]:
         with tempfile.TemporaryDirectory() as tmp:
             rows = write_prepared(Path(tmp), blobs, resolution, args.prepared_images)
             options = DataOptions(parse_data_spec(f"prepared:{tmp}"), resolution)
-            stream = open_stream(options, batch_size=args.prepared_batch, seed=0, rank=0, world_size=1)
+            with contextlib.redirect_stdout(io.StringIO()):  # its log line names a temporary folder
+                stream = open_stream(options, batch_size=args.prepared_batch, seed=0, rank=0, world_size=1,
+                                     pin_memory=torch.cuda.is_available())  # as a GPU run reads them
             prepared_rate(stream, args.prepared_batch, args.prepared_timed)  # warm: shuffle buffer filled, pages cached
             prepared, copied, decoded = [], [], []
             for _ in range(args.repeats):
@@ -162,6 +170,15 @@ def main() -> None:
     parser.add_argument("--prepared-timed", type=int, default=8192, help="images per timing of a prepared stream")
     parser.add_argument("--prepared-batch", type=int, default=64)
     args = parser.parse_args()
+    if args.resolutions:
+        decode_table(args)
+    if args.prepared:
+        print("\n".join(prepared_table(drawn_jpegs(args.images), args)))
+
+
+def decode_table(args: argparse.Namespace) -> None:
+    import datasets
+
     datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory() as tmp:
         glob, blobs = write_shards(Path(tmp), args.images, shards=max(args.workers))
@@ -190,8 +207,7 @@ def main() -> None:
         print("|" + "---|" * len(header))
         for cells in rows:
             print("| " + " | ".join(cells) + " |")
-        if args.prepared:
-            print("\n".join(["", *prepared_table(blobs, args)]))
+        print()
 
 
 if __name__ == "__main__":

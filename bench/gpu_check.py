@@ -21,6 +21,9 @@ Parts, in order, each with its own time box (a part that runs out leaves its rem
 6. deepspeed: the WGAN-GP trainer's own runs under DDP and under ZeRO-1 and ZeRO-2 (one process,
    torchrun), bf16 and fp16 on a GPU (fp32 in the smoke run): img/s and peak memory from each run's
    metrics.jsonl (needs deepspeed installed; without it, the reason).
+7. data: bench/decode_device.py (--decode-device cuda's decode_jpeg batches against one CPU core's
+   decode_image loop, at 512 and 1024 px) and bench/data_throughput.py's prepared table (prepared
+   shards read into pinned batches, 64 and 256 px); neither needs datasets.
 
 Writes report.json and report.md to --report (default bench/reports/<device>-<date>/) and prints
 the Markdown.
@@ -55,11 +58,11 @@ from train.wgangp import WGANGPConfig
 from train.wgangp import make_objective as wgangp_objective
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("environment", "correctness", "speed", "options", "lucidrains", "deepspeed")
+PARTS = ("environment", "correctness", "speed", "options", "lucidrains", "deepspeed", "data")
 # Seconds per part on a GPU (8 minutes in all) and in the CPU smoke run (under 2 minutes).
 BUDGETS = {
-    "gpu": {"environment": 15, "correctness": 150, "speed": 130, "options": 65, "lucidrains": 55, "deepspeed": 60},
-    "smoke": {"environment": 5, "correctness": 20, "speed": 20, "options": 20, "lucidrains": 15, "deepspeed": 40},
+    "gpu": {"environment": 15, "correctness": 140, "speed": 115, "options": 60, "lucidrains": 55, "deepspeed": 60, "data": 35},
+    "smoke": {"environment": 5, "correctness": 20, "speed": 20, "options": 20, "lucidrains": 15, "deepspeed": 40, "data": 15},
 }
 TRAINERS = {"wgangp": (WGANGPConfig, wgangp_objective), "lightweight": (LightweightGANConfig, lightweight_objective)}
 
@@ -93,6 +96,7 @@ class Sizes:
     matmul: int
     lucidrains_args: tuple[str, ...]
     compile_backend: str
+    data_commands: tuple[tuple[str, ...], ...]  # bench scripts and their arguments for the data part
 
 
 def gpu_sizes() -> Sizes:
@@ -103,6 +107,8 @@ def gpu_sizes() -> Sizes:
         warmup=3, timed=5, matmul=8192,
         lucidrains_args=("--resolutions", "256", "1024", "--precisions", "fp16", "bf16", "--rounds", "3"),
         compile_backend="inductor",
+        data_commands=(("bench/decode_device.py", "--resolutions", "512", "1024", "--images", "64", "--repeats", "3"),
+                       ("bench/data_throughput.py", "--resolutions", "--prepared", "64", "256", "--repeats", "3")),
     )
 
 
@@ -113,6 +119,10 @@ def smoke_sizes() -> Sizes:
         warmup=1, timed=1, matmul=512,
         lucidrains_args=("--resolutions", "64", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--rounds", "1"),
         compile_backend="aot_eager",  # graph capture and AOTAutograd without a C++ compile
+        data_commands=(("bench/decode_device.py", "--device", "cpu", "--resolutions", "64", "--images", "4", "--batch", "2",
+                        "--repeats", "1"),
+                       ("bench/data_throughput.py", "--resolutions", "--prepared", "64", "--images", "4", "--prepared-images", "256",
+                        "--prepared-timed", "512", "--repeats", "1")),
     )
 
 
@@ -340,22 +350,34 @@ def options(box: TimeBox, sizes: Sizes) -> dict:
 # --- 5. lucidrains ----------------------------------------------------------------------------
 
 def lucidrains(box: TimeBox, sizes: Sizes) -> dict:
-    commands = [list(sizes.lucidrains_args)]
+    commands = [("bench/lightweight_vs_lucidrains.py", *sizes.lucidrains_args)]
     if CUDA:
-        commands.append(["--max-batch", "--resolutions", "1024", "--precisions", "fp16"])
+        commands.append(("bench/lightweight_vs_lucidrains.py", "--max-batch", "--resolutions", "1024", "--precisions", "fp16"))
+    return {"tables": bench_tables(commands, box)}
+
+
+def bench_tables(commands: list[tuple[str, ...]], box: TimeBox) -> list[str]:
+    """Each bench script's printed tables, in turn, inside the part's time box."""
     tables = []
-    for args in commands:
+    for command in commands:
         if box.left() <= 5:
             tables.append("not measured: time box")
             continue
         try:
-            result = subprocess.run([sys.executable, "bench/lightweight_vs_lucidrains.py", *args], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=box.left())
+            result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=box.left())
             tables.append(result.stdout.strip() if result.returncode == 0 else f"failed: {result.stderr.strip()[-500:]}")
         except subprocess.TimeoutExpired as error:
             partial = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
             tables.append(partial.strip() + "\n(not finished: time box)")
-    return {"tables": tables}
+    return tables
+
+
+# --- 7. data ----------------------------------------------------------------------------------
+
+def data(box: TimeBox, sizes: Sizes) -> dict:
+    """--decode-device cuda's JPEG batches against one CPU core's decode loop (512 and 1024 px), then
+    prepared shards read into pinned batches against a copy-only loop (64 and 256 px)."""
+    return {"tables": bench_tables(list(sizes.data_commands), box)}
 
 
 # --- 6. deepspeed -----------------------------------------------------------------------------
@@ -453,6 +475,9 @@ def markdown(report: dict) -> str:
                 memory = f"{r['gpu_mem_gb']:.2f}" if r["gpu_mem_gb"] is not None else "(CPU)"
                 lines.append(f"| {r['precision']} | {r['engine']} | {significant(r['img_per_s'])} | {memory} | {r['skipped_steps']} |")
         lines.append("")
+    if "data" in report:
+        lines += ["## Data: JPEG decode on the device, prepared shards", ""]
+        lines += [table + "\n" for table in report["data"]["tables"]]
     lines += ["## Time per part (s)", "", "| " + " | ".join(report["seconds"]) + " |", "|" + "---|" * len(report["seconds"]),
               "| " + " | ".join(f"{s:.0f}" for s in report["seconds"].values()) + " |"]
     return "\n".join(lines) + "\n"
@@ -476,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes, budgets = (smoke_sizes(), BUDGETS["smoke"]) if args.cpu_smoke else (gpu_sizes(), BUDGETS["gpu"])
     parts: dict[str, Callable[[TimeBox, Sizes], dict]] = {
         "environment": environment, "correctness": correctness, "speed": speed, "options": options, "lucidrains": lucidrains,
-        "deepspeed": deepspeed,
+        "deepspeed": deepspeed, "data": data,
     }
     report: dict[str, Any] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu_smoke": args.cpu_smoke,
                               "seconds": {}}

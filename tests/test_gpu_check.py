@@ -4,6 +4,7 @@ whole `--cpu-smoke` run (tests/data/gpu_check_cpu_smoke.json, made by `python be
 --cpu-smoke`) is rendered and checked. The options, lucidrains and DeepSpeed parts time what
 tests/test_zero.py, tests/test_precision.py and tests/test_lightweight.py prove."""
 import json
+import sys
 
 import pytest
 
@@ -52,10 +53,29 @@ def test_a_whole_smoke_report_renders_every_part():
     assert engines["DDP"]["img_per_s"] > 0 and engines["ZeRO-2"]["img_per_s"] > 0  # the trainer under both
     text = markdown(report)
     for title in ("## Correctness", "## Speed", "## Options", "## Lightweight GAN against lucidrains'",
-                  "## DeepSpeed against DDP", "## Time per part (s)"):
+                  "## DeepSpeed against DDP", "## Data: JPEG decode on the device, prepared shards", "## Time per part (s)"):
         assert title in text
     assert "| trainer | px | precision |" in text and "create_graph" in text
     assert all(f"| {r['trainer']} | {r['resolution']} |" in text for r in report["speed"]["rows"])
+    decode, prepared = report["data"]["tables"]
+    assert "| output px | 1 CPU core, decode_image | decode_jpeg batches |" in decode and "\n| 64 |" in decode
+    assert "| prepared / copy-only |" in prepared and "\n| 64 |" in prepared
+
+
+def test_the_data_parts_benches_run_without_datasets_which_the_gpu_machine_lacks(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # an import of it now fails
+    for module in ("bench.data_throughput", "bench.decode_device"):
+        monkeypatch.delitem(sys.modules, module, raising=False)  # imported afresh, below
+    from bench import data_throughput, decode_device
+
+    monkeypatch.setattr(sys, "argv", ["decode_device.py", "--device", "cpu", "--resolutions", "32", "--images", "2",
+                                      "--batch", "2", "--repeats", "1"])
+    assert decode_device.main() == 0
+    monkeypatch.setattr(sys, "argv", ["data_throughput.py", "--resolutions", "--prepared", "32", "--images", "2",
+                                      "--prepared-images", "128", "--prepared-timed", "256", "--prepared-batch", "32", "--repeats", "1"])
+    data_throughput.main()
+    out = capsys.readouterr().out
+    assert "\n| 32 | " in out.split("decode_jpeg batches")[1] and "\n| 32 | " in out.split("prepared / copy-only")[1]
 
 
 def test_without_a_gpu_the_full_check_is_refused_with_the_way_to_run_it(capsys):
