@@ -25,10 +25,7 @@ import torch
 from train.common.seeds import SeedPurpose, stream_seed
 from train.data.options import DataOptions
 from train.data.prepared import PreparedShardWarning, check_prepared, file_crc32
-from train.data.specs import DataError
-
-EMPTY_PASSES_LIMIT = 3  # as streaming.py: passes in a row with nothing readable before the run stops
-
+from train.data.specs import EMPTY_PASSES_LIMIT, DataError
 
 @functools.lru_cache(maxsize=None)
 def _verified(path: str, images: int, crc32: str) -> np.ndarray | None:

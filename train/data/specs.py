@@ -8,6 +8,7 @@ TOY_NAMES = ("8gaussians", "25gaussians")
 DEFAULT_HUB_DATASET = "mattymchen/celeba-hq"
 # Judge the share of unreadable rows only once this many were read, then stop above this share.
 SKIP_JUDGED_AFTER, SKIP_LIMIT = 1000, 0.01
+EMPTY_PASSES_LIMIT = 3  # passes in a row with nothing readable before a streamed source stops the run
 
 
 class DataSpecError(ValueError):

@@ -23,7 +23,7 @@ from train.common.stop_signals import STOP_SIGNALS
 from train.data.decode import ExtremeImage, ExtremeImageWarning, decode_image
 from train.data.device_decode import BrokenBatch, decode_batch, encoded_or_decoded
 from train.data.options import DataOptions
-from train.data.specs import DataError, DataSpec, DataSpecError, parquet_files
+from train.data.specs import EMPTY_PASSES_LIMIT, DataError, DataSpec, DataSpecError, parquet_files
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -113,9 +113,6 @@ def _row_name(cell: dict, data: bytes) -> str:
     if cell.get("path"):
         return f"the image {cell['path']}"
     return f"a {len(data)}-byte image (sha1 {hashlib.sha1(data).hexdigest()[:12]})"
-
-
-EMPTY_PASSES_LIMIT = 3
 
 
 class DecodedBatches(IterableDataset):
