@@ -137,7 +137,7 @@ def prepared_table(blobs: list[bytes], args: argparse.Namespace) -> list[str]:
             with contextlib.redirect_stdout(io.StringIO()):  # its log line names a temporary folder
                 stream = open_stream(options, batch_size=args.prepared_batch, seed=0, rank=0, world_size=1,
                                      pin_memory=torch.cuda.is_available())  # as a GPU run reads them
-            prepared_rate(stream, args.prepared_batch, args.prepared_timed)  # warm: shuffle buffer filled, pages cached
+            prepared_rate(stream, args.prepared_batch, args.prepared_timed)  # warm: shards mapped, pages cached
             prepared, copied, decoded = [], [], []
             for _ in range(args.repeats):
                 prepared.append(prepared_rate(stream, args.prepared_batch, args.prepared_timed))
