@@ -172,6 +172,39 @@ def test_a_signal_is_kept_for_a_rank_whose_pid_file_is_not_written_yet(tmp_path)
             rank.kill()
 
 
+SUBSTITUTION = re.compile(r"\$\((?!\()|[<>]\(")  # $(...), <(...), >(...); not $((...)) arithmetic
+
+
+def test_the_launch_scripts_write_command_substitutions_in_backticks():
+    """bash 5.2 can run a trap in the middle of re-parsing a $(...) and then fail to parse both (see
+    common.sh's header); the scripts trap stop signals from their first line, so none is used."""
+    for script in sorted(SLURM.iterdir()):
+        code = [(number, line) for number, line in enumerate(script.read_text().splitlines(), 1) if not line.lstrip().startswith("#")]
+        assert [f"{script.name}:{number}: {line}" for number, line in code if SUBSTITUTION.search(line)] == []
+
+
+def test_signals_during_the_scripts_substitutions_are_kept_and_break_nothing(tmp_path):
+    """The early trap of the launch scripts, hit by SIGUSR1 40 times while common.sh's functions run
+    their substitutions: every run keeps the signal and says no parse error."""
+    ready = tmp_path / "ready"
+    code = f'''trap 'PENDING=USR1' USR1; PENDING=""
+        source "{SLURM}/common.sh"; : > "{ready}"
+        for i in `seq 1 60`; do line=`say "step $i"`; find_root; done; echo "pending=$PENDING root=$ROOT"'''
+    for _ in range(12):
+        ready.unlink(missing_ok=True)
+        process = subprocess.Popen(["bash", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=script_env({"FACEGAN_ROOT": str(ROOT)}))
+        deadline = time.monotonic() + 30
+        while not ready.exists():  # its word, not a sleep
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        for _ in range(40):
+            os.kill(process.pid, signal.SIGUSR1)
+            time.sleep(0.002)
+        stdout, stderr = process.communicate(timeout=60)
+        assert (process.returncode, stderr, stdout) == (0, "", f"pending=USR1 root={ROOT}\n")
+
+
 # A stop signal while a launch script is still setting itself up, before the run exists: outside
 # Slurm (no requeue: --max-restarts 0), each script paused at a failpoint that says where it is.
 SET_UP_PAUSES = {"the batch shell": "setup_pause", "node.sh": "node_pause"}

@@ -1,6 +1,13 @@
 # Shared by single_node.sbatch, multi_node.sbatch and node.sh: settings, checks, the launch command,
 # and the requeue on the trainers' resumable exit code. Sourced, never run.
 #
+# Command substitutions in these scripts are written with backticks, never $(...) or <(...): they
+# trap SIGUSR1/SIGTERM from their first line, and bash 5.2 (Debian 12's 5.2.15 here) can run a
+# trap in the middle of re-parsing a $(...), after which both fail to parse ("unexpected EOF while
+# looking for matching `)'"): the signal is lost and the substitution's value with it (node.sh
+# then lost its `source` of this file). Backticks take another path: 0 of 40 runs failed, against
+# 6 of 25 with $(...), each hit by 10 signals (tests/test_slurm.py holds the scripts to it).
+#
 # Settings, as flags after the script's name or as environment variables (flags win):
 #   --trainer NAME          TRAINER          wgangp, lightweight_gan or dcgan (required)
 #   --out DIR               OUT              the run directory, on storage every node sees (required)
@@ -29,15 +36,17 @@ die() {
 }
 
 say() {
-    echo "[$(date +%T)] $*"
+    echo "[`date +%T`] $*"
 }
 
 # The repository: sbatch runs a copy of the batch script from its spool, so $0 does not lead back to it.
 find_root() {
-    local candidate
-    for candidate in "${FACEGAN_ROOT:-}" "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." 2>/dev/null && pwd)" "${SLURM_SUBMIT_DIR:-}"; do
+    local candidate beside
+    beside=`dirname "${BASH_SOURCE[0]}"`
+    beside=`cd "$beside/../.." 2>/dev/null && pwd`
+    for candidate in "${FACEGAN_ROOT:-}" "$beside" "${SLURM_SUBMIT_DIR:-}"; do
         if [ -n "$candidate" ] && [ -f "$candidate/train/run/runner.py" ]; then
-            ROOT=$(cd "$candidate" && pwd)
+            ROOT=`cd "$candidate" && pwd`
             return
         fi
     done
@@ -90,7 +99,7 @@ check_settings() {
     if [ -n "$ACCELERATE_CONFIG" ] && [ ! -f "$ACCELERATE_CONFIG" ]; then
         die "--accelerate-config / ACCELERATE_CONFIG $ACCELERATE_CONFIG: no such file"
     fi
-    OUT=$(realpath -m "$OUT")
+    OUT=`realpath -m "$OUT"`
     if [ "$DRY_RUN" != 1 ] && ! command -v accelerate > /dev/null; then
         die "accelerate is not on PATH: activate the project's environment before sbatch (Slurm passes it on)"
     fi
@@ -109,7 +118,7 @@ processes_per_node() {
     fi
     local allocated=${SLURM_GPUS_ON_NODE:-}
     if [ -z "$allocated" ] && [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
-        allocated=$(awk -F, '{print NF}' <<< "$CUDA_VISIBLE_DEVICES")
+        allocated=`awk -F, '{print NF}' <<< "$CUDA_VISIBLE_DEVICES"`
     fi
     if [ -n "$GPUS_PER_NODE" ]; then
         is_count "$GPUS_PER_NODE" || die "--gpus-per-node / GPUS_PER_NODE '$GPUS_PER_NODE': give a number of GPUs, 1 or more"
@@ -162,7 +171,7 @@ build_launch_command() {
         LAUNCH+=(--mixed_precision "$MIXED_PRECISION")
     fi
     LAUNCH+=(--num_machines "$machines" --machine_rank "$machine_rank" --num_processes $((machines * PER_NODE)))
-    LAUNCH+=(--main_process_ip "$head" --main_process_port "$(rendezvous_port)")
+    LAUNCH+=(--main_process_ip "$head" --main_process_port "`rendezvous_port`")
     if [ -n "$DEEPSPEED" ] && [ "$machines" -gt 1 ]; then
         LAUNCH+=(--deepspeed_multinode_launcher standard)  # torchrun on each node, as for DDP, not pdsh
     fi
@@ -211,7 +220,7 @@ requeue_or_exit() {
 run_forwarding_signals() {
     local kind=$1 ready code
     shift
-    ready=$(mktemp -u "${TMPDIR:-/tmp}/facegan-ready.XXXXXX")
+    ready=`mktemp -u "${TMPDIR:-/tmp}/facegan-ready.XXXXXX"`
     [ "$kind" = srun ] && : > "$ready"
     FACEGAN_NODE_READY=$ready "$@" &
     CHILD=$!
@@ -241,8 +250,9 @@ pass_pending() {
 # A test-only pause in a launch script's set-up (FACEGAN_FAILPOINTS=NAME=SECONDS, as the trainers'
 # failpoints): a window in which a test sends a signal. Said on stdout; a trapped signal ends it.
 failpoint_pause() {
-    local name=$1 where=$2 seconds
-    seconds=$(sed -n "s/.*\b$name=\([0-9.]*\).*/\1/p" <<< "${FACEGAN_FAILPOINTS:-}")
+    local name=$1 where=$2 seconds pattern
+    pattern="s/.*\b$name=\([0-9.]*\).*/\1/p"
+    seconds=`sed -n "$pattern" <<< "${FACEGAN_FAILPOINTS:-}"`
     [ -n "$seconds" ] || return 0
     say "failpoint $name: pausing ${seconds} s $where"
     sleep "$seconds" &
@@ -258,13 +268,13 @@ failpoint_pause() {
 forward_to_ranks() {
     local pid_file pid
     for pid_file in "$FACEGAN_PID_DIR"/rank*.pid; do
-        pid=$(cat "$pid_file" 2> /dev/null) || continue
+        pid=`cat "$pid_file" 2> /dev/null` || continue
         [[ "$pid" =~ ^[0-9]+$ ]] || continue
         case " $SENT " in *" $pid "*) continue ;; esac
         kill "-$1" "$pid" 2> /dev/null && SENT="$SENT $pid"
     done
     local reached
-    reached=$(wc -w <<< "$SENT")
+    reached=`wc -w <<< "$SENT"`
     if [ "$reached" -lt "$PER_NODE" ]; then
         PENDING=$1
     else
@@ -273,14 +283,15 @@ forward_to_ranks() {
 }
 
 # The arguments as given, less --dry-run (before the trainer's flags): what a real run passes on.
+# Into the array NODE_ARGS (no process substitution: see the note on backticks at the top).
 without_dry_run() {
-    local arg
+    NODE_ARGS=()
     while [ $# -gt 0 ]; do
         [ "$1" = -- ] && break
-        [ "$1" != --dry-run ] && printf '%s\n' "$1"
+        [ "$1" != --dry-run ] && NODE_ARGS+=("$1")
         shift
     done
-    [ $# -gt 0 ] && printf '%s\n' "$@"
+    NODE_ARGS+=("$@")
 }
 
 print_command() {

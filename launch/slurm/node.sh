@@ -10,7 +10,8 @@ SENT=""  # the pids it was passed to
 trap 'PENDING=USR1' USR1
 trap 'PENDING=TERM' TERM
 [ -n "${FACEGAN_NODE_READY:-}" ] && : > "$FACEGAN_NODE_READY"
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+HERE=`dirname "${BASH_SOURCE[0]}"`
+source "$HERE/common.sh"
 find_root
 parse_settings "$@"
 check_settings
@@ -25,13 +26,15 @@ build_launch_command "$MACHINES" "$MACHINE_RANK" "${FACEGAN_HEAD:-127.0.0.1}"
 
 # The training processes write their pids here once their stop handlers are in (train/run/stop.py).
 export FACEGAN_PID_DIR
-FACEGAN_PID_DIR=$(mktemp -d "${TMPDIR:-/tmp}/facegan-pids.XXXXXX")
+FACEGAN_PID_DIR=`mktemp -d "${TMPDIR:-/tmp}/facegan-pids.XXXXXX"`
 trap 'rm -rf "$FACEGAN_PID_DIR"' EXIT
 failpoint_pause node_pause "before the training processes start"
 trap 'say "node $MACHINE_RANK: SIGUSR1, passing it to the training processes"; SENT=""; forward_to_ranks USR1' USR1
 trap 'say "node $MACHINE_RANK: SIGTERM, passing it to the training processes"; SENT=""; forward_to_ranks TERM' TERM
 
-say "node $MACHINE_RANK of $MACHINES on $(hostname -s): $(print_command "${LAUNCH[@]}")"
+HOST=`hostname -s`
+SHOWN=`print_command "${LAUNCH[@]}"`
+say "node $MACHINE_RANK of $MACHINES on $HOST: $SHOWN"
 # The launcher ignores SIGUSR1 (an inherited SIG_IGN): srun passes a signal to every process of a
 # task, and accelerate launch, torchrun's agent, would die of it and abandon its workers.
 (trap '' USR1; exec "${LAUNCH[@]}") &
@@ -42,6 +45,6 @@ while kill -0 "$LAUNCHER" 2> /dev/null; do
     wait $! 2> /dev/null
 done
 wait "$LAUNCHER"
-CODE=$(run_exit_code $?)
+CODE=`run_exit_code $?`
 say "node $MACHINE_RANK: the training processes ended (exit code $CODE)"
 exit "$CODE"
