@@ -2,18 +2,23 @@
 import io
 import itertools
 import json
+import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import threading
 
 import datasets
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from tests.conftest import ROOT, train_in_process
 from tests.fixtures import FEATURES, id_image, jpeg_bytes, row_ids, write_image_folder, write_parquet_shards
@@ -21,6 +26,7 @@ from train.data import DataError, DataOptions, DataSpecError, open_stream, parse
 from train.data.__main__ import main as data_main
 from train.data.decode import decode_image
 from train.data import prepare as prepare_module
+from train.data import prepare_shards
 from train.data import prepared_stream
 from train.data.prepare import PrepareRequest, prepare
 from train.data.prepared import MANIFEST, Manifest, Preprocessing, PreparedShardWarning, check_prepared
@@ -69,7 +75,7 @@ def test_prepared_pixels_equal_decode_image_exactly_with_crop_and_alpha(tmp_path
     flags = {"celeba_crop": 36, "background": (0, 128, 255)}
     # in this process, in a thread of it (the way of large rows), and over decoding processes
     for way, workers, threaded_from in (("in-process", 0, None), ("processes", 2, None), ("thread", 0, 0)):
-        monkeypatch.setattr(prepare_module, "ROW_BYTES_WORTH_A_THREAD", threaded_from or prepare_module.ROW_BYTES_WORTH_A_THREAD)
+        monkeypatch.setattr(prepare_shards, "ROW_BYTES_WORTH_A_THREAD", threaded_from or prepare_shards.ROW_BYTES_WORTH_A_THREAD)
         manifest = prepared(f"parquet:{tmp_path}/source/*.parquet", tmp_path / way, 16, workers, **flags).manifest
         pixels = np.concatenate([np.load(tmp_path / way / shard.file) for shard in manifest.shards])
         expected = np.stack([decode_image(blob, 16, 36, (0, 128, 255)).numpy() for blob in blobs])
@@ -82,8 +88,12 @@ def test_local_parquet_is_read_row_for_row_as_datasets_reads_it_an_image_or_a_bi
     expected = [bytes(row["image"]["bytes"]) for row in datasets.load_dataset(
         "parquet", data_files={"train": sorted(map(str, (tmp_path / "images").glob("*.parquet")))}, split="train",
         streaming=True).cast_column("image", datasets.Image(decode=False))]
-    cells = list(prepare_module._parquet_cells(sorted(map(str, (tmp_path / "images").glob("*.parquet"))), "image"))
-    assert [bytes(cell["bytes"]) for cell in cells] == expected and len(expected) == 40
+    files = sorted(map(str, (tmp_path / "images").glob("*.parquet")))
+    for rows_per_shard, limit in ((7, None), (40, None), (16, 30)):  # shards across pyarrow's batches and the files
+        shards = list(prepare_module._parquet_shards(files, "image", rows_per_shard, limit))
+        cells = [cell for shard in shards for cell in shard.cells()]
+        assert [bytes(cell["bytes"]) for cell in cells] == expected[:limit] and [shard.rows for shard in shards[:-1]] == [rows_per_shard] * (len(shards) - 1)
+    assert len(expected) == 40
     blobs = [jpeg_bytes(id_image(row, 24)) for row in range(5)]
     (tmp_path / "binary").mkdir()
     pq.write_table(pa.table({"jpeg": pa.array(blobs, pa.binary()), "label": list(range(5))}), tmp_path / "binary" / "t.parquet")
@@ -102,18 +112,22 @@ class DiesWhereUnpickled:
 
 
 def test_a_decoding_process_that_dies_ends_the_prepare_with_a_line_instead_of_a_hang(tmp_path):
-    request = PrepareRequest("unused", tmp_path, Preprocessing(16), workers=2, progress=False)
     cells = [{"bytes": jpeg_bytes(id_image(row, 16)), "path": None} for row in range(8)]
-    with prepare_module.Decoder(request) as decode:
-        assert all(pixels is not None for pixels, _ in decode(cells))
-        with pytest.raises(prepare_module.DecodingProcessDied, match="--workers 2: a decoding process died .* rerun with --workers 0"):
-            list(decode(cells + [{**cells[0], "dies": DiesWhereUnpickled()}]))
+    dies = {"bytes": None, "path": None, "dies": DiesWhereUnpickled()}
+    died = pytest.raises(prepare_shards.DecodingProcessDied, match="--workers 2: a decoding process died .* rerun with --workers 0")
+    # row by row (a hub source's rows, here with their bytes), and a whole shard a worker reads itself
+    with prepare_shards.Decoder(Preprocessing(16), tmp_path, workers=2) as decoder:
+        assert all(pixels is not None for pixels, _ in decoder.decoded(cells))
+        with died:
+            list(decoder.decoded(cells + [dies]))
+    with prepare_shards.Decoder(Preprocessing(16), tmp_path, workers=2) as decoder, died:
+        list(decoder.made([prepare_shards.ShardRows(0, given=(dies,))], tqdm(disable=True)))
 
 
 @pytest.mark.parametrize("threaded", [False, True], ids=["in-process", "decoding-thread"])
 def test_the_manifest_names_source_options_counts_skipped_rows_and_checksums(tmp_path, monkeypatch, threaded):
     if threaded:
-        monkeypatch.setattr(prepare_module, "ROW_BYTES_WORTH_A_THREAD", 0)
+        monkeypatch.setattr(prepare_shards, "ROW_BYTES_WORTH_A_THREAD", 0)
     glob = write_parquet_shards(tmp_path / "source", rows=20, shards=1, corrupt_every=10)
     manifest = prepared(f"parquet:{glob}", tmp_path / "pixels").manifest
     record = json.loads((tmp_path / "pixels" / MANIFEST).read_text())
@@ -174,6 +188,77 @@ def test_a_sigkilled_prepare_resumes_where_it_was_killed(tmp_path, monkeypatch):
     result = prepared(f"parquet:{glob}", tmp_path / "pixels")
     assert result.written == [1, 2] and result.manifest.complete and result.manifest.count == 24
     assert (tmp_path / "pixels" / "shard-00000.npy").stat().st_mtime_ns == first
+
+
+def test_a_workers_shard_is_left_unwritten_at_its_next_row_once_the_prepare_process_stops(tmp_path, monkeypatch):
+    stop = threading.Event()
+    monkeypatch.setattr(prepare_shards, "_stop", stop)
+    monkeypatch.setattr(prepare_shards, "_progress", multiprocessing.Value("q", 0))
+    pixels = (np.zeros((3, 16, 16), np.uint8), None)
+
+    def rows(stop_after: int | None):
+        for row in range(4):
+            if row == stop_after:
+                stop.set()  # what Decoder.__exit__ does on a Ctrl-C or an error in the prepare process
+            yield pixels
+
+    assert prepare_shards.write_shard(tmp_path, 0, prepare_shards._watched(rows(None)), 16).images == 4
+    assert prepare_shards._progress.value == 4
+    (tmp_path / "shard-00000.npy").unlink()
+    with pytest.raises(prepare_shards.ShardLeft):
+        prepare_shards.write_shard(tmp_path, 0, prepare_shards._watched(rows(2)), 16)
+    assert list(tmp_path.iterdir()) == [] and prepare_shards._progress.value == 6
+
+
+MAKES_ONE_SHARD = """
+import pickle, sys
+from pathlib import Path
+from tqdm.auto import tqdm
+from train.data.prepare_shards import Decoder
+from train.data.prepared import Preprocessing
+if __name__ == "__main__":
+    folder = Path(sys.argv[1])
+    with Decoder(Preprocessing(16), folder / "out", workers=1) as decoder:
+        list(decoder.made([pickle.loads((folder / "shard.pickle").read_bytes())], tqdm(disable=True)))
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_whose_prepare_process_was_killed_leaves_its_shard_unwritten(tmp_path):
+    """A SIGKILL leaves no prepare process to stop its workers: each sees it gone at its next row,
+    rather than finishing shards into a folder that a rerun may be making."""
+    (tmp_path / "out").mkdir()
+    paths = [tmp_path / f"{row}.jpg" for row in range(3)]
+    for row, path in enumerate(paths):
+        path.write_bytes(jpeg_bytes(id_image(row, 16)))
+    os.unlink(paths[1])
+    os.mkfifo(paths[1])  # row 1: the worker waits there until this test writes it, its shard half made
+    shard = prepare_shards.ShardRows(0, given=tuple({"bytes": None, "path": str(path)} for path in paths))
+    (tmp_path / "shard.pickle").write_bytes(pickle.dumps(shard))
+    # A process of its own, not a fork of this one: a fork shares this process's forkserver, which
+    # is not its child (multiprocessing's check of the server then fails).
+    making = subprocess.Popen([sys.executable, "-c", MAKES_ONE_SHARD, str(tmp_path)], cwd=ROOT)
+    opened = threading.Event()
+
+    def unblock_if_it_ends_first():  # a failure to start would leave this test waiting for a reader for ever
+        making.wait()
+        if not opened.is_set():
+            os.close(os.open(paths[1], os.O_RDONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=unblock_if_it_ends_first, daemon=True).start()
+    try:
+        with open(paths[1], "wb") as row:  # opens once the worker has opened it: row 0 is written
+            opened.set()
+            assert making.poll() is None, f"the prepare process ended first, exit {making.returncode}"
+            (half_made,) = (tmp_path / "out").glob("shard-00000.*.tmp.npy")
+            worker = psutil.Process(int(half_made.name.split(".")[1]))
+            making.kill()
+            making.wait()
+            row.write(jpeg_bytes(id_image(1, 16)))
+    finally:
+        making.kill()
+    worker.wait(timeout=60)  # it ends (rather than wait for its next task for ever): its prepare process is gone
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.slow
