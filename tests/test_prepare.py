@@ -410,6 +410,8 @@ def test_a_share_whose_shards_all_fail_their_check_stops_in_one_line(ids, tmp_pa
 def test_the_cli_prepares_an_image_folder_and_says_how_to_train_from_it(tmp_path, capsys):
     folder = write_image_folder(tmp_path / "faces", rows=6)
     assert data_main(["prepare", str(folder), "--resolution", "32", "--to", str(tmp_path / "pixels"), "--workers", "1"]) == 0
-    assert f"prepared 6 images (0 unreadable rows skipped) in 1 shards at {tmp_path / 'pixels'}" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"prepared 6 images (0 unreadable rows skipped) in 1 shards at {tmp_path / 'pixels'}" in said.out
+    assert f"prepare {tmp_path / 'pixels'}: 6img" in said.err  # the progress bar counts the worker's rows
     assert sorted(read_rows(stream(tmp_path / "pixels", batch=6, workers=0), 1)) == list(range(6))
     assert data_main(["prepare", str(folder), "--resolution", "0", "--to", str(tmp_path / "other")]) == 2

@@ -156,8 +156,9 @@ class Decoder:
                 if not pending:
                     return
                 finished, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
-                bar.update(self.progress.value - shown)
-                shown = self.progress.value
+                count = self.progress.value
+                bar.update(count - shown)
+                shown = count
                 for future in finished:
                     yield self._result(future)
         finally:
