@@ -85,17 +85,17 @@ def _piece_cells(piece: ParquetPiece, column: str) -> Iterator[dict]:
     if not groups:
         return
     for batch in file.iter_batches(PARQUET_BATCH_ROWS, row_groups=groups, columns=[column]):
-        start, stop = max(piece.start - position, 0), min(piece.stop - position, len(batch))
-        if start < stop:
-            yield from _batch_cells(batch.column(0).slice(start, stop - start))
+        yield from _batch_cells(batch.column(0), max(piece.start - position, 0), min(piece.stop - position, len(batch)))
         position += len(batch)
         if position >= piece.stop:
             return
 
 
-def _batch_cells(values: pa.Array) -> Iterator[dict]:
+def _batch_cells(values: pa.Array, start: int, stop: int) -> Iterator[dict]:
+    """Rows [start, stop) of a batch's column: indexed, not sliced (a struct's fields are its
+    children, which a slice of the struct did not offset in every pyarrow release)."""
     images, paths = (values.field("bytes"), values.field("path")) if pa.types.is_struct(values.type) else (values, None)
-    for row in range(len(values)):
+    for row in range(start, stop):
         data = images[row]
         yield {"bytes": data.as_buffer() if data.is_valid else None, "path": None if paths is None else paths[row].as_py()}
 
