@@ -130,11 +130,12 @@ class Decoder:
         """Each shard's record once it is written whole: in order here, in the order they finish over workers."""
         shards = iter(shards)
         if self.pool is None:
-            return (self.write(shard.index, _counted(self.decoded(list(shard.cells())), bar)) for shard in shards)
+            return (self._made_here(shard, bar) for shard in shards)
         return self._made_by_workers(shards, bar)
 
-    def write(self, index: int, decoded: Iterable[Decoded]) -> ShardRecord:
-        return write_shard(self.to, index, decoded, self.preprocessing.resolution)
+    def _made_here(self, shard: ShardRows, bar: tqdm) -> ShardRecord:
+        """Written by this process: its rows decoded here, in a thread, or by the workers row by row."""
+        return write_shard(self.to, shard.index, _counted(self.decoded(list(shard.cells())), bar), self.preprocessing.resolution)
 
     def decoded(self, cells: list[dict]) -> Iterator[Decoded]:
         if self.pool is not None:
@@ -150,7 +151,7 @@ class Decoder:
             while True:
                 while len(pending) < SHARDS_AHEAD_PER_WORKER * self.workers and (shard := next(shards, None)) is not None:
                     if not shard.light:  # its rows' bytes are here: the workers decode, this process writes
-                        yield self.write(shard.index, _counted(self.decoded(list(shard.cells())), bar))
+                        yield self._made_here(shard, bar)
                         continue
                     pending.add(self.pool.submit(_make_shard, shard, self.to, self.preprocessing.resolution))
                 if not pending:
