@@ -5,21 +5,36 @@
 The same 1024x1024 JPEGs as bench/data_throughput.py (drawn, never downloaded) in local parquet
 shards. The loop runs `decode_image` over the JPEG bytes in memory on one core; `prepare` reads the
 shards, decodes every row through the same `decode_image` and writes the .npy shards and the
-manifest (train/data/prepare.py), into a new folder each time, so every timing is a first pass.
-`--workers 0` decodes in the prepare process itself (one core); N > 0 over N processes, and the
-rate is then divided by N (per worker). Loop and prepare are timed in turns, `--repeats` times:
-each cell is the median, the range follows in brackets, and each ratio pairs a prepare timing with
-the loop timed just before it, so load from other processes moves both.
+manifest (train/data/prepare.py), into a new folder each time (removed after its timing), so every
+timing is a first pass. `--workers 0` decodes in the prepare process itself; N > 0 over N
+processes, and the rate is then divided by N (per worker).
+
+The loop writes nothing, while `prepare` writes every image's raw pixels (3 MB at 1024 px). So each
+timing also writes as many bytes from one reused buffer into a new file (removed after it), to
+measure what this machine's page cache takes new data at: on a VM whose balloon reports free memory
+to the host, pages never used, or freed a few seconds ago, come back through the hypervisor and
+cost far more than a copy. "loop + writing" is the rate the loop would have if it also wrote its
+pixels at that speed: the ceiling for any program that decodes and then writes, on one core.
+
+Write, loop and prepare are timed in turns, `--repeats` times: each cell is the median, the range
+follows in brackets, and each ratio pairs a prepare timing with the loop and write timed just
+before it, so load from other processes moves them together.
 """
 import argparse
+import os
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bench.data_throughput import loop_rate, spread, write_shards
 from train.data.prepare import PrepareRequest, prepare
 from train.data.prepared import Preprocessing
+
+WRITE_CHUNK = 16 << 20  # the reused buffer the page-cache timing writes from
 
 
 def prepare_rate(source: str, to: Path, resolution: int, workers: int, images: int, rows_per_shard: int) -> float:
@@ -29,7 +44,21 @@ def prepare_rate(source: str, to: Path, resolution: int, workers: int, images: i
     result = prepare(request)
     elapsed = time.perf_counter() - start
     assert sum(shard.images for shard in result.manifest.shards) == images, "every row prepared"
+    shutil.rmtree(to)
     return images / elapsed / max(1, workers)
+
+
+def page_cache_rate(path: Path, size: int) -> float:
+    """Bytes per second a new file of `size` bytes takes, written from one reused buffer (no fsync:
+    prepare's shards are not synced either)."""
+    chunk = np.ones(min(size, WRITE_CHUNK), np.uint8)  # touched once here, before the clock
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        for offset in range(0, size, len(chunk)):
+            f.write(chunk[: size - offset].data)
+    elapsed = time.perf_counter() - start
+    os.unlink(path)
+    return size / elapsed
 
 
 def main() -> None:
@@ -47,18 +76,24 @@ def main() -> None:
         source, blobs = write_shards(Path(tmp), args.images)
         loop_rate(blobs, 64, min(32, args.images))  # warm: the first decodes pay for imports and caches
         print(f"{args.images} JPEGs of 1024x1024, {args.rows_per_shard} rows a shard, {args.repeats} timings per cell, median (range)\n")
-        print("| output | workers | plain decode loop, 1 core | prepare, per decoding process | prepare / loop |")
-        print("|---|---|---|---|---|")
+        print("| output | workers | page cache, new data | plain decode loop, 1 core | loop + writing | prepare, per decoding process"
+              " | prepare / loop | prepare / (loop + writing) |")
+        print("|---|---|---|---|---|---|---|---|")
         for resolution in args.resolutions:
+            image_bytes = 3 * resolution**2
             for workers in args.workers:
-                loops, rates = [], []
+                writes, loops, rates = [], [], []
                 for repeat in range(args.repeats):
+                    writes.append(page_cache_rate(Path(tmp) / "page-cache.bin", args.images * image_bytes))
                     loops.append(loop_rate(blobs, resolution, args.images))
-                    to = Path(tmp) / f"prepared-{resolution}-{workers}-{repeat}"
-                    rates.append(prepare_rate(source, to, resolution, workers, args.images, args.rows_per_shard))
+                    rates.append(prepare_rate(source, Path(tmp) / "prepared", resolution, workers, args.images, args.rows_per_shard))
+                bounds = [1 / (1 / loop + image_bytes / write) for loop, write in zip(loops, writes)]
                 ratios = [rate / loop for rate, loop in zip(rates, loops)]
-                print(f"| {resolution} | {workers or 'in-process'} | {spread(loops, '.0f')} img/s | {spread(rates, '.0f')} img/s"
-                      f" | {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |", flush=True)
+                bounded = [rate / bound for rate, bound in zip(rates, bounds)]
+                print(f"| {resolution} | {workers or 'in-process'} | {spread([w / 1e6 for w in writes], ',.0f')} MB/s | {spread(loops, '.0f')} img/s"
+                      f" | {spread(bounds, '.0f')} img/s | {spread(rates, '.0f')} img/s"
+                      f" | {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                      f" | {statistics.median(bounded):.2f} ({min(bounded):.2f}-{max(bounded):.2f}) |", flush=True)
 
 
 if __name__ == "__main__":

@@ -73,9 +73,11 @@ def test_prepared_pixels_equal_decode_image_exactly_with_crop_and_alpha(tmp_path
     records = [{"image": {"bytes": blob, "path": None}, "label": row} for row, blob in enumerate(blobs)]
     datasets.Dataset.from_list(records, features=FEATURES).to_parquet(str(tmp_path / "source" / "train.parquet"))
     flags = {"celeba_crop": 36, "background": (0, 128, 255)}
-    # in this process, in a thread of it (the way of large rows), and over decoding processes
-    for way, workers, threaded_from in (("in-process", 0, None), ("processes", 2, None), ("thread", 0, 0)):
-        monkeypatch.setattr(prepare_shards, "ROW_BYTES_WORTH_A_THREAD", threaded_from or prepare_shards.ROW_BYTES_WORTH_A_THREAD)
+    # in this process, over decoding processes, and each with a decoding thread (the way of large rows)
+    unthreaded = prepare_shards.ROW_BYTES_WORTH_A_THREAD
+    monkeypatch.setattr(prepare_shards, "usable_cores", lambda: 4)  # a core left for each process's thread
+    for way, workers, threaded_from in (("in-process", 0, unthreaded), ("processes", 2, unthreaded), ("thread", 0, 0), ("processes-threads", 2, 0)):
+        monkeypatch.setattr(prepare_shards, "ROW_BYTES_WORTH_A_THREAD", threaded_from)
         manifest = prepared(f"parquet:{tmp_path}/source/*.parquet", tmp_path / way, 16, workers, **flags).manifest
         pixels = np.concatenate([np.load(tmp_path / way / shard.file) for shard in manifest.shards])
         expected = np.stack([decode_image(blob, 16, 36, (0, 128, 255)).numpy() for blob in blobs])
@@ -128,6 +130,7 @@ def test_a_decoding_process_that_dies_ends_the_prepare_with_a_line_instead_of_a_
 def test_the_manifest_names_source_options_counts_skipped_rows_and_checksums(tmp_path, monkeypatch, threaded):
     if threaded:
         monkeypatch.setattr(prepare_shards, "ROW_BYTES_WORTH_A_THREAD", 0)
+        monkeypatch.setattr(prepare_shards, "usable_cores", lambda: 2)
     glob = write_parquet_shards(tmp_path / "source", rows=20, shards=1, corrupt_every=10)
     manifest = prepared(f"parquet:{glob}", tmp_path / "pixels").manifest
     record = json.loads((tmp_path / "pixels" / MANIFEST).read_text())

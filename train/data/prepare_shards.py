@@ -10,6 +10,7 @@ source's rows arrive in this process, so there the workers decode row by row and
 writes.
 """
 import collections
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -32,6 +33,7 @@ from train.common.atomic import atomic_write
 from train.data.decode import decode_image
 from train.data.prepared import Preprocessing, ShardRecord, file_crc32, shard_name
 from train.data.streaming import _image_bytes, _row_name
+from train.run.threads import usable_cores
 
 Decoded = tuple[np.ndarray | None, str | None]  # a row's pixels, or None and the row's name
 
@@ -101,9 +103,9 @@ def _batch_cells(values: pa.Array, start: int, stop: int) -> Iterator[dict]:
 
 
 class Decoder:
-    """Makes shards (`made`), in this process or over `workers` processes. In this process, rows of
-    256 px and more are decoded in a thread ahead of the writer, so that the writing overlaps the
-    decoding."""
+    """Makes shards (`made`), in this process or over `workers` processes. Rows of 256 px and more are
+    decoded in a thread ahead of the writer, in this process or in each worker, so that the writing
+    overlaps the decoding, where the CPUs leave a core for those threads."""
 
     def __init__(self, preprocessing: Preprocessing, to: Path, workers: int):
         self.preprocessing, self.to, self.workers = preprocessing, to, workers
@@ -111,12 +113,13 @@ class Decoder:
 
     def __enter__(self) -> "Decoder":
         _set_preprocessing(self.preprocessing)
+        ahead = 3 * self.preprocessing.resolution**2 >= ROW_BYTES_WORTH_A_THREAD and max(1, self.workers) < usable_cores()
         if self.workers:
             context = multiprocessing.get_context("forkserver")
             self.stop, self.progress = context.Event(), context.Value("q", 0)
-            self.pool = _decoding_processes(context, self.workers, self.preprocessing, self.stop, self.progress)
-        elif 3 * self.preprocessing.resolution**2 >= ROW_BYTES_WORTH_A_THREAD:
-            self.thread = ThreadPoolExecutor(1, thread_name_prefix="prepare-decode")
+            self.pool = _decoding_processes(context, self.workers, self.preprocessing, ahead, self.stop, self.progress)
+        elif ahead:
+            self.thread = _decoding_thread()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -135,9 +138,9 @@ class Decoder:
 
     def _made_here(self, shard: ShardRows, bar: tqdm) -> ShardRecord:
         """Written by this process: its rows decoded here, in a thread, or by the workers row by row."""
-        return write_shard(self.to, shard.index, _counted(self.decoded(list(shard.cells())), bar), self.preprocessing.resolution)
+        return write_shard(self.to, shard.index, _counted(self.decoded(shard.cells()), bar), self.preprocessing.resolution)
 
-    def decoded(self, cells: list[dict]) -> Iterator[Decoded]:
+    def decoded(self, cells: Iterable[dict]) -> Iterator[Decoded]:
         if self.pool is not None:
             return self._decoded_by_workers(cells)
         if self.thread is not None:
@@ -172,7 +175,8 @@ class Decoder:
         except BrokenProcessPool as error:
             raise self._died(error) from None
 
-    def _decoded_by_workers(self, cells: list[dict]) -> Iterator[Decoded]:
+    def _decoded_by_workers(self, cells: Iterable[dict]) -> Iterator[Decoded]:
+        cells = list(cells)
         try:
             yield from self.pool.map(_decode_cell, cells, chunksize=max(1, len(cells) // (4 * self.workers)))
         except BrokenProcessPool as error:
@@ -247,22 +251,31 @@ def _decode_cell(cell: dict) -> Decoded:
         return None, f"{_row_name(cell, data)} ({type(error).__name__}: {str(error)[:200]})"
 
 
-# In this process, rows are decoded in a thread only where their writing is worth hiding: 480 rows
-# at 64 px took 5% longer that way (the hand-offs cost more than the 12-KB writes), at 256 px 12%
-# less, and at 1024 px half as long (bench/prepare_speed.py, this project's 2-core machine).
+# Rows are decoded in a thread only where their writing is worth hiding: 480 rows at 64 px took 5%
+# longer that way (the hand-offs cost more than the 12-KB writes), at 256 px 12% less, and at 1024
+# px half as long (bench/prepare_speed.py, this project's 2-core machine). And only where a core is
+# left for the threads. At 256 px, 1 worker with its thread made shards at 0.87-1.01 of the plain
+# decode loop (medians of 3 bench runs), against 0.66-0.73 without; 2 workers with a thread each
+# on 2 cores, 0.61, against 0.62-0.80 without.
 ROW_BYTES_WORTH_A_THREAD = 128 << 10
 ROWS_PER_TASK = 4  # rows a decoding thread takes at a time: fewer hand-offs between the threads
 TASKS_AHEAD = 2  # how far it runs ahead of the writer: a few MB at 256 px, 24 at 1024
+
+
+def _decoding_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="prepare-decode")
 
 
 def _decode_cells(cells: list[dict]) -> list[Decoded]:
     return [_decode_cell(cell) for cell in cells]
 
 
-def _decoded_ahead(thread: ThreadPoolExecutor, cells: list[dict]) -> Iterator[Decoded]:
-    window = collections.deque()
-    for start in range(0, len(cells), ROWS_PER_TASK):
-        window.append(thread.submit(_decode_cells, cells[start : start + ROWS_PER_TASK]))
+def _decoded_ahead(thread: ThreadPoolExecutor, cells: Iterable[dict]) -> Iterator[Decoded]:
+    """The rows decoded in `thread`, a few tasks ahead of the caller; the cells are read as they are
+    needed (a worker reads its shard's rows here, overlapping the decoding too)."""
+    window, cells = collections.deque(), iter(cells)
+    while task := list(itertools.islice(cells, ROWS_PER_TASK)):
+        window.append(thread.submit(_decode_cells, task))
         if len(window) > TASKS_AHEAD:
             yield from window.popleft().result()
     while window:
@@ -272,6 +285,7 @@ def _decoded_ahead(thread: ThreadPoolExecutor, cells: list[dict]) -> Iterator[De
 # A decoding process's settings, set once where it starts rather than sent with every row.
 _preprocessing: Preprocessing | None = None
 _stop = _progress = None
+_thread: ThreadPoolExecutor | None = None  # a worker's decoding thread, for rows worth one
 _orphaned = threading.Event()  # the prepare process died (killed): nothing will read this worker's results
 _making = threading.Lock()  # held while a shard is being made
 
@@ -281,22 +295,23 @@ def _set_preprocessing(preprocessing: Preprocessing) -> None:
     _preprocessing = preprocessing
 
 
-def _decoding_processes(context, workers: int, preprocessing: Preprocessing, stop, progress) -> ProcessPoolExecutor:
+def _decoding_processes(context, workers: int, preprocessing: Preprocessing, ahead: bool, stop, progress) -> ProcessPoolExecutor:
     """Started from a forkserver, never forked from this process: a fork copies the locks other
     threads hold (the progress bar's, Arrow's, a training run's), and a worker that forked holding
     one waits forever; multiprocessing.Pool then waited forever too, for that worker's rows (it
     hung this project's test suite). An executor whose worker dies raises BrokenProcessPool instead."""
     context.set_forkserver_preload([__name__])  # imported once, in the server, not in every worker
-    return ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(preprocessing, stop, progress))
+    return ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(preprocessing, ahead, stop, progress))
 
 
-def _start_worker(preprocessing: Preprocessing, stop, progress) -> None:
-    global _stop, _progress
+def _start_worker(preprocessing: Preprocessing, ahead: bool, stop, progress) -> None:
+    global _stop, _progress, _thread
     # A Ctrl-C reaches the whole process group: the prepare process ends the pool; a worker's own
     # KeyboardInterrupt would only add a traceback per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_preprocessing(preprocessing)
     _stop, _progress = stop, progress
+    _thread = _decoding_thread() if ahead else None
     threading.Thread(target=_end_when_orphaned, args=(multiprocessing.parent_process(),), daemon=True).start()
 
 
@@ -312,8 +327,9 @@ def _end_when_orphaned(prepare_process: multiprocessing.process.BaseProcess) -> 
 
 
 def _make_shard(shard: ShardRows, to: Path, resolution: int) -> ShardRecord:
+    decoded = map(_decode_cell, shard.cells()) if _thread is None else _decoded_ahead(_thread, shard.cells())
     with _making:
-        return write_shard(to, shard.index, _watched(map(_decode_cell, shard.cells())), resolution)
+        return write_shard(to, shard.index, _watched(decoded), resolution)
 
 
 def _watched(decoded: Iterator[Decoded]) -> Iterator[Decoded]:
