@@ -255,7 +255,7 @@ def _decode_cell(cell: dict) -> Decoded:
 # longer that way (the hand-offs cost more than the 12-KB writes), at 256 px 12% less, and at 1024
 # px half as long (bench/prepare_speed.py, this project's 2-core machine). And only where a core is
 # left for the threads. At 256 px, 1 worker with its thread made shards at 0.87-1.01 of the plain
-# decode loop (medians of 3 bench runs), against 0.66-0.73 without; 2 workers with a thread each
+# decode loop (medians of 4 bench runs), against 0.66-0.73 without; 2 workers with a thread each
 # on 2 cores, 0.61, against 0.62-0.80 without.
 ROW_BYTES_WORTH_A_THREAD = 128 << 10
 ROWS_PER_TASK = 4  # rows a decoding thread takes at a time: fewer hand-offs between the threads
