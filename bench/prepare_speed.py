@@ -30,14 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data_throughput import loop_rate, spread, write_shards
-from train.data.prepare import PrepareRequest, prepare
-from train.data.prepared import Preprocessing
-
 WRITE_CHUNK = 16 << 20  # the reused buffer the page-cache timing writes from
 
 
 def prepare_rate(source: str, to: Path, resolution: int, workers: int, images: int, rows_per_shard: int) -> float:
+    from train.data.prepare import PrepareRequest, prepare
+    from train.data.prepared import Preprocessing
+
     request = PrepareRequest(source=f"parquet:{source}", to=to, preprocessing=Preprocessing(resolution), rows_per_shard=rows_per_shard,
                              workers=workers, progress=False)
     start = time.perf_counter()
@@ -70,6 +69,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="0: in the prepare process")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    # Imported here, not at the top: multiprocessing runs this script again in every decoding process
+    # (as __mp_main__), and torch and datasets there would add 2 s to each one's start, which
+    # `python -m train.data prepare` (its main module imports neither) does not pay.
+    from bench.data_throughput import loop_rate, spread, write_shards
+
     if min(args.images, args.repeats, args.rows_per_shard) < 1 or min(args.workers) < 0:
         parser.error("--images, --repeats and --rows-per-shard must be at least 1, --workers 0 or more")
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,8 @@ from train.data import (
     open_stream,
     parse_data_spec,
     to_model_input,
-    toy_modes,
 )
+from train.data.generated import toy_modes
 
 
 def stream(spec: str, rank: int = 0, world: int = 1, batch: int = 4, resolution: int = 16, seed: int = 0):

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from train.data import toy_modes
+from train.data.generated import toy_modes
 from train.report.modes import mode_coverage
 
 

@@ -126,6 +126,21 @@ def test_a_decoding_process_that_dies_ends_the_prepare_with_a_line_instead_of_a_
         list(decoder.made([prepare_shards.ShardRows(0, given=(dies,))], tqdm(disable=True)))
 
 
+# What a decoding process imports as it starts: the CLI's main module again (multiprocessing runs it as
+# __mp_main__) and the forkserver's preload. torch and datasets there took 2 of its 2.4 s to start.
+A_WORKERS_IMPORTS = """
+import runpy, sys
+runpy.run_module("train.data.__main__", run_name="__mp_main__")
+import train.data.prepare_shards
+print(" ".join(name for name in ("torch", "datasets") if name in sys.modules))
+"""
+
+
+def test_a_decoding_process_starts_without_torch_or_datasets():
+    imported = subprocess.run([sys.executable, "-c", A_WORKERS_IMPORTS], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == ""
+
+
 @pytest.mark.parametrize("threaded", [False, True], ids=["in-process", "decoding-thread"])
 def test_the_manifest_names_source_options_counts_skipped_rows_and_checksums(tmp_path, monkeypatch, threaded):
     if threaded:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import assert_resumed_like_whole, completed, run_script
-from train.data import toy_modes
+from train.data.generated import toy_modes
 from train.report.metrics import read_metrics
 
 LOSS_KEYS = ("d_loss", "g_loss", "gp", "wdist")

@@ -6,13 +6,15 @@ images, `hf:<dataset-id>`, `parquet:<glob>` or `prepared:<dir>` (pixels decoded 
 prepared pixels are read by index (prepared_stream.py) with the same per-rank split, reshuffle and exact resume.
 Streams yield CPU tensors: uint8 images (N, 3, H, W) or float32 points
 (N, 2); `to_model_input` turns them into model inputs on the device.
-"""
-from typing import Protocol
 
-import torch
+Importing the package imports no torch: `prepare`'s decoding processes import its modules, and
+torch took 2 of their 2.4 s to start (bench/prepare_speed.py). The streams import it where they are built.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
 
 from train.common.seeds import SeedPurpose, stream_seed
-from train.data.generated import SyntheticImageStream, ToyStream, toy_modes
 from train.data.options import DataOptions
 from train.data.specs import (
     DataError,
@@ -24,8 +26,11 @@ from train.data.specs import (
 
 __all__ = [
     "BatchStream", "DataError", "DataOptions", "DataSpec", "DataSpecError", "check_skipped", "open_stream",
-    "parse_data_spec", "to_model_input", "toy_modes",
+    "parse_data_spec", "to_model_input",
 ]
+
+if TYPE_CHECKING:
+    import torch
 
 
 class BatchStream(Protocol):
@@ -43,6 +48,8 @@ def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, 
     """This rank's endless stream of batches of `batch_size`. Generated sources use only the
     resolution of `options`; the streamed ones (hub, parquet, folder) all of it."""
     spec = options.spec
+    if spec.kind in ("toy", "synthetic"):
+        from train.data.generated import SyntheticImageStream, ToyStream
     if spec.kind == "toy":
         return ToyStream(spec.name, batch_size, stream_seed(seed, rank, SeedPurpose.DATA))
     if spec.kind == "synthetic":
@@ -64,6 +71,6 @@ def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, 
 def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 images -> float in [-1, 1] on the device (normalised there, after the cheap copy)."""
     batch = batch.to(device, non_blocking=True)
-    if batch.dtype == torch.uint8:
-        return batch.float().div_(127.5).sub_(1.0)
-    return batch
+    if batch.dtype.is_floating_point:  # points
+        return batch
+    return batch.float().div_(127.5).sub_(1.0)

@@ -1,12 +1,21 @@
-"""Image bytes -> a square uint8 tensor at the training resolution, as cheaply as possible."""
+"""Image bytes -> a square uint8 tensor at the training resolution, as cheaply as possible.
+
+No torch at import: `prepare`'s decoding processes use `decode_pixels` and start in a tenth of the
+time without it (train/data/prepare_shards.py)."""
+from __future__ import annotations
+
+import hashlib
 import io
 import math
 import re
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 BITS_PER_SAMPLE, SAMPLE_FORMAT, SIGNED_INTEGER = 258, 339, 2  # TIFF tags and the SampleFormat value
@@ -40,9 +49,34 @@ def max_source_pixels(resolution: int) -> int:
     return max(SOURCE_PIXELS_FLOOR, SOURCE_PIXELS_PER_OUTPUT_PIXEL * resolution**2)
 
 
+def image_bytes(cell: dict) -> bytes:
+    """An undecoded Image cell: hub and parquet rows hold the bytes, image folders only a path."""
+    if cell.get("bytes") is not None:
+        return cell["bytes"]
+    with open(cell["path"], "rb") as f:
+        return f.read()
+
+
+def row_name(cell: dict, data: bytes) -> str:
+    """How a user finds a row again: its file (image folders, and hub datasets that keep file
+    names), else its size and hash."""
+    if cell.get("path"):
+        return f"the image {cell['path']}"
+    return f"a {len(data)}-byte image (sha1 {hashlib.sha1(data).hexdigest()[:12]})"
+
+
 def decode_image(
     data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255)
 ) -> torch.Tensor:
+    """`decode_pixels` as a tensor sharing its memory: what the data streams batch."""
+    import torch  # here rather than at the top (module docstring); after the first call, a dictionary lookup
+
+    return torch.from_numpy(decode_pixels(data, resolution, celeba_crop, background))
+
+
+def decode_pixels(
+    data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
     """Optional centre crop of `celeba_crop` pixels (the aligned-CelebA recipe), short side resized to
     `resolution`, centre crop; returns a contiguous uint8 (3, resolution, resolution). Raises on unreadable bytes.
 
@@ -111,13 +145,13 @@ def _check_pixels(what: str, pixels: int, resolution: int) -> None:
         raise ExtremeImage(f"{what}: {pixels / 1e6:.1f} Mpx to decode, over the {cap / 1e6:.1f} Mpx cap at --resolution {resolution}")
 
 
-def _planar(image: Image.Image) -> torch.Tensor:
-    """An RGB image as a contiguous uint8 (3, H, W) tensor: the layout batches are stacked in."""
+def _planar(image: Image.Image) -> np.ndarray:
+    """An RGB image as a contiguous uint8 (3, H, W) array: the layout batches are stacked in."""
     # Pillow packs one band at a time straight from its pixel storage. np.asarray(image) gives
     # (H, W, 3) instead, and transposing that into a batch took about two thirds as long as the JPEG
     # decode itself at 1024 px (bench/data_throughput.py, issue 13).
     bands = [np.frombuffer(image.tobytes("raw", band), np.uint8) for band in "RGB"]
-    return torch.from_numpy(np.stack(bands).reshape(3, image.height, image.width))
+    return np.stack(bands).reshape(3, image.height, image.width)
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

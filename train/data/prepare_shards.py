@@ -30,10 +30,9 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from train.common.atomic import atomic_write
-from train.data.decode import decode_image
+from train.common.cores import usable_cores
+from train.data.decode import decode_pixels, image_bytes, row_name
 from train.data.prepared import Preprocessing, ShardRecord, file_crc32, shard_name
-from train.data.streaming import _image_bytes, _row_name
-from train.run.threads import usable_cores
 
 Decoded = tuple[np.ndarray | None, str | None]  # a row's pixels, or None and the row's name
 
@@ -243,12 +242,12 @@ def _decode_cell(cell: dict) -> Decoded:
     DecodedBatches._decoded), for any failure to read or decode, extreme shapes included."""
     data = b""
     try:
-        data = _image_bytes(cell)
+        data = image_bytes(cell)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one warning per upsampled image would bury the progress bar
-            return decode_image(data, _preprocessing.resolution, _preprocessing.celeba_crop, _preprocessing.background).numpy(), None
+            return decode_pixels(data, _preprocessing.resolution, _preprocessing.celeba_crop, _preprocessing.background), None
     except Exception as error:
-        return None, f"{_row_name(cell, data)} ({type(error).__name__}: {str(error)[:200]})"
+        return None, f"{row_name(cell, data)} ({type(error).__name__}: {str(error)[:200]})"
 
 
 # Rows are decoded in a thread only where their writing is worth hiding: 480 rows at 64 px took 5%

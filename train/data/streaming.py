@@ -5,7 +5,6 @@ every world_size-th example), shuffled with the same seed on every rank, decoded
 workers (never more than the rank's shards), and resumable through StatefulDataLoader.
 """
 import copy
-import hashlib
 import random
 import signal
 import warnings
@@ -20,7 +19,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from train.common.seeds import SeedPurpose, stream_seed
 from train.common.stop_signals import STOP_SIGNALS
-from train.data.decode import ExtremeImage, ExtremeImageWarning, decode_image
+from train.data.decode import ExtremeImage, ExtremeImageWarning, decode_image, image_bytes, row_name
 from train.data.device_decode import BrokenBatch, decode_batch, encoded_or_decoded
 from train.data.options import DataOptions
 from train.data.specs import EMPTY_PASSES_LIMIT, DataError, DataSpec, DataSpecError, parquet_files
@@ -99,22 +98,6 @@ def shard_for_rank(
     return split_dataset_by_node(dataset, rank=rank, world_size=world_size), how
 
 
-def _image_bytes(cell: dict) -> bytes:
-    """An undecoded Image cell: hub and parquet rows hold the bytes, image folders only a path."""
-    if cell.get("bytes") is not None:
-        return cell["bytes"]
-    with open(cell["path"], "rb") as f:
-        return f.read()
-
-
-def _row_name(cell: dict, data: bytes) -> str:
-    """How a user finds a row again: its file (image folders, and hub datasets that keep file
-    names), else its size and hash."""
-    if cell.get("path"):
-        return f"the image {cell['path']}"
-    return f"a {len(data)}-byte image (sha1 {hashlib.sha1(data).hexdigest()[:12]})"
-
-
 class DecodedBatches(IterableDataset):
     """Runs inside each DataLoader worker: endless epochs of the worker's shards, decoded into
     uint8 batches that carry how many rows were read and skipped to make them."""
@@ -168,11 +151,11 @@ class DecodedBatches(IterableDataset):
         or an image of extreme shape or size, which a warning names as well."""
         data = b""
         try:
-            data = _image_bytes(cell)
+            data = image_bytes(cell)
             decode = decode_image if self.batch_decode_device is None else encoded_or_decoded
             return decode(data, self.resolution, self.celeba_crop, self.background)
         except ExtremeImage as error:
-            warnings.warn(f"skipped {_row_name(cell, data)}: {error} (counted in data_skipped)", ExtremeImageWarning, stacklevel=1)
+            warnings.warn(f"skipped {row_name(cell, data)}: {error} (counted in data_skipped)", ExtremeImageWarning, stacklevel=1)
             return None
         except Exception:  # never fatal here: the rank judges the count (check_skipped)
             return None

@@ -13,7 +13,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from train.data import DataOptions, toy_modes
+from train.data import DataOptions
+from train.data.generated import toy_modes
 from train.run.checkpoint import (
     EMA_FILE,
     list_checkpoints,

@@ -9,7 +9,8 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast
 from tqdm.auto import tqdm
 
-from train.data import DataError, DataOptions, check_skipped, toy_modes
+from train.data import DataError, DataOptions, check_skipped
+from train.data.generated import toy_modes
 from train.gan.instance_noise import InstanceNoise
 from train.report.reporter import Reporter
 from train.run.batches import StepBatches

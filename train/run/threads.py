@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from train.common.cores import usable_cores
+
 OMP_VARIABLE = "OMP_NUM_THREADS"
 TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"  # set by torchrun (torch.distributed.run) in every rank
 
@@ -90,14 +92,6 @@ def set_threads(requested: int | None, workers: int, environ: Mapping[str, str] 
     choice = choose_threads(usable_cores(), local_ranks, workers, requested, environ)
     torch.set_num_threads(choice.threads)
     return choice
-
-
-def usable_cores() -> int:
-    """The cores behind the CPUs this process may run on: its affinity, hyperthreads counted as the
-    machine's share of cores per logical CPU."""
-    logical = psutil.cpu_count(logical=True) or 1
-    physical = psutil.cpu_count(logical=False) or logical
-    return max(1, len(os.sched_getaffinity(0)) * physical // logical)
 
 
 @dataclass(frozen=True)
