@@ -7,8 +7,9 @@ prepared pixels are read by index (prepared_stream.py) with the same per-rank sp
 Streams yield CPU tensors: uint8 images (N, 3, H, W) or float32 points
 (N, 2); `to_model_input` turns them into model inputs on the device.
 
-Importing the package imports no torch: `prepare`'s decoding processes import its modules, and
-torch took 2 of their 2.4 s to start (bench/prepare_speed.py). The streams import it where they are built.
+Importing the package imports neither torch nor datasets: `prepare`'s decoding processes import its
+modules, and those two took 2.1 of the 2.4 s such a process needed to start (bench/prepare_speed.py).
+The streams import them where they are built.
 """
 from __future__ import annotations
 

