@@ -127,7 +127,7 @@ def test_a_decoding_process_that_dies_ends_the_prepare_with_a_line_instead_of_a_
 
 
 # What a decoding process imports as it starts: the CLI's main module again (multiprocessing runs it as
-# __mp_main__) and the forkserver's preload. torch and datasets there took 2 of its 2.4 s to start.
+# __mp_main__) and the forkserver's preload. torch and datasets there took 2.1 of its 2.4 s to start.
 A_WORKERS_IMPORTS = """
 import runpy, sys
 runpy.run_module("train.data.__main__", run_name="__mp_main__")

@@ -1,4 +1,4 @@
-"""Image bytes -> a square uint8 tensor at the training resolution, as cheaply as possible.
+"""Image bytes -> a square uint8 array (a tensor for the streams) at the training resolution, as cheaply as possible.
 
 No torch at import: `prepare`'s decoding processes use `decode_pixels` and start in a tenth of the
 time without it (train/data/prepare_shards.py)."""

@@ -1,5 +1,5 @@
 """Making `prepare`'s shards (train/data/prepare.py): each shard's rows read, decoded through
-`decode_image` and written as one .npy, in this process or in `--workers` processes.
+`decode_pixels` (`decode_image`'s pixels, without torch) and written as one .npy, in this process or in `--workers` processes.
 
 A worker makes whole shards: it is sent which rows a shard covers (pieces of local parquet files, or
 an image folder's file names), reads them itself, and writes the shard beside its final name. Only
