@@ -8,7 +8,9 @@ train/data/device_decode.py) on the GPU.
 Without CUDA (and without --device cpu) it says so and exits 0: there is nothing to measure.
 Each cell is the median of --repeats timings taken in turns, the range in brackets; the GPU is
 timed to the end of its work (synchronized) and warmed once per resolution (nvJPEG's handles).
-The JPEGs are bench/data_throughput.py's drawn faces, never downloaded.
+The JPEGs are bench/data_throughput.py's drawn faces, never downloaded. The last column is how
+far the batches' pixels land from decode_image's (tests/test_device_decode.py holds them to 16
+levels at most and 1.5 on average on the CPU; tests/test_gpu.py on a GPU).
 """
 import argparse
 import statistics
@@ -40,6 +42,14 @@ def batch_rate(encoded: list[torch.Tensor], resolution: int, batch: int, device:
     return len(encoded) / (time.perf_counter() - start)
 
 
+def levels_apart(blobs: list[bytes], encoded: list[torch.Tensor], resolution: int, batch: int, device: torch.device) -> str:
+    """Most and mean levels (0-255) between one batch decoded on `device` and decode_image's pixels."""
+    decoded, _ = decode_batch(encoded[:batch], resolution, 0, device)
+    reference = torch.stack([decode_image(data, resolution) for data in blobs[:batch]])
+    difference = (decoded.cpu().int() - reference.int()).abs().float()
+    return f"{int(difference.max())} / {float(difference.mean()):.2f}"
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
 
@@ -61,7 +71,8 @@ def main() -> int:
     print(f"{args.images} JPEGs of 1024x1024, {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each; batches of"
           f" {args.batch} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU'};"
           f" img/s, median (min-max) of {args.repeats}")
-    print("| output px | 1 CPU core, decode_image | decode_jpeg batches | ratio |\n|---|---|---|---|")
+    print("| output px | 1 CPU core, decode_image | decode_jpeg batches | ratio | levels from decode_image, most / mean |\n"
+          "|---|---|---|---|---|")
     for resolution in args.resolutions:
         encoded = [encoded_or_decoded(data, resolution) for data in blobs]
         batch_rate(encoded[: args.batch], resolution, args.batch, device)  # warm-up
@@ -70,7 +81,8 @@ def main() -> int:
             loops.append(loop_rate(blobs, resolution))
             batches.append(batch_rate(encoded, resolution, args.batch, device))
         ratio = statistics.median(batches) / statistics.median(loops)
-        print(f"| {resolution} | {spread(loops)} | {spread(batches)} | {ratio:.1f}x |", flush=True)
+        apart = levels_apart(blobs, encoded, resolution, args.batch, device)
+        print(f"| {resolution} | {spread(loops)} | {spread(batches)} | {ratio:.1f}x | {apart} |", flush=True)
     return 0
 
 

@@ -101,13 +101,3 @@ def test_decode_device_cuda_without_a_gpu_is_refused_in_one_line_before_any_comp
     assert result.stderr == f"error: --decode-device cuda: {why}" + result.stderr.split(why, 1)[1]
     assert result.stderr.count("\n") == 1 and "drop --decode-device" in result.stderr
     assert not out.exists()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_nvjpeg_decodes_a_batch_like_the_cpu_path():
-    sources = [photo(w, h, seed, mode) for seed, ((w, h), _, _, mode) in enumerate(CASES[:2])]
-    items = [encoded_or_decoded(data, 32) for data in sources]
-    on_gpu, _ = decode_batch(items, 32, 0, torch.device("cuda"))
-    on_cpu, _ = decode_batch(items, 32, 0, CPU)
-    most, mean = levels_apart(on_gpu.cpu(), on_cpu)
-    assert on_gpu.device.type == "cuda" and most <= MAX_LEVELS and mean <= MEAN_LEVELS

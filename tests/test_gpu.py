@@ -1,4 +1,5 @@
-"""CUDA paths: fp16 and bf16 training steps (skipped on machines without a GPU)."""
+"""CUDA paths: fp16 and bf16 training steps, JPEG batches decoded on the GPU (--decode-device cuda);
+skipped on machines without a GPU."""
 import numpy as np
 import pytest
 import torch
@@ -52,3 +53,34 @@ def test_fp16_penalty_matches_fp32_on_the_gpu():
     with torch.autocast("cuda", dtype=torch.float16):
         scaled, _ = gradient_penalty(critic, inputs, scaler=torch.amp.GradScaler("cuda"))
     torch.testing.assert_close(scaled, exact, rtol=2e-2, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::train.data.decode.SmallSourceWarning")
+def test_decode_jpeg_on_the_gpu_matches_decode_image_within_the_stated_levels():
+    """nvJPEG's decode and the GPU's resize held to the bound the CPU path is held to."""
+    from tests.test_device_decode import CASES, MAX_LEVELS, MEAN_LEVELS, levels_apart, photo
+    from train.data.decode import decode_image
+    from train.data.device_decode import decode_batch, encoded_or_decoded
+
+    for seed, ((width, height), resolution, crop, mode) in enumerate(CASES):
+        data = photo(width, height, seed, mode)
+        batch, failed = decode_batch([encoded_or_decoded(data, resolution, crop)], resolution, crop, torch.device("cuda"))
+        assert failed == 0 and batch.device.type == "cuda" and batch.shape == (1, 3, resolution, resolution)
+        most, mean = levels_apart(batch[0].cpu(), decode_image(data, resolution, crop))
+        assert most <= MAX_LEVELS and mean <= MEAN_LEVELS, (width, height, resolution, crop, mode, most, mean)
+
+
+def test_a_run_with_decode_device_cuda_trains_from_jpegs_decoded_on_the_gpu(run, tmp_path):
+    from tests.test_device_decode import photo
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed in range(24):
+        (images / f"{seed}.jpg").write_bytes(photo(96, 80, seed))
+    out = tmp_path / "run"
+    result = run("train/wgangp.py", "--debug", "--data", str(images), "--decode-device", "cuda", "--resolution", "64",
+                 "--batch-size", "8", "--max-steps", "6", "--log-every", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = read_metrics(out / "metrics.jsonl")
+    assert records and all(np.isfinite(r[k]) for r in records for k in ("d_loss", "g_loss", "gp"))
+    assert records[-1]["data_read"] >= 6 * 8 and records[-1]["data_skipped"] == 0

@@ -76,6 +76,9 @@ def test_the_data_parts_benches_run_without_datasets_which_the_gpu_machine_lacks
     data_throughput.main()
     out = capsys.readouterr().out
     assert "\n| 32 | " in out.split("decode_jpeg batches")[1] and "\n| 32 | " in out.split("prepared / copy-only")[1]
+    row = out.split("levels from decode_image, most / mean |")[1].split("\n| 32 | ")[1].splitlines()[0]
+    most, mean = map(float, row.rstrip(" |").rsplit("| ", 1)[1].split(" / "))
+    assert most <= 16 and mean <= 1.5  # tests/test_device_decode.py's bound, on the bench's own JPEGs
 
 
 def test_without_a_gpu_the_full_check_is_refused_with_the_way_to_run_it(capsys):
@@ -85,3 +88,32 @@ def test_without_a_gpu_the_full_check_is_refused_with_the_way_to_run_it(capsys):
         pytest.skip("a GPU is here: the full check would run")
     assert main([]) == 2
     assert "--cpu-smoke" in capsys.readouterr().err
+
+
+def test_a_part_that_breaks_is_reported_and_the_report_survives_a_check_stopped_midway(tmp_path, monkeypatch, capsys):
+    """The first run on a lent GPU must come back with what it measured: a part that raises is a
+    finding (the parts after it still run), and the report is on disk after every part, so a check
+    killed from outside (a timeout, here an interrupt) keeps the parts before it."""
+    from bench import gpu_check
+
+    def broken(box, sizes):
+        raise RuntimeError("a part broke")
+
+    monkeypatch.setattr(gpu_check, "speed", broken)
+    assert gpu_check.main(["--cpu-smoke", "--parts", "environment", "speed", "--report", str(tmp_path)]) == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["seconds"]) == {"environment", "speed"} and report["environment"]["torch"]
+    assert "RuntimeError: a part broke" in report["errors"]["speed"]
+    assert "## speed: failed" in (tmp_path / "report.md").read_text()
+
+    def interrupted(box, sizes):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "speed", interrupted)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(["--cpu-smoke", "--parts", "environment", "speed", "--report", str(stopped)])
+    report = json.loads((stopped / "report.json").read_text())
+    assert set(report["seconds"]) == {"environment"} and report["environment"]["accelerate"]
+    assert not list(stopped.glob(".*.tmp"))
+    capsys.readouterr()
