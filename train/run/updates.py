@@ -47,11 +47,20 @@ class DataParallelUpdates:
     def update(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> bool:
         """Step the optimizer unless a gradient is non-finite. Under DDP every rank holds the same
         all-reduced gradients, so every rank takes the same decision."""
-        if self.accelerator.scaler is None:  # under fp16 the GradScaler makes this same check itself
+        scaler = self.accelerator.scaler
+        if scaler is None:
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if grads and not torch.isfinite(get_total_norm(grads)):  # one host sync per update
                 optimizer.zero_grad(set_to_none=True)
                 return False
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return True
+        # Under fp16 the GradScaler makes this same check itself, and lowers its scale exactly when it
+        # leaves an update out. Its scale is read rather than Accelerate's step_was_skipped, which
+        # misses the skip of an optimizer that takes the scaler's found-inf into its own kernel (fused
+        # Adam, the default on a GPU): it sees that optimizer's step called and reports it made.
+        before = scaler.get_scale()  # get_scale syncs with the device: two host syncs per update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return not optimizer.step_was_skipped
+        return scaler.get_scale() >= before
