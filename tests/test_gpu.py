@@ -55,20 +55,34 @@ def test_fp16_penalty_matches_fp32_on_the_gpu():
     torch.testing.assert_close(scaled, exact, rtol=2e-2, atol=1e-4)
 
 
+# nvJPEG decodes a colour JPEG a little differently from libjpeg-turbo (Pillow, under decode_image).
+# Measured on an H200 (torch 2.11, 2026-12-04), the raw decodes of tests/test_device_decode.py's small
+# noisy sources part by up to 32 levels (5.8 on average) and its greyscale one by none: the chroma's
+# upsampling, not the IDCT. Shrinking averages that out: these sources to 32 px, 7 levels at most and
+# 0.74 on average, within the CPU path's bound; 1024-px faces to 512 px, 5 and 0.65 (bench/decode_device.py).
+# A source smaller than the training resolution keeps it: 40x50 to 64 px, 28 levels and 4.3 on average.
+UPSAMPLED_MAX_LEVELS, UPSAMPLED_MEAN_LEVELS = 40, 6.0
+
+
 @pytest.mark.filterwarnings("ignore::train.data.decode.SmallSourceWarning")
 def test_decode_jpeg_on_the_gpu_matches_decode_image_within_the_stated_levels():
-    """nvJPEG's decode and the GPU's resize held to the bound the CPU path is held to."""
+    """nvJPEG's decode and the GPU's resize held to the CPU path's bound where the source shrinks
+    (what --decode-device cuda is for: 1024-px CelebA-HQ to 512 or 1024), to a looser one where it grows."""
     from tests.test_device_decode import CASES, MAX_LEVELS, MEAN_LEVELS, levels_apart, photo
     from train.data.decode import decode_image
     from train.data.device_decode import decode_batch, encoded_or_decoded
 
-    apart = {}
+    apart, within = {}, {}
     for seed, ((width, height), resolution, crop, mode) in enumerate(CASES):
         data = photo(width, height, seed, mode)
         batch, failed = decode_batch([encoded_or_decoded(data, resolution, crop)], resolution, crop, torch.device("cuda"))
         assert failed == 0 and batch.device.type == "cuda" and batch.shape == (1, 3, resolution, resolution)
-        apart[f"{width}x{height} {mode} -> {resolution} crop {crop}"] = levels_apart(batch[0].cpu(), decode_image(data, resolution, crop))
-    assert all(most <= MAX_LEVELS and mean <= MEAN_LEVELS for most, mean in apart.values()), apart
+        case = f"{width}x{height} {mode} -> {resolution} crop {crop}"
+        apart[case] = most, mean = levels_apart(batch[0].cpu(), decode_image(data, resolution, crop))
+        grows = resolution > min(width, height, crop or width)
+        bound = (UPSAMPLED_MAX_LEVELS, UPSAMPLED_MEAN_LEVELS) if grows else (MAX_LEVELS, MEAN_LEVELS)
+        within[case] = most <= bound[0] and mean <= bound[1]
+    assert all(within.values()), apart
 
 
 def test_a_run_with_decode_device_cuda_trains_from_jpegs_decoded_on_the_gpu(run, tmp_path):
