@@ -117,3 +117,24 @@ def test_a_part_that_breaks_is_reported_and_the_report_survives_a_check_stopped_
     assert set(report["seconds"]) == {"environment"} and report["environment"]["accelerate"]
     assert not list(stopped.glob(".*.tmp"))
     capsys.readouterr()
+
+
+def test_the_speed_rows_are_measured_bf16_first_and_reported_in_table_order(monkeypatch):
+    """A time box that runs out then leaves a precision out, not a trainer or a resolution."""
+    from bench import gpu_check
+
+    calls = []
+
+    def fake_measure(row, sizes, peak):
+        calls.append(row)
+        return {"trainer": row.trainer, "resolution": row.resolution, "precision": row.precision, "img_per_s": 1.0}
+
+    monkeypatch.setattr(gpu_check, "measure_or_reason", fake_measure)
+    monkeypatch.setattr(gpu_check, "matmul_peak", lambda n: 1.0)
+    sizes = gpu_check.gpu_sizes()
+    result = gpu_check.speed(gpu_check.TimeBox(60), sizes)
+    precisions = [row.precision for row in calls]
+    assert precisions == sorted(precisions, key=["bf16", "fp16", "no"].index) and len(calls) == len(sizes.rows)
+    assert {(row.trainer, row.resolution) for row in calls[: precisions.count("bf16")]} == {(r.trainer, r.resolution) for r in sizes.rows}
+    assert [(r["trainer"], r["resolution"], r["precision"]) for r in result["rows"]] == [
+        (row.trainer, row.resolution, row.precision) for row in sizes.rows]
