@@ -32,7 +32,6 @@ import argparse
 import datetime
 import importlib.util
 import json
-import traceback
 import os
 import platform
 import re
@@ -41,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
