@@ -51,6 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure import CUDA, DEVICE, PeakMemory, release, significant, synchronize
 from bench.trainer_step import trainer_phases
+from train.common.atomic import atomic_write_text
 from train.lightweight_gan import LightweightGANConfig
 from train.lightweight_gan import make_objective as lightweight_objective
 from train.run.config import resolve_config
@@ -549,12 +550,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report(report: dict, folder: Path) -> str:
-    """report.json and report.md, each replaced whole (temp + rename); returns the Markdown."""
+    """report.json and report.md, each replaced whole; returns the Markdown."""
     text = markdown(report)
-    for name, content in (("report.json", json.dumps(report, indent=2, default=str) + "\n"), ("report.md", text)):
-        temporary = folder / f".{name}.tmp"
-        temporary.write_text(content)
-        os.replace(temporary, folder / name)
+    atomic_write_text(folder / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(folder / "report.md", text)
     return text
 
 
