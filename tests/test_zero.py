@@ -480,6 +480,18 @@ def test_lightweight_gan_under_zero_1_on_two_processes_logs_world_size_2_and_ref
 
 
 @pytest.mark.slow
+def test_under_fp16_the_engines_scale_comes_down_on_each_overflow_and_updates_are_then_made(zero_cases):
+    """DeepSpeed 0.19 returns from an overflowed step before its GradScaler sees the overflow; without
+    ZeroUpdates lowering the scale, it stayed at 2^16 and every update was skipped (60 of 60 in 12
+    steps on an H200). Both ranks, ZeRO-1 and ZeRO-2: skipped updates until the scale fits, each
+    halving it, then updates made; a forced overflow later is skipped and halves it once more."""
+    out = zero_cases["fp16_overflow_backs_off"].stdout
+    for stage in (1, 2):
+        for rank in (0, 1):
+            assert f"OK rank {rank} ZeRO-{stage} fp16: made " in out, out
+
+
+@pytest.mark.slow
 def test_non_finite_updates_are_left_out_by_the_engines_on_every_rank(zero_cases):
     """The gradient failpoint (a non-finite loss under DeepSpeed) at steps 2 and 3: their 5 critic and
     1 generator updates each are skipped, and the run goes on with finite weights."""
@@ -710,6 +722,47 @@ def _zero_step(kind: str, options: ZeroOptions, micro: list[dict]):
     return result
 
 
+def fp16_overflow_backs_off(out: Path) -> None:
+    """Run in a case: twelve critic updates of the MLP pair under fp16 autocast (torch runs it on the
+    CPU, below check_zero's refusal, which is about speed), update 9 with a loss 10^6 times its size.
+    The scale starts at 2^16, where this critic's gradients overflow in fp16, and must come down one
+    halving per skipped update until updates are made; the forced overflow halves it once more."""
+    import torch.distributed as dist
+
+    from train.run import zero
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    batch = _global_batch("mlp", _objective("mlp"))
+    for stage in (1, 2):
+        micro = _micro_batches(batch, rank, world, 1)[0]
+        accelerator = _start(ZeroOptions(stage=stage, micro_batch=len(micro["real"]), precision="fp16"))
+        generator, critic = _pair("mlp")
+        objective = _objective("mlp")
+        g_opt, d_opt = torch.optim.Adam(generator.parameters(), LR), torch.optim.Adam(critic.parameters(), LR)
+        generator, critic, g_opt, d_opt = zero.prepare_pair(accelerator, generator, critic, g_opt, d_opt)
+        scaler, updates = zero.gradient_scaler(critic), zero.ZeroUpdates(grad_accum=1)
+        run_generator, run_critic = updates.network(generator), updates.network(critic)
+        made, scales = [], [scaler.get_scale()]
+        for update in range(12):
+            before = [p.detach().clone() for p in critic.module.parameters()]
+            with torch.no_grad():
+                fake = run_generator(micro["z_critic"])
+            loss = _critic_loss(objective, run_critic, micro, fake) * (1e6 if update == 9 else 1.0)
+            updates.backward(critic, loss, micro=0)
+            made.append(updates.update(d_opt, critic))
+            scales.append(scaler.get_scale())
+            moved = any(not torch.equal(b, p) for b, p in zip(before, critic.module.parameters()))
+            assert moved == made[-1], f"update {update}: reported made={made[-1]}, weights moved={moved}"
+            assert all(torch.isfinite(p).all() for p in critic.module.parameters())
+        flags = "".join("T" if m else "F" for m in made)
+        skipped = flags[:9].count("F")
+        assert 1 <= skipped <= 8 and flags[:9] == "F" * skipped + "T" * (9 - skipped) and flags[9:] == "FTT", flags
+        assert all(after == (before / 2 if not m else before) for before, after, m in zip(scales, scales[1:], made)), scales
+        print(f"OK rank {rank} ZeRO-{stage} fp16: made {flags}, scale {scales[0]:.0f} -> {scales[-1]:.0f}", flush=True)
+        del generator, critic, g_opt, d_opt
+        _finish(accelerator)
+
+
 def _relative(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
     """Largest difference, relative to the tensor's largest value when that exceeds 1 (test_objectives' measure)."""
     return max(((g.float() - e.float()).abs().max() / e.float().abs().max().clamp(min=1.0)).item() for g, e in zip(got, expected))
@@ -745,6 +798,7 @@ CASES: dict[str, Callable[[Path], None]] = {
     "fastgan_matches_ddp": lambda out: _matches_ddp("lightweight", ("no", "bf16")),
     "wgangp_trained_and_resumed": wgangp_trained_and_resumed,
     "wgangp_with_non_finite_updates": wgangp_with_non_finite_updates,
+    "fp16_overflow_backs_off": fp16_overflow_backs_off,
 }
 
 

@@ -172,9 +172,30 @@ class ZeroUpdates:
 
     def update(self, optimizer, engine) -> bool:
         """ZeRO-1/2 skip an update whose gradient norm is not finite (the same all-reduced verdict on
-        every rank; under fp16 also the GradScaler's) and clear the gradients themselves."""
+        every rank) and clear the gradients themselves.
+
+        Under fp16, DeepSpeed 0.19 returns from its step on that verdict before its GradScaler has
+        seen the overflow, so the scale never came down: from the first overflow on (at the initial
+        2^16, the first update), every update overflowed and was skipped (an H200: 60 skipped of 60
+        in 12 steps). The scale is lowered here as GradScaler.update would have lowered it. An update
+        the GradScaler itself leaves out lowers its scale, as on the DDP path."""
+        scaler = gradient_scaler(engine)
+        before = scaler.get_scale() if scaler is not None else None  # a host sync, under fp16 only
         engine.step()
-        return not engine.optimizer.overflow
+        if engine.optimizer.overflow:
+            if scaler is not None:
+                _back_off(scaler)
+            return False
+        return scaler is None or scaler.get_scale() >= before
+
+
+def _back_off(scaler: "torch.amp.GradScaler") -> None:
+    """What GradScaler.update does after an overflow: the scale times the backoff factor, and the
+    count of good steps towards the next growth back to 0 (through its public state dict)."""
+    state = scaler.state_dict()
+    state["scale"] *= state["backoff_factor"]
+    state["_growth_tracker"] = 0
+    scaler.load_state_dict(state)
 
 
 class _Autocast(nn.Module):
