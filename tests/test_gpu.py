@@ -55,6 +55,32 @@ def test_fp16_penalty_matches_fp32_on_the_gpu():
     torch.testing.assert_close(scaled, exact, rtol=2e-2, atol=1e-4)
 
 
+def test_the_penalty_on_a_gpu_takes_the_rewritten_convolutions_with_pytorchs_gradients():
+    """train.gan.conv_grad on CUDA, where the penalty turns it on by itself: the same gradients as
+    PyTorch's double backward with TF32 off (an H200 with the trainer's TF32 on: 8.5e-4 apart on the
+    256-px WGAN-GP critic), and none of the feature-map-sized kernels it exists to avoid."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tests.test_conv_grad import penalty_and_gradients, worst_relative
+
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        rewritten = penalty_and_gradients(True, device="cuda")
+        expected = penalty_and_gradients(False, device="cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert worst_relative(rewritten[2], expected[2]) <= 1e-5
+    critic_model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.Flatten(), torch.nn.Linear(8 * 16 * 16, 1)).cuda()
+    from train.gan.penalty import gradient_penalty
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        penalty, _ = gradient_penalty(critic_model, torch.randn(4, 3, 16, 16, device="cuda"))
+        penalty.backward()
+    weights = [e.input_shapes[1] for e in prof.events() if e.name == "aten::convolution" and len(e.input_shapes) > 1]
+    assert weights and all(w[2:] == [3, 3] for w in weights), weights
+
+
 # nvJPEG decodes a colour JPEG a little differently from libjpeg-turbo (Pillow, under decode_image).
 # Measured on an H200 (torch 2.11, 2026-12-04), the raw decodes of tests/test_device_decode.py's small
 # noisy sources part by up to 32 levels (5.8 on average) and its greyscale one by none: the chroma's

@@ -6,13 +6,21 @@ Numerics (the reasons behind each step):
   An overflow shows up as inf/nan in the penalty, then in the parameter gradients, where the
   scaler's own check skips the optimizer step and lowers the scale.
 - bf16: the gradient norm is computed in fp32 (bf16 keeps 8 bits of mantissa).
+- Speed on a GPU: the critic's forward runs under train.gan.conv_grad's rewritten convolutions,
+  whose double backward avoids PyTorch's feature-map-sized convolution kernels (an H200, 256 px,
+  64 images: the critic phase 2.79 s -> 0.90 s in fp32 with TF32, 1.17 s -> 0.84 s in bf16). On the
+  CPU PyTorch's own path is kept: there the rewrite measured 7% slower (64 px, one thread).
 - DDP: autograd.grad(inputs=...) accumulates into no parameter, so DDP's reducer hooks fire only in
   the one backward of the total loss; never run this under static_graph. A backward of a penalty
   alone must still touch every parameter (the last bias has no input gradient): add
   `0 * scores.mean()` to it, with the scores this module returns.
 """
+import contextlib
+
 import torch
 from torch import nn
+
+from train.gan.conv_grad import penalty_convolutions
 
 
 def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -26,7 +34,8 @@ def input_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (d critic / d inputs in fp32, critic scores), the former differentiable in the weights."""
     inputs = inputs.detach().requires_grad_(True)
-    scores = critic(inputs)
+    with penalty_convolutions() if inputs.is_cuda else contextlib.nullcontext():
+        scores = critic(inputs)
     # The mean, not the sum: each sample's output gradient is then scale / N, which stays inside
     # fp16's range (65504) at GradScaler's initial scale of 2**16; the factor N comes back below.
     total = scores.float().mean()
