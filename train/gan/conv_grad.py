@@ -52,13 +52,26 @@ class _Conv2d(torch.autograd.Function):
                 output_padding = [x.shape[2 + i] - ((grad_out.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1)
                                   for i in range(2)]
                 grad_x = F.conv_transpose2d(grad_out, weight.to(dtype), None, stride, padding, output_padding, groups, dilation)
-            if ctx.needs_input_grad[1]:
+            if _will_run(ctx, 1):  # not in the penalty's own autograd.grad (inputs only): a wasted convolution there
                 grad_weight = torch.ops.aten.convolution_backward(
                     grad_out, x.to(dtype), weight.to(dtype), None, stride, padding, dilation, False, [0, 0], groups,
                     [False, True, False])[1]
-            if ctx.has_bias and ctx.needs_input_grad[2]:
+            if ctx.has_bias and _will_run(ctx, 2):
                 grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+def _will_run(ctx, index: int) -> bool:
+    """Whether this backward's gradient for input `index` is used: asked for (needs_input_grad) and,
+    within this backward call, on the engine's path (an autograd.grad of the inputs alone leaves the
+    weights' out). Without that engine query (a private torch API): whenever asked for."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    node = ctx.next_functions[index][0]
+    try:
+        return node is None or torch._C._will_engine_execute_node(node)
+    except (AttributeError, RuntimeError):
+        return True
 
 
 class _PenaltyConvolutions(TorchFunctionMode):
