@@ -492,6 +492,16 @@ def test_under_fp16_the_engines_scale_comes_down_on_each_overflow_and_updates_ar
 
 
 @pytest.mark.slow
+def test_under_fp16_a_checkpoint_keeps_the_engines_scales_and_a_resume_restores_them(zero_cases):
+    """Neither Accelerate's save_state nor DeepSpeed's keeps the engines' GradScaler: without it, a
+    resumed fp16 run started again at 2^16 and skipped updates until the scale came down."""
+    out = zero_cases["fp16_overflow_backs_off"].stdout
+    for stage in (1, 2):
+        for rank in (0, 1):
+            assert f"OK rank {rank} ZeRO-{stage} fp16: the scales come back from the checkpoint" in out, out
+
+
+@pytest.mark.slow
 def test_non_finite_updates_are_left_out_by_the_engines_on_every_rank(zero_cases):
     """The gradient failpoint (a non-finite loss under DeepSpeed) at steps 2 and 3: their 5 critic and
     1 generator updates each are skipped, and the run goes on with finite weights."""
@@ -759,8 +769,41 @@ def fp16_overflow_backs_off(out: Path) -> None:
         assert 1 <= skipped <= 8 and flags[:9] == "F" * skipped + "T" * (9 - skipped) and flags[9:] == "FTT", flags
         assert all(after == (before / 2 if not m else before) for before, after, m in zip(scales, scales[1:], made)), scales
         print(f"OK rank {rank} ZeRO-{stage} fp16: made {flags}, scale {scales[0]:.0f} -> {scales[-1]:.0f}", flush=True)
+        _scales_survive_a_checkpoint(accelerator, critic, generator, out / f"zero{stage}")
+        print(f"OK rank {rank} ZeRO-{stage} fp16: the scales come back from the checkpoint", flush=True)
         del generator, critic, g_opt, d_opt
         _finish(accelerator)
+
+
+class _StepOnly:
+    """A train state with a step and a world size only (what save/load_checkpoint read of it)."""
+
+    def __init__(self, step: int, world: int):
+        self.step, self.world = step, world
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "world_size": self.world}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+
+
+def _scales_survive_a_checkpoint(accelerator, critic, generator, out: Path) -> None:
+    """save_checkpoint keeps both engines' GradScaler states (neither Accelerate nor DeepSpeed does);
+    load_checkpoint puts them back, after scales changed since."""
+    from train.run import zero
+    from train.run.checkpoint import ZERO_SCALERS_FILE, CheckpointLayout, checkpoint_damage, load_checkpoint, save_checkpoint
+
+    scalers = [zero.gradient_scaler(critic), zero.gradient_scaler(generator)]
+    saved = [scaler.state_dict() for scaler in scalers]
+    path = save_checkpoint(accelerator, out, _StepOnly(12, accelerator.num_processes), {}, keep=2)
+    layout = CheckpointLayout.of(accelerator)
+    assert ZERO_SCALERS_FILE in layout.shared_files() and checkpoint_damage(path, layout) is None
+    for scaler in scalers:
+        zero._back_off(scaler)
+    load_checkpoint(accelerator, path, _StepOnly(0, accelerator.num_processes))
+    restored = [zero.gradient_scaler(critic).state_dict(), zero.gradient_scaler(generator).state_dict()]
+    assert restored == saved, (restored, saved)
 
 
 def _relative(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:

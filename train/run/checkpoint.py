@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = "checkpoints"
 EMA_FILE = "ema.safetensors"
+# Under fp16 with DeepSpeed, each engine's GradScaler (train.run.zero.gradient_scaler): its scale
+# and growth count, which neither Accelerate nor DeepSpeed saves. The same on every rank.
+ZERO_SCALERS_FILE = "zero_scalers.pt"
 _NAME = re.compile(r"^step_(\d+)$")  # nothing else is a checkpoint: not .tmp, .old or .damaged
 DAMAGED_SUFFIX = ".damaged"
 _RANK_FILE = re.compile(r"^(?:train_state|random_states)_(\d+)\.(?:pt|pkl)$")
@@ -132,6 +135,8 @@ def save_checkpoint(
     try:
         accelerator.save_state(str(tmp))
         torch.save(state.state_dict(), tmp / _rank_file(rank))
+        if main:
+            save_zero_scalers(accelerator, tmp)
         if state.step in failpoints.step_window("checkpoint_enospc"):  # test-only: the disk fills up part-way
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / EMA_FILE))
         if main:
@@ -312,6 +317,7 @@ class CheckpointLayout:
     schedulers: int = 0
     scaler: bool = False
     engines: bool = False
+    zero_scalers: bool = False  # fp16 under DeepSpeed: ZERO_SCALERS_FILE
 
     @classmethod
     def of(cls, accelerator: "Accelerator") -> "CheckpointLayout":
@@ -320,7 +326,7 @@ class CheckpointLayout:
         # The lists load_state walks; accelerate offers no public count of them.
         engines = accelerator.distributed_type == DistributedType.DEEPSPEED
         return cls(len(accelerator._models), 0 if engines else len(accelerator._optimizers), len(accelerator._schedulers),
-                   accelerator.scaler is not None and not engines, engines)
+                   accelerator.scaler is not None and not engines, engines, bool(_zero_scalers(accelerator)))
 
     def shared_files(self) -> list[str]:
         if self.engines:
@@ -332,6 +338,7 @@ class CheckpointLayout:
             *(_numbered("optimizer", i, ".bin") for i in range(self.optimizers)),
             *(_numbered("scheduler", i, ".bin") for i in range(self.schedulers)),
             *(["scaler.pt"] if self.scaler else []),
+            *([ZERO_SCALERS_FILE] if self.zero_scalers else []),
             EMA_FILE,
         ]
 
@@ -518,9 +525,38 @@ def checkpoint_to_resume(accelerator: "Accelerator", out: Path) -> Path:
 
 
 def load_weights(accelerator: "Accelerator", path: Path) -> dict[str, torch.Tensor]:
-    """Restore models, optimizers, scaler and RNGs in place; return the EMA state."""
+    """Restore models, optimizers, scaler(s) and RNGs in place; return the EMA state."""
     accelerator.load_state(str(path))
+    load_zero_scalers(accelerator, path)
     return load_file(path / EMA_FILE)
+
+
+def _zero_scalers(accelerator: "Accelerator") -> list[torch.amp.GradScaler]:
+    """The DeepSpeed engines' fp16 GradScalers, in the engines' order; none outside DeepSpeed or fp16."""
+    from accelerate.utils import DistributedType
+
+    from train.run.zero import gradient_scaler
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return []
+    return [scaler for engine in accelerator._models if (scaler := gradient_scaler(engine)) is not None]
+
+
+def save_zero_scalers(accelerator: "Accelerator", folder: Path) -> None:
+    """Main process: the engines' GradScaler states into `folder` (nothing outside fp16 under DeepSpeed)."""
+    scalers = _zero_scalers(accelerator)
+    if scalers:
+        torch.save([scaler.state_dict() for scaler in scalers], Path(folder) / ZERO_SCALERS_FILE)
+
+
+def load_zero_scalers(accelerator: "Accelerator", folder: Path) -> None:
+    """Every rank: the engines' GradScaler states back from `folder`, so that a resumed fp16 run
+    continues at the saved scale instead of finding its level again from 2^16 (skipped updates)."""
+    scalers = _zero_scalers(accelerator)
+    if scalers:
+        states = torch.load(Path(folder) / ZERO_SCALERS_FILE, map_location="cpu", weights_only=True)
+        for scaler, saved in zip(scalers, states, strict=True):
+            scaler.load_state_dict(saved)
 
 
 class CheckpointMismatch(ValueError):
