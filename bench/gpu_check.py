@@ -14,8 +14,9 @@ Parts, in order, each with its own time box (a part that runs out leaves its rem
    step split into its critic and generator phases, peak memory, and model FLOP utilisation (the
    FLOPs of one step, counted by torch.utils.flop_counter.FlopCounterMode, per second, over the
    peak of a large bf16 matmul measured on the same device in the same run).
-4. options, each on and off in the same run: channels-last, fused Adam, TF32, torch.compile of the
-   generator and of the critic (or why not).
+4. options, each on and off in the same run: channels-last, fused Adam, TF32, the penalty's
+   convolutions as PyTorch differentiates them twice against train.gan.conv_grad's rewrite,
+   torch.compile of the generator and of the critic (or why not).
 5. lucidrains: bench/lightweight_vs_lucidrains.py side by side at 256 and 1024 px, and the largest
    batch at 1024 px (needs `pip install lightweight-gan==1.2.1`; without it, ours alone).
 6. deepspeed: the WGAN-GP trainer's own runs under DDP and under ZeRO-1 and ZeRO-2 (one process,
@@ -52,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.measure import CUDA, DEVICE, PeakMemory, release, significant, synchronize
 from bench.trainer_step import trainer_phases
 from train.common.atomic import atomic_write_text
+from train.gan import conv_grad
 from train.lightweight_gan import LightweightGANConfig
 from train.lightweight_gan import make_objective as lightweight_objective
 from train.run.config import resolve_config
@@ -80,9 +82,12 @@ class Row:
     batch: int
     options: tuple[tuple[str, Any], ...] = ()  # config flags on top of the trainer's defaults
     compile: tuple[str, ...] = ()  # "generator" and/or "critic"
+    penalty_rewrite: bool | None = None  # train.gan.conv_grad forced on or off; None: its own choice (on a GPU only)
 
     def label(self) -> str:
         shown = [f"{k}={v}" for k, v in self.options] + [f"compile {m}" for m in self.compile]
+        if self.penalty_rewrite is not None:
+            shown.append("penalty convolutions " + ("rewritten" if self.penalty_rewrite else "PyTorch's"))
         return ", ".join(shown) or "defaults"
 
 
@@ -269,7 +274,7 @@ def build(row: Row, sizes: Sizes, out: str) -> tuple[Phases, Any]:
 
 def measure(row: Row, sizes: Sizes, peak: float) -> dict:
     """One row: warm-up (compiles included, timed apart), then timed steps with each phase synced."""
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, conv_grad.rewrite(row.penalty_rewrite):
         phases, config = build(row, sizes, out)
         start = time.perf_counter()
         for _ in range(sizes.warmup):
@@ -349,6 +354,8 @@ def options(box: TimeBox, sizes: Sizes) -> dict:
         replace(base, options=(("fused_adam", False),)),
         fp32,
         replace(fp32, options=(("tf32", False),)),
+        # The penalty's convolutions the other way than this device's default (rewritten on a GPU).
+        replace(base, penalty_rewrite=not CUDA),
         replace(base, compile=("generator",)),
         replace(base, compile=("critic",)),
     ]

@@ -2,15 +2,15 @@
 avoids PyTorch's feature-map-sized "kernels", give PyTorch's own values, input gradients and
 penalty gradients in the weights, for every convolution shape the models use and under autocast."""
 import contextlib
-from unittest import mock
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-import train.gan.penalty as penalty_module
+from train.gan import conv_grad
 from train.gan.conv_grad import penalty_convolutions
+from train.gan.penalty import gradient_penalty
 
 
 def critic(seed: int = 0) -> nn.Module:
@@ -29,14 +29,12 @@ def critic(seed: int = 0) -> nn.Module:
 
 def penalty_and_gradients(rewrite: bool, autocast: torch.dtype | None = None, device: str = "cpu"):
     """The penalty, the scores and the weights' gradients of `critic()`, with the rewrite or with
-    PyTorch's own double backward (the penalty's automatic choice on a GPU set aside)."""
+    PyTorch's own double backward (conv_grad.rewrite: the penalty's automatic choice set aside)."""
     model = critic().train(False).to(device)  # spectral norm's power iteration fixed: both runs see one weight
     inputs = torch.randn(4, 3, 17, 17, generator=torch.Generator().manual_seed(1)).to(device)
     scaler = torch.amp.GradScaler(device, init_scale=2.0**10) if autocast == torch.float16 else None
-    chosen = penalty_convolutions if rewrite else contextlib.nullcontext
-    with mock.patch.object(penalty_module, "penalty_convolutions", chosen), chosen():
-        with torch.autocast(device, dtype=autocast) if autocast else contextlib.nullcontext():
-            penalty, scores = penalty_module.gradient_penalty(model, inputs, scaler)
+    with conv_grad.rewrite(rewrite), torch.autocast(device, dtype=autocast) if autocast else contextlib.nullcontext():
+        penalty, scores = gradient_penalty(model, inputs, scaler)
     (penalty + 0 * scores.float().mean()).backward()
     return penalty.detach(), scores.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -70,6 +68,16 @@ def test_every_convolution_of_the_critic_goes_through_the_rewrite():
 
     assert feature_map_kernels(False) >= 4  # the path this avoids, seen by this very count
     assert feature_map_kernels(True) == 0
+
+
+def test_the_penalty_chooses_the_rewrite_on_a_gpu_only_unless_forced():
+    cpu = torch.zeros(1)
+    assert not isinstance(conv_grad.for_penalty(cpu), type(penalty_convolutions()))
+    with conv_grad.rewrite(True):
+        assert isinstance(conv_grad.for_penalty(cpu), type(penalty_convolutions()))
+        with conv_grad.rewrite(None):
+            assert not isinstance(conv_grad.for_penalty(cpu), type(penalty_convolutions()))
+    assert not isinstance(conv_grad.for_penalty(torch.zeros(1, device="meta")), type(penalty_convolutions()))
 
 
 def test_other_operations_and_string_padding_pass_through_unchanged():

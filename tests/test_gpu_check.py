@@ -44,8 +44,8 @@ def test_a_whole_smoke_report_renders_every_part():
     report = json.loads(CANNED.read_text())
     assert set(report["seconds"]) == set(PARTS)
     options = report["options"]["rows"]
-    assert [r["options"] for r in options] == ["defaults", "channels_last=True", "fused_adam=False", "defaults",
-                                               "tf32=False", "compile generator", "compile critic"]
+    assert [r["options"] for r in options] == ["defaults", "channels_last=True", "fused_adam=False", "defaults", "tf32=False",
+                                               "penalty convolutions rewritten", "compile generator", "compile critic"]
     assert all("speed_vs_defaults" in r for r in measured(options)) and "img_per_s" in options[0]
     # the critic cannot be compiled under the penalty's double backward: the report says why
     assert "create_graph" in options[-1]["error"] or options[-1]["error"].startswith("not")

@@ -10,7 +10,9 @@ Here the first backward is written with differentiable operations: the input gra
 `conv_transpose2d(grad_out, weight)`, so the second backward is that transposed convolution's own
 backward (cuDNN's ordinary backward-filter and forward kernels), with the same result.
 `penalty_convolutions()` routes every `F.conv2d` of a critic's forward through it; the penalty
-(train.gan.penalty) runs its critic forward inside.
+(train.gan.penalty) runs its critic forward inside `for_penalty(inputs)`: the rewrite on a GPU,
+PyTorch's own path on the CPU (where the rewrite measured about 5% slower). `rewrite(on)` forces
+either, for benchmarks and tests.
 """
 import contextlib
 
@@ -19,6 +21,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 _CONV2D = {F.conv2d, torch.conv2d}
+_forced: bool | None = None  # rewrite(): None is the automatic choice (for_penalty)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -89,3 +92,22 @@ class _PenaltyConvolutions(TorchFunctionMode):
 def penalty_convolutions() -> contextlib.AbstractContextManager:
     """Inside: every 2-D convolution (nn.Conv2d, F.conv2d) is _Conv2d; same values and gradients."""
     return _PenaltyConvolutions()
+
+
+def for_penalty(inputs: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The context of a penalty's critic forward on `inputs`: the rewrite on CUDA, PyTorch's own
+    double backward elsewhere, unless `rewrite` forces one."""
+    on = inputs.is_cuda if _forced is None else _forced
+    return penalty_convolutions() if on else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def rewrite(on: bool | None):
+    """Within: every penalty takes the rewrite (True) or PyTorch's path (False); None: the automatic
+    choice. For benchmarks and tests (bench/gpu_check.py measures both on a GPU)."""
+    global _forced
+    before, _forced = _forced, on
+    try:
+        yield
+    finally:
+        _forced = before

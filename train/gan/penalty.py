@@ -15,12 +15,10 @@ Numerics (the reasons behind each step):
   alone must still touch every parameter (the last bias has no input gradient): add
   `0 * scores.mean()` to it, with the scores this module returns.
 """
-import contextlib
-
 import torch
 from torch import nn
 
-from train.gan.conv_grad import penalty_convolutions
+from train.gan import conv_grad
 
 
 def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -34,7 +32,7 @@ def input_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (d critic / d inputs in fp32, critic scores), the former differentiable in the weights."""
     inputs = inputs.detach().requires_grad_(True)
-    with penalty_convolutions() if inputs.is_cuda else contextlib.nullcontext():
+    with conv_grad.for_penalty(inputs):
         scores = critic(inputs)
     # The mean, not the sum: each sample's output gradient is then scale / N, which stays inside
     # fp16's range (65504) at GradScaler's initial scale of 2**16; the factor N comes back below.
