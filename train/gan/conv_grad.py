@@ -11,7 +11,7 @@ Here the first backward is written with differentiable operations: the input gra
 backward (cuDNN's ordinary backward-filter and forward kernels), with the same result.
 `penalty_convolutions()` routes every `F.conv2d` of a critic's forward through it; the penalty
 (train.gan.penalty) runs its critic forward inside `for_penalty(inputs)`: the rewrite on a GPU,
-PyTorch's own path on the CPU (where the rewrite measured about 5% slower). `rewrite(on)` forces
+PyTorch's own path on the CPU (where the rewrite measured 4-7% slower). `rewrite(on)` forces
 either, for benchmarks and tests.
 """
 import contextlib

@@ -9,7 +9,7 @@ Numerics (the reasons behind each step):
 - Speed on a GPU: the critic's forward runs under train.gan.conv_grad's rewritten convolutions,
   whose double backward avoids PyTorch's feature-map-sized convolution kernels (an H200, 256 px,
   64 images: the critic phase 2.79 s -> 0.90 s in fp32 with TF32, 1.17 s -> 0.84 s in bf16). On the
-  CPU PyTorch's own path is kept: there the rewrite measured 7% slower (64 px, one thread).
+  CPU PyTorch's own path is kept: there the rewrite measured 4-7% slower (64 px, one thread).
 - DDP: autograd.grad(inputs=...) accumulates into no parameter, so DDP's reducer hooks fire only in
   the one backward of the total loss; never run this under static_graph. A backward of a penalty
   alone must still touch every parameter (the last bias has no input gradient): add
