@@ -485,20 +485,20 @@ def test_under_fp16_the_engines_scale_comes_down_on_each_overflow_and_updates_ar
     ZeroUpdates lowering the scale, it stayed at 2^16 and every update was skipped (60 of 60 in 12
     steps on an H200). Both ranks, ZeRO-1 and ZeRO-2: skipped updates until the scale fits, each
     halving it, then updates made; a forced overflow later is skipped and halves it once more."""
-    out = zero_cases["fp16_overflow_backs_off"].stdout
-    for stage in (1, 2):
-        for rank in (0, 1):
-            assert f"OK rank {rank} ZeRO-{stage} fp16: made " in out, out
+    _said_on_every_rank_and_stage(zero_cases["fp16_overflow_backs_off"].stdout, "made ")
 
 
 @pytest.mark.slow
 def test_under_fp16_a_checkpoint_keeps_the_engines_scales_and_a_resume_restores_them(zero_cases):
     """Neither Accelerate's save_state nor DeepSpeed's keeps the engines' GradScaler: without it, a
     resumed fp16 run started again at 2^16 and skipped updates until the scale came down."""
-    out = zero_cases["fp16_overflow_backs_off"].stdout
+    _said_on_every_rank_and_stage(zero_cases["fp16_overflow_backs_off"].stdout, "the scales come back from the checkpoint")
+
+
+def _said_on_every_rank_and_stage(out: str, what: str) -> None:
     for stage in (1, 2):
         for rank in (0, 1):
-            assert f"OK rank {rank} ZeRO-{stage} fp16: the scales come back from the checkpoint" in out, out
+            assert f"OK rank {rank} ZeRO-{stage} fp16: {what}" in out, out
 
 
 @pytest.mark.slow
