@@ -135,12 +135,11 @@ def save_checkpoint(
     try:
         accelerator.save_state(str(tmp))
         torch.save(state.state_dict(), tmp / _rank_file(rank))
-        if main:
-            save_zero_scalers(accelerator, tmp)
         if state.step in failpoints.step_window("checkpoint_enospc"):  # test-only: the disk fills up part-way
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / EMA_FILE))
         if main:
             save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, tmp / EMA_FILE)
+            _save_zero_scalers(accelerator, tmp)
         else:
             # On a filesystem shared by several nodes a rank's dirty pages are its own node's: only its
             # own fsync commits them. The main process fsyncs every file again before the rename.
@@ -527,7 +526,7 @@ def checkpoint_to_resume(accelerator: "Accelerator", out: Path) -> Path:
 def load_weights(accelerator: "Accelerator", path: Path) -> dict[str, torch.Tensor]:
     """Restore models, optimizers, scaler(s) and RNGs in place; return the EMA state."""
     accelerator.load_state(str(path))
-    load_zero_scalers(accelerator, path)
+    _load_zero_scalers(accelerator, path)
     return load_file(path / EMA_FILE)
 
 
@@ -542,14 +541,14 @@ def _zero_scalers(accelerator: "Accelerator") -> list[torch.amp.GradScaler]:
     return [scaler for engine in accelerator._models if (scaler := gradient_scaler(engine)) is not None]
 
 
-def save_zero_scalers(accelerator: "Accelerator", folder: Path) -> None:
+def _save_zero_scalers(accelerator: "Accelerator", folder: Path) -> None:
     """Main process: the engines' GradScaler states into `folder` (nothing outside fp16 under DeepSpeed)."""
     scalers = _zero_scalers(accelerator)
     if scalers:
         torch.save([scaler.state_dict() for scaler in scalers], Path(folder) / ZERO_SCALERS_FILE)
 
 
-def load_zero_scalers(accelerator: "Accelerator", folder: Path) -> None:
+def _load_zero_scalers(accelerator: "Accelerator", folder: Path) -> None:
     """Every rank: the engines' GradScaler states back from `folder`, so that a resumed fp16 run
     continues at the saved scale instead of finding its level again from 2^16 (skipped updates)."""
     scalers = _zero_scalers(accelerator)
