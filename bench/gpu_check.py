@@ -1,4 +1,4 @@
-"""The GPU acceptance check: one command, about 8 minutes on one H100/H200.
+"""The GPU acceptance check: one command, about 9 minutes on one H100/H200.
 
     python bench/gpu_check.py                      # on a GPU: every part, then the report
     python bench/gpu_check.py --cpu-smoke          # every part at tiny sizes on the CPU, under 2 minutes
@@ -23,8 +23,9 @@ Parts, in order, each with its own time box (a part that runs out leaves its rem
    torchrun), bf16 and fp16 on a GPU (fp32 in the smoke run): img/s and peak memory from each run's
    metrics.jsonl (needs deepspeed installed; without it, the reason).
 7. data: bench/decode_device.py (--decode-device cuda's decode_jpeg batches against one CPU core's
-   decode_image loop, at 512 and 1024 px) and bench/data_throughput.py's prepared table (prepared
-   shards read into pinned batches, 64 and 256 px); neither needs datasets.
+   decode_image loop, at 512 and 1024 px), bench/data_throughput.py's prepared table (prepared
+   shards read into pinned batches, 64 and 256 px), and bench/data_wait.py: data_wait_frac of a 64-px
+   DCGAN fed from prepared shards, debug-sized and at its own sizes.
 
 Writes report.json and report.md to --report (default bench/reports/<device>-<date>/) and prints
 the Markdown.
@@ -64,10 +65,10 @@ from train.wgangp import make_objective as wgangp_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("environment", "correctness", "speed", "options", "lucidrains", "deepspeed", "data")
-# Seconds per part on a GPU (about 8 minutes in all) and in the CPU smoke run (under 2 minutes).
+# Seconds per part on a GPU (about 9 minutes in all) and in the CPU smoke run (under 2 minutes).
 BUDGETS = {
-    "gpu": {"environment": 15, "correctness": 140, "speed": 115, "options": 55, "lucidrains": 50, "deepspeed": 60, "data": 60},
-    "smoke": {"environment": 5, "correctness": 20, "speed": 20, "options": 20, "lucidrains": 15, "deepspeed": 40, "data": 15},
+    "gpu": {"environment": 15, "correctness": 140, "speed": 115, "options": 55, "lucidrains": 50, "deepspeed": 60, "data": 100},
+    "smoke": {"environment": 5, "correctness": 20, "speed": 20, "options": 20, "lucidrains": 15, "deepspeed": 40, "data": 25},
 }
 TRAINERS = {"wgangp": (WGANGPConfig, wgangp_objective), "lightweight": (LightweightGANConfig, lightweight_objective)}
 
@@ -116,7 +117,9 @@ def gpu_sizes() -> Sizes:
         lucidrains_args=("--resolutions", "256", "1024", "--precisions", "fp16", "bf16", "--rounds", "3"),
         compile_backend="inductor",
         data_commands=(("bench/decode_device.py", "--resolutions", "512", "1024", "--images", "64", "--repeats", "3"),
-                       ("bench/data_throughput.py", "--resolutions", "--prepared", "64", "256", "--repeats", "3")),
+                       ("bench/data_throughput.py", "--resolutions", "--prepared", "64", "256", "--repeats", "3"),
+                       ("bench/data_wait.py", "--runs", "2"),
+                       ("bench/data_wait.py", "--runs", "1", "--no-debug", "--images", "2048", "--steps", "300", "--log-every", "20")),
     )
 
 
@@ -130,7 +133,8 @@ def smoke_sizes() -> Sizes:
         data_commands=(("bench/decode_device.py", "--device", "cpu", "--resolutions", "64", "--images", "4", "--batch", "2",
                         "--repeats", "1"),
                        ("bench/data_throughput.py", "--resolutions", "--prepared", "64", "--images", "4", "--prepared-images", "256",
-                        "--prepared-timed", "512", "--repeats", "1")),
+                        "--prepared-timed", "512", "--repeats", "1"),
+                       ("bench/data_wait.py", "--images", "32", "--steps", "20", "--runs", "1")),
     )
 
 
@@ -400,7 +404,8 @@ def bench_tables(commands: list[tuple[str, ...]], box: TimeBox) -> list[str]:
 
 def data(box: TimeBox, sizes: Sizes) -> dict:
     """--decode-device cuda's JPEG batches against one CPU core's decode loop (512 and 1024 px), then
-    prepared shards read into pinned batches against a copy-only loop (64 and 256 px)."""
+    prepared shards read into pinned batches against a copy-only loop (64 and 256 px), then the time a
+    64-px DCGAN fed from prepared shards waits for its data."""
     return {"tables": bench_tables(list(sizes.data_commands), box)}
 
 
@@ -502,7 +507,7 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {r['precision']} | {r['engine']} | {significant(r['img_per_s'])} | {memory} | {r['skipped_steps']} |")
         lines.append("")
     if "data" in report:
-        lines += ["## Data: JPEG decode on the device, prepared shards", ""]
+        lines += ["## Data: JPEG decode on the device, prepared shards, a trainer's wait", ""]
         lines += [table + "\n" for table in report["data"]["tables"]]
     for part, trace in report.get("errors", {}).items():
         lines += [f"## {part}: failed", "", "```", trace.strip(), "```", ""]

@@ -53,13 +53,14 @@ def test_a_whole_smoke_report_renders_every_part():
     assert engines["DDP"]["img_per_s"] > 0 and engines["ZeRO-2"]["img_per_s"] > 0  # the trainer under both
     text = markdown(report)
     for title in ("## Correctness", "## Speed", "## Options", "## Lightweight GAN against lucidrains'",
-                  "## DeepSpeed against DDP", "## Data: JPEG decode on the device, prepared shards", "## Time per part (s)"):
+                  "## DeepSpeed against DDP", "## Data: JPEG decode on the device, prepared shards, a trainer's wait", "## Time per part (s)"):
         assert title in text
     assert "| trainer | px | precision |" in text and "create_graph" in text
     assert all(f"| {r['trainer']} | {r['resolution']} |" in text for r in report["speed"]["rows"])
-    decode, prepared = report["data"]["tables"]
+    decode, prepared, wait = report["data"]["tables"]
     assert "| output px | 1 CPU core, decode_image | decode_jpeg batches |" in decode and "\n| 64 |" in decode
     assert "| prepared / copy-only |" in prepared and "\n| 64 |" in prepared
+    assert "| data_wait_frac, median window |" in wait and "\n| 1 | " in wait and "failed" not in wait
 
 
 def test_the_data_parts_benches_run_without_datasets_which_the_gpu_machine_lacks(monkeypatch, capsys):
