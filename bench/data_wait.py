@@ -1,11 +1,12 @@
 """How long a trainer fed from prepared shards waits for its data: `data_wait_frac` from its metrics.
 
     python bench/data_wait.py                          # 64-px DCGAN, debug-sized, 3 runs of 200 steps
+    python bench/data_wait.py --trainer train/wgangp.py
     python bench/data_wait.py --runs 1 -- --batch-size 64 --channel-max 512   # flags after -- go to the trainer
 
 Draws --images JPEGs (bench/data_throughput.py's faces, never downloaded) into an image folder,
 prepares them once with `python -m train.data prepare` at --resolution, then trains
-`train/dcgan.py --data prepared:DIR` --runs times, each its own process, and reads every logging
+`train/dcgan.py --data prepared:DIR` (or --trainer) --runs times, each its own process, and reads every logging
 window of its metrics.jsonl. `data_wait_frac` is the share of a window's step time spent waiting
 for the next batch (train/run/report.py); the issue's goal is under 0.02. Prints one row a run:
 the median window and the largest, and the median images per second.
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-debug", dest="debug", action="store_false", help="the trainer's own sizes, not --debug's")
-    parser.add_argument("trainer_args", nargs="*", help="after --: more flags for train/dcgan.py")
+    parser.add_argument("--trainer", default="train/dcgan.py", help="the training script, from the repository root")
+    parser.add_argument("trainer_args", nargs="*", help="after --: more flags for the trainer")
     args = parser.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         draw_folder(images, args.images, args.source_size)
         subprocess.run([sys.executable, "-m", "train.data", "prepare", str(images), "--resolution", str(args.resolution),
                         "--to", str(prepared)], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-        command = [sys.executable, "train/dcgan.py", *(["--debug"] if args.debug else []), "--data", f"prepared:{prepared}",
+        command = [sys.executable, args.trainer, *(["--debug"] if args.debug else []), "--data", f"prepared:{prepared}",
                    "--resolution", str(args.resolution), "--max-steps", str(args.steps), "--log-every", str(args.log_every),
                    "--sample-every", "1000000", "--ckpt-every", "1000000", "--wandb-mode", "disabled", *args.trainer_args]
         shown = " ".join(command[1:]).replace(str(prepared), "DIR")

@@ -125,3 +125,24 @@ def test_a_run_with_decode_device_cuda_trains_from_jpegs_decoded_on_the_gpu(run,
     records = read_metrics(out / "metrics.jsonl")
     assert records and all(np.isfinite(r[k]) for r in records for k in ("d_loss", "g_loss", "gp"))
     assert records[-1]["data_read"] >= 6 * 8 and records[-1]["data_skipped"] == 0
+
+
+def test_a_prepared_folder_is_read_ahead_into_pinned_batches_and_trains(run, tmp_path):
+    """On a GPU the trainer reads a prepared folder ahead in a thread (train/data/read_ahead.py),
+    into pinned memory on the rank's own device; the batches are the plain stream's."""
+    from tests.fixtures import write_image_folder
+    from tests.test_prepare import prepared, stream
+
+    prepared(str(write_image_folder(tmp_path / "images", rows=24)), tmp_path / "pixels")
+    ahead = stream(tmp_path / "pixels", batch=8, read_ahead=2, pin_memory=True, hflip=True)
+    plain = stream(tmp_path / "pixels", batch=8, hflip=True)
+    for _ in range(5):
+        batch = next(ahead)
+        assert batch.is_pinned() and torch.equal(batch, next(plain))
+    ahead.close()
+    out = tmp_path / "run"
+    result = run("train/dcgan.py", "--debug", "--data", f"prepared:{tmp_path / 'pixels'}", "--max-steps", "6",
+                 "--log-every", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = read_metrics(out / "metrics.jsonl")
+    assert records[-1]["data_read"] >= 6 * 8 and all(np.isfinite(r["d_loss"]) for r in records)
