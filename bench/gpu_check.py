@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -203,6 +204,34 @@ def nvidia_smi(field: str, box: TimeBox) -> str:
         return "unknown"
 
 
+# --- subprocesses in a time box ----------------------------------------------------------------
+
+def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`command` from the repository root, in a process group of its own (see finish)."""
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """Its output once it ends; past `timeout`, its whole process group is killed and TimeoutExpired
+    raised with the output so far. Killing the child alone leaves its children running (a timed-out
+    torchrun's trainer, pytest-xdist's workers), on the GPU and the CPUs the parts after it measure.
+    Probably that: in the H200 check of 2026-12-04 whose ZeRO-2 run was cut by its time box, the data
+    part's 64-px DCGAN waited 3.9-4.4% of its steps for data at 692-743 img/s; run alone minutes
+    later, 0.16% at 988-1,070 img/s (bench/reports/nvidia-h200-2026-12-04c/)."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise subprocess.TimeoutExpired(process.args, timeout, output=stdout, stderr=stderr) from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_boxed(command: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return finish(start(command, env), timeout)
+
+
 # --- 2. correctness -------------------------------------------------------------------------
 
 def correctness(box: TimeBox, sizes: Sizes) -> dict:
@@ -210,8 +239,8 @@ def correctness(box: TimeBox, sizes: Sizes) -> dict:
     # The GPU tests are trainer runs in their own processes: on a GPU, side by side (pytest-xdist).
     workers = ["-n", "4"] if CUDA and importlib.util.find_spec("xdist") else []
     try:
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, "tests/test_gpu.py"],
-                                cwd=ROOT, capture_output=True, text=True, timeout=max(5.0, box.left()))
+        result = run_boxed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, "tests/test_gpu.py"],
+                           timeout=max(5.0, box.left()))
         summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-300:]
         tests = {"exit_code": result.returncode, "summary": summary}
         if result.returncode not in (0, 5):  # 5: every test skipped or none collected
@@ -392,7 +421,7 @@ def bench_tables(commands: list[tuple[str, ...]], box: TimeBox) -> list[str]:
             tables.append("not measured: time box")
             continue
         try:
-            result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=box.left())
+            result = run_boxed([sys.executable, *command], timeout=box.left())
             tables.append(result.stdout.strip() if result.returncode == 0 else f"failed: {result.stderr.strip()[-500:]}")
         except subprocess.TimeoutExpired as error:
             partial = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
@@ -434,8 +463,8 @@ def deepspeed(box: TimeBox, sizes: Sizes) -> dict:
             flags = [*common, "--mixed-precision", precision, "--out", out] + (["--deepspeed", str(stage)] if stage else [])
             env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
             try:
-                result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", *flags], cwd=ROOT, env=env,
-                                        capture_output=True, text=True, timeout=box.left())
+                result = run_boxed([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", *flags],
+                                   timeout=box.left(), env=env)
             except subprocess.TimeoutExpired:
                 rows.append({"precision": precision, "engine": label, "error": "not finished: time box"})
                 continue

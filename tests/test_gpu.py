@@ -127,19 +127,18 @@ def test_a_run_with_decode_device_cuda_trains_from_jpegs_decoded_on_the_gpu(run,
     assert records[-1]["data_read"] >= 6 * 8 and records[-1]["data_skipped"] == 0
 
 
-def test_a_prepared_folder_is_read_ahead_into_pinned_batches_and_trains(run, tmp_path):
-    """On a GPU the trainer reads a prepared folder ahead in a thread (train/data/read_ahead.py),
-    into pinned memory on the rank's own device; the batches are the plain stream's."""
+def test_a_prepared_folder_trains_from_pinned_batches_on_the_gpu(run, tmp_path):
+    """On a GPU a prepared folder's batches are copied into pinned memory (the H2D copy does not
+    wait for the step); they are the unpinned stream's."""
     from tests.fixtures import write_image_folder
     from tests.test_prepare import prepared, stream
 
     prepared(str(write_image_folder(tmp_path / "images", rows=24)), tmp_path / "pixels")
-    ahead = stream(tmp_path / "pixels", batch=8, read_ahead=2, pin_memory=True, hflip=True)
+    pinned = stream(tmp_path / "pixels", batch=8, pin_memory=True, hflip=True)
     plain = stream(tmp_path / "pixels", batch=8, hflip=True)
     for _ in range(5):
-        batch = next(ahead)
+        batch = next(pinned)
         assert batch.is_pinned() and torch.equal(batch, next(plain))
-    ahead.close()
     out = tmp_path / "run"
     result = run("train/dcgan.py", "--debug", "--data", f"prepared:{tmp_path / 'pixels'}", "--max-steps", "6",
                  "--log-every", "3", "--out", str(out))

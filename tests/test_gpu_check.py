@@ -4,6 +4,7 @@ whole `--cpu-smoke` run (tests/data/gpu_check_cpu_smoke.json, made by `python be
 --cpu-smoke`) is rendered and checked. The options, lucidrains and DeepSpeed parts time what
 tests/test_zero.py, tests/test_precision.py and tests/test_lightweight.py prove."""
 import json
+import subprocess
 import sys
 
 import pytest
@@ -139,3 +140,18 @@ def test_the_speed_rows_are_measured_bf16_first_and_reported_in_table_order(monk
     assert {(row.trainer, row.resolution) for row in calls[: precisions.count("bf16")]} == {(r.trainer, r.resolution) for r in sizes.rows}
     assert [(r["trainer"], r["resolution"], r["precision"]) for r in result["rows"]] == [
         (row.trainer, row.resolution, row.precision) for row in sizes.rows]
+
+
+def test_a_command_past_its_time_box_is_killed_with_the_processes_it_started(tmp_path):
+    """A timed-out torchrun must not leave its trainer on the GPU for the parts after it."""
+    import psutil
+
+    from bench.gpu_check import finish, start
+
+    child = "import subprocess, sys, time; print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']).pid, flush=True); time.sleep(600)"
+    process = start([sys.executable, "-c", child])
+    grandchild = psutil.Process(int(process.stdout.readline()))  # started: the line says so
+    with pytest.raises(subprocess.TimeoutExpired):
+        finish(process, timeout=0.01)
+    assert process.returncode is not None
+    grandchild.wait(timeout=60)  # psutil.TimeoutExpired while it runs on

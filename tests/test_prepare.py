@@ -40,9 +40,9 @@ def prepared(source: str, to, resolution: int = 32, workers: int = 0, **options)
     return prepare(request)
 
 
-def stream(folder, rank: int = 0, world: int = 1, batch: int = 4, read_ahead: int = 0, pin_memory: bool = False, **options):
+def stream(folder, rank: int = 0, world: int = 1, batch: int = 4, pin_memory: bool = False, **options):
     options = DataOptions(parse_data_spec(f"prepared:{folder}"), resolution=32, **{"hflip": False, "shuffle_buffer": 8, **options})
-    return open_stream(options, batch_size=batch, seed=0, rank=rank, world_size=world, read_ahead=read_ahead, pin_memory=pin_memory)
+    return open_stream(options, batch_size=batch, seed=0, rank=rank, world_size=world, pin_memory=pin_memory)
 
 
 def read_rows(source, batches: int) -> list[int]:

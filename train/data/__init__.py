@@ -45,11 +45,9 @@ class BatchStream(Protocol):
 
 
 def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, world_size: int,
-                pin_memory: bool = False, read_ahead: int = 0) -> BatchStream:
+                pin_memory: bool = False) -> BatchStream:
     """This rank's endless stream of batches of `batch_size`. Generated sources use only the
-    resolution of `options`; the streamed ones (hub, parquet, folder) all of it. `read_ahead`: the
-    batches a prepared folder's in-process reader keeps ready in a thread (read_ahead.py; the
-    streamed sources' DataLoader workers read ahead already)."""
+    resolution of `options`; the streamed ones (hub, parquet, folder) all of it."""
     spec = options.spec
     if spec.kind in ("toy", "synthetic"):
         from train.data.generated import SyntheticImageStream, ToyStream
@@ -64,12 +62,7 @@ def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, 
     if spec.kind == "prepared":
         from train.data.prepared_stream import PreparedStream
 
-        prepared = PreparedStream(options, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
-        if not read_ahead:
-            return prepared
-        from train.data.read_ahead import ReadAhead
-
-        return ReadAhead(prepared, read_ahead)
+        return PreparedStream(options, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
     # datasets and pyarrow cost seconds to import: only runs that stream encoded images pay them.
     from train.data.streaming import StreamingImages
 

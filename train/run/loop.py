@@ -112,12 +112,9 @@ def _train(config: TrainConfig, make_objective: ObjectiveFactory, accelerator: A
            wandb: Wandb, failpoints: Failpoints) -> RunEnd:
     """The run's life: build, restore, then step, report and checkpoint until it stops."""
     training = build_training(config, accelerator, make_objective)
-    # On a GPU a prepared folder is read ahead while the GPU computes (train/data/read_ahead.py); on
-    # the CPU the step's threads take the cores, and its batch waits 0.6% of a step (README).
-    on_gpu = accelerator.device.type == "cuda"
     stream = open_stream(config.data_options, batch_size=config.batch_size, seed=config.seed,
                          rank=accelerator.process_index, world_size=accelerator.num_processes,
-                         pin_memory=on_gpu, read_ahead=2 if on_gpu else 0)
+                         pin_memory=accelerator.device.type == "cuda")
     threads = set_threads(config.threads, stream.workers)
     accelerator.print(threads.line())
     profiler = StepProfiler(config.profile, Path(config.out), accelerator.process_index,
