@@ -1,7 +1,7 @@
 """What the Kaggle and Colab notebooks run: find or restore the run, pick processes and precision
-from the GPUs, take the W&B key from the platform's secrets, then one `accelerate launch` of a
-trainer with --time-limit and --resume auto. The notebooks only set parameters and call
-`kaggle_session` or `colab_session`.
+from the GPUs, take the W&B key from the platform's secrets, then run the trainer with --time-limit
+and --resume auto: itself for one process, through `accelerate launch` for several or DeepSpeed.
+The notebooks only set parameters and call `kaggle_session` or `colab_session`.
 """
 import json
 import os
@@ -41,6 +41,13 @@ class Session:
     prepare_workers: int | None = None  # decoding processes; None: one per CPU
 
     def command(self) -> list[str]:
+        script = str(ROOT / "train" / f"{self.trainer}.py")
+        run = ["--out", str(self.out), "--resume", "auto"] + (["--time-limit", self.time_limit] if self.time_limit else [])
+        if self.processes == 1 and not self.deepspeed:
+            # One process needs no launcher (README, Launching): the trainer's flag sets the precision,
+            # one interpreter start less, and a stop at the time limit (exit 75) is not reported as
+            # accelerate launch's CalledProcessError traceback.
+            return [sys.executable, script, "--mixed-precision", self.precision, *run, *self.flags]
         launch = ["accelerate", "launch"]
         if self.deepspeed:
             # Never --cpu: it drops DeepSpeed; the config runs on the CPU too where there is no GPU.
@@ -48,15 +55,10 @@ class Session:
             launch += ["--config_file", str(config), "--num_processes", str(self.processes), "--mixed_precision", self.precision]
         elif self.precision == "no":
             launch += ["--cpu", "--mixed_precision", "no", "--num_processes", str(self.processes)]
-        elif self.processes > 1:
+        else:
             config = ROOT / "launch" / "accelerate" / f"multi_gpu_{self.precision}.yaml"
             launch += ["--config_file", str(config), "--num_processes", str(self.processes)]
-        else:
-            launch += ["--config_file", str(ROOT / "accelerate_config.yaml"), "--mixed_precision", self.precision]
-        trainer = [str(ROOT / "train" / f"{self.trainer}.py"), "--out", str(self.out), "--resume", "auto"]
-        if self.time_limit:
-            trainer += ["--time-limit", self.time_limit]
-        return [*launch, *trainer, *self.flags]
+        return [*launch, script, *run, *self.flags]
 
 
 def gpu_setup(requested_processes: int | None = None) -> tuple[int, str]:

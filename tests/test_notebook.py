@@ -2,6 +2,7 @@
 executed top to bottom on the CPU (papermill), Kaggle's twice to continue from an attached output."""
 import json
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,10 +46,10 @@ def test_two_t4s_train_with_the_fp16_multi_gpu_config():
     ]
 
 
-def test_one_a100_trains_with_bf16_and_the_cpu_with_cpu_processes():
-    a100 = Session("wgangp", Path("/o"), 1, "bf16", None).command()
-    assert a100[:6] == ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--mixed_precision", "bf16"]
-    assert "--time-limit" not in a100
+def test_one_a100_trains_with_bf16_in_the_trainers_own_process_and_the_cpu_with_cpu_processes():
+    a100 = Session("wgangp", Path("/o"), 1, "bf16", None, ["--batch-size", "32"]).command()
+    assert a100 == [sys.executable, str(ROOT / "train/wgangp.py"), "--mixed-precision", "bf16", "--out", "/o", "--resume", "auto",
+                    "--batch-size", "32"]
     cpu = Session("wgangp", Path("/o"), 2, "no", None).command()
     assert cpu[:7] == ["accelerate", "launch", "--cpu", "--mixed_precision", "no", "--num_processes", "2"]
 
@@ -99,13 +100,13 @@ def test_dry_runs_print_the_command_of_each_notebook_path(tmp_path, capsys, no_w
     colab = colab_session("lightweight_gan", "r", [], None, drive=tmp_path / "drive", fallback=tmp_path / "content")
     assert run(kaggle, dry_run=True) == 0 and run(colab, dry_run=True) == 0
     printed = capsys.readouterr().out
-    assert f"train/wgangp.py --out {tmp_path}/working/r --resume auto --time-limit 11h30m --debug" in printed
-    assert f"train/lightweight_gan.py --out {tmp_path}/content/r --resume auto" in printed
+    assert f"train/wgangp.py --mixed-precision no --out {tmp_path}/working/r --resume auto --time-limit 11h30m --debug" in printed
+    assert f"train/lightweight_gan.py --mixed-precision no --out {tmp_path}/content/r --resume auto" in printed
     assert "Google Drive is not mounted" in printed
     assert not (tmp_path / "working").exists()  # a dry run touches nothing
     dcgan = kaggle_session("dcgan", "d", ["--label-jitter", "0.1"], None, inputs=tmp_path / "in", working=tmp_path / "working")
     assert run(dcgan, dry_run=True) == 0
-    assert f"train/dcgan.py --out {tmp_path}/working/d --resume auto --label-jitter 0.1" in capsys.readouterr().out
+    assert f"train/dcgan.py --mixed-precision no --out {tmp_path}/working/d --resume auto --label-jitter 0.1" in capsys.readouterr().out
 
 
 def test_a_streamed_source_is_prepared_once_and_the_next_session_takes_it_from_the_attached_output(tmp_path, capsys):
