@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         images, prepared = Path(tmp) / "images", Path(tmp) / "prepared"
         draw_folder(images, args.images, args.source_size)
-        subprocess.run([sys.executable, "-m", "train.data", "prepare", str(images), "--resolution", str(args.resolution),
-                        "--to", str(prepared)], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        made = subprocess.run([sys.executable, "-m", "train.data", "prepare", str(images), "--resolution", str(args.resolution),
+                               "--to", str(prepared)], cwd=ROOT, env=env, capture_output=True, text=True)
+        if made.returncode != 0:
+            print(f"error: prepare failed: {made.stderr.strip()[-2000:]}", file=sys.stderr)
+            return 1
         command = [sys.executable, args.trainer, *(["--debug"] if args.debug else []), "--data", f"prepared:{prepared}",
                    "--resolution", str(args.resolution), "--max-steps", str(args.steps), "--log-every", str(args.log_every),
                    "--sample-every", "1000000", "--ckpt-every", "1000000", "--wandb-mode", "disabled", *args.trainer_args]
