@@ -269,11 +269,11 @@ def test_evaluate_needs_a_run_folder(tmp_path, capsys):
 def test_training_evaluates_fid_every_k_steps_and_evaluate_py_scores_the_run(tmp_path):
     weights = write_stand_in_inception_weights(tmp_path / INCEPTION_WEIGHTS)
     out, cache = tmp_path / "run", tmp_path / "cache"
-    fid_flags = ["--fid-samples", "16", "--fid-weights", str(weights), "--fid-cache", str(cache)]
+    fid_flags = ["--fid-samples", "8", "--fid-weights", str(weights), "--fid-cache", str(cache)]
     result = run_in_process_where_possible("train/wgangp.py", "--debug", "--max-steps", "4", "--fid-every", "2", *fid_flags, "--out", str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [r for r in read_metrics(out / "metrics.jsonl") if "fid" in r]
-    assert [r["step"] for r in lines] == [2, 4] and all(r["fid_samples"] == 16 for r in lines)
+    assert [r["step"] for r in lines] == [2, 4] and all(r["fid_samples"] == 8 for r in lines)
     assert all(math.isfinite(r[k]) for r in lines for k in ("fid", "kid_mean", "kid_std"))
     assert len(list(cache.glob("*.safetensors"))) == 1  # the real features, computed once
 
