@@ -225,6 +225,10 @@ def finish(process: subprocess.Popen, timeout: float) -> subprocess.CompletedPro
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         raise subprocess.TimeoutExpired(process.args, timeout, output=stdout, stderr=stderr) from None
+    except BaseException:  # a Ctrl-C here: the group has a session of its own, which the terminal's signal misses
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 

@@ -155,3 +155,13 @@ def test_a_command_past_its_time_box_is_killed_with_the_processes_it_started(tmp
         finish(process, timeout=0.01)
     assert process.returncode is not None
     grandchild.wait(timeout=60)  # psutil.TimeoutExpired while it runs on
+
+    def interrupted(timeout=None):
+        raise KeyboardInterrupt  # a Ctrl-C while the check waits: its own session does not get it
+
+    process = start([sys.executable, "-c", child])
+    grandchild = psutil.Process(int(process.stdout.readline()))
+    process.communicate = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        finish(process, timeout=600)
+    grandchild.wait(timeout=60)
