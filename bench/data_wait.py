@@ -12,7 +12,6 @@ for the next batch (train/run/report.py); the issue's goal is under 0.02. Prints
 the median window and the largest, and the median images per second.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data_throughput import face_sized_jpeg
+from train.report.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,11 +32,6 @@ def draw_folder(folder: Path, images: int, size: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(images):
         (folder / f"{i:05d}.jpg").write_bytes(face_sized_jpeg(rng, size))
-
-
-def windows(metrics: Path) -> list[dict]:
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [row for row in rows if "data_wait_frac" in row]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             if result.returncode != 0:
                 print(f"| {run + 1} | failed: {(result.stderr.strip().splitlines() or ['no output'])[-1][:200]} | | | |")
                 continue
-            rows = windows(out / "metrics.jsonl")
+            rows = [row for row in read_metrics(out / "metrics.jsonl") if "data_wait_frac" in row]
             waits = [row["data_wait_frac"] for row in rows]
             rates = [row["img_per_s"] for row in rows if "img_per_s" in row]
             print(f"| {run + 1} | {len(rows)} | {statistics.median(waits):.4f} | {max(waits):.4f} | "
