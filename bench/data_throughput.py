@@ -50,13 +50,15 @@ def drawn_jpegs(images: int) -> list[bytes]:
     return [face_sized_jpeg(rng) for _ in range(images)]
 
 
-def write_shards(folder: Path, images: int, shards: int = 2) -> tuple[str, list[bytes]]:
+def write_shards(folder: Path, images: int, shards: int = 2, distinct: int | None = None) -> tuple[str, list[bytes]]:
+    """`images` rows in `shards` parquet files, as `datasets` writes them, tiling `distinct` drawn
+    JPEGs (all distinct by default); returns the files' glob and the drawn JPEGs."""
     import datasets  # here, not at the top: the prepared table runs without it (a GPU machine may lack it)
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    blobs = drawn_jpegs(images)
+    blobs = drawn_jpegs(min(images, distinct or images))
     for shard, ids in enumerate(np.array_split(np.arange(images), shards)):
-        rows = [{"image": {"bytes": blobs[i], "path": None}, "label": int(i)} for i in ids]
+        rows = [{"image": {"bytes": blobs[i % len(blobs)], "path": None}, "label": int(i)} for i in ids]
         datasets.Dataset.from_list(rows, features=features).to_parquet(str(folder / f"train-{shard:05d}.parquet"))
     return str(folder / "*.parquet"), blobs
 

@@ -1,6 +1,6 @@
 """The first pass of `prepare`, in images per second per decoding process, against a plain decode loop.
 
-    python bench/prepare_speed.py [--images 1920] [--rows-per-shard 480] [--resolutions 64 256 1024] [--workers 0 2] [--repeats 3]
+    python bench/prepare_speed.py [--images 1920] [--distinct N] [--rows-per-shard 480] [--resolutions 64 256 1024] [--workers 0 2] [--repeats 3]
 
 The same 1024x1024 JPEGs as bench/data_throughput.py (drawn, never downloaded) in local parquet
 shards. The loop runs `decode_image` over the JPEG bytes in memory on one core; `prepare` reads the
@@ -16,11 +16,19 @@ to the host, pages never used, or freed a few seconds ago, come back through the
 cost far more than a copy. "loop + writing" is the rate the loop would have if it also wrote its
 pixels at that speed: the ceiling for any program that decodes and then writes, on one core.
 
-Write, loop and prepare are timed in turns, `--repeats` times: each cell is the median, the range
+With N > 1 workers, N decoding processes share the machine's cores, caches and memory, as N plain
+loops side by side would: so the loop is also run in N processes at once, started together, each
+over its own copy of the first SIDE_BY_SIDE_ROWS JPEGs, and "loops side by side" is their mean rate
+per process (one loop alone runs with the other cores idle, taking the system's own work).
+
+Write, loop(s) and prepare are timed in turns, `--repeats` times: each cell is the median, the range
 follows in brackets, and each ratio pairs a prepare timing with the loop and write timed just
 before it, so load from other processes moves them together.
 """
 import argparse
+import glob
+import math
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -31,6 +39,10 @@ from pathlib import Path
 import numpy as np
 
 WRITE_CHUNK = 16 << 20  # the reused buffer the page-cache timing writes from
+# JPEGs each side-by-side loop holds, cycled through as loop_rate cycles through its own: 220 MB,
+# far beyond the caches as the whole set is. With every row (1.8 GB a loop at 7,680), the memory the
+# loops freed just before `prepare` slowed it from 0.88 to 0.78 of the loop (2 workers, 64 px).
+SIDE_BY_SIDE_ROWS = 960
 
 
 def prepare_rate(source: str, to: Path, resolution: int, workers: int, images: int, rows_per_shard: int) -> float:
@@ -47,6 +59,42 @@ def prepare_rate(source: str, to: Path, resolution: int, workers: int, images: i
     return images / elapsed / max(1, workers)
 
 
+def side_by_side_rate(source: str, resolution: int, processes: int, images: int) -> float:
+    """Images per second per process of `processes` plain decode loops run at once, each over its own
+    copy of the source's first JPEGs (read before the clock). Spawned: this process holds torch's
+    and Arrow's threads, and a forkserver started here would be the one `prepare`'s workers then
+    come from, without the modules `prepare` has it preload (0.15-0.2 s more per worker start)."""
+    context = multiprocessing.get_context("spawn")
+    start, rates = context.Barrier(processes + 1), context.SimpleQueue()
+    loops = [context.Process(target=_timed_loop, args=(source, resolution, images, start, rates)) for _ in range(processes)]
+    for loop in loops:
+        loop.start()
+    start.wait(timeout=600)  # every loop has read its bytes: the clocks start together
+    per_process = [rates.get() for _ in loops]
+    for loop in loops:
+        loop.join()
+        assert loop.exitcode == 0, f"a side-by-side loop exited with {loop.exitcode}"
+    return statistics.mean(per_process)
+
+
+def _timed_loop(source: str, resolution: int, images: int, start, rates) -> None:
+    import pyarrow.parquet as pq
+
+    from train.data.decode import decode_pixels  # decode_image's pixels, without torch
+
+    blobs = []
+    for path in sorted(glob.glob(source)):
+        if len(blobs) < SIDE_BY_SIDE_ROWS:
+            cells = pq.read_table(path, columns=["image"]).column("image").combine_chunks()
+            blobs += cells.field("bytes").slice(0, SIDE_BY_SIDE_ROWS - len(blobs)).to_pylist()
+    decode_pixels(blobs[0], resolution)  # as loop_rate is timed warm
+    start.wait(timeout=600)
+    began = time.perf_counter()
+    for i in range(images):
+        decode_pixels(blobs[i % len(blobs)], resolution)
+    rates.put(images / (time.perf_counter() - began))
+
+
 def page_cache_rate(path: Path, size: int) -> float:
     """Bytes per second a new file of `size` bytes takes, written from one reused buffer (no fsync:
     prepare's shards are not synced either)."""
@@ -60,9 +108,17 @@ def page_cache_rate(path: Path, size: int) -> float:
     return size / elapsed
 
 
+def ratio_spread(rates: list[float], bases: list[float]) -> str:
+    """Each timing over the base timed just before it: the median, then the range."""
+    ratios = [rate / base for rate, base in zip(rates, bases)]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1920, help="JPEGs in the shards (one first pass each timing)")
+    parser.add_argument("--distinct", type=int, default=None,
+                        help="JPEGs drawn, tiled to --images (default: all distinct): CelebA-HQ's 30,000 rows without drawing 30,000")
     parser.add_argument("--rows-per-shard", type=int, default=480,
                         help="prepare's shards: at least a parquet row group (430 rows here, as datasets writes them), as in a real preparation")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256, 1024])
@@ -74,30 +130,32 @@ def main() -> None:
     # `python -m train.data prepare` (its main module imports neither) does not pay.
     from bench.data_throughput import loop_rate, spread, write_shards
 
-    if min(args.images, args.repeats, args.rows_per_shard) < 1 or min(args.workers) < 0:
-        parser.error("--images, --repeats and --rows-per-shard must be at least 1, --workers 0 or more")
+    if min(args.images, args.repeats, args.rows_per_shard) < 1 or (args.distinct is not None and args.distinct < 1) or min(args.workers) < 0:
+        parser.error("--images, --distinct, --repeats and --rows-per-shard must be at least 1, --workers 0 or more")
     with tempfile.TemporaryDirectory() as tmp:
-        source, blobs = write_shards(Path(tmp), args.images)
+        # files of at most 4,000 rows (930 MB): datasets holds a file's table in memory to write it
+        source, blobs = write_shards(Path(tmp), args.images, shards=max(2, math.ceil(args.images / 4000)), distinct=args.distinct)
         loop_rate(blobs, 64, min(32, args.images))  # warm: the first decodes pay for imports and caches
-        print(f"{args.images} JPEGs of 1024x1024, {args.rows_per_shard} rows a shard, {args.repeats} timings per cell, median (range)\n")
-        print("| output | workers | page cache, new data | plain decode loop, 1 core | loop + writing | prepare, per decoding process"
-              " | prepare / loop | prepare / (loop + writing) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"{args.images} JPEGs of 1024x1024 ({len(blobs)} distinct, tiled; the loops cycle through them), {args.rows_per_shard} rows a shard,"
+              f" {args.repeats} timings per cell, median (range)\n")
+        print("| output | workers | page cache, new data | plain decode loop, 1 core | loops side by side, per process | loop + writing"
+              " | prepare, per decoding process | prepare / loop | prepare / loops side by side | prepare / (loop + writing) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for resolution in args.resolutions:
             image_bytes = 3 * resolution**2
             for workers in args.workers:
-                writes, loops, rates = [], [], []
+                writes, loops, beside, rates = [], [], [], []
                 for repeat in range(args.repeats):
                     writes.append(page_cache_rate(Path(tmp) / "page-cache.bin", args.images * image_bytes))
                     loops.append(loop_rate(blobs, resolution, args.images))
+                    if workers > 1:
+                        beside.append(side_by_side_rate(source, resolution, workers, args.images))
                     rates.append(prepare_rate(source, Path(tmp) / "prepared", resolution, workers, args.images, args.rows_per_shard))
                 bounds = [1 / (1 / loop + image_bytes / write) for loop, write in zip(loops, writes)]
-                ratios = [rate / loop for rate, loop in zip(rates, loops)]
-                bounded = [rate / bound for rate, bound in zip(rates, bounds)]
                 print(f"| {resolution} | {workers or 'in-process'} | {spread([w / 1e6 for w in writes], ',.0f')} MB/s | {spread(loops, '.0f')} img/s"
-                      f" | {spread(bounds, '.0f')} img/s | {spread(rates, '.0f')} img/s"
-                      f" | {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-                      f" | {statistics.median(bounded):.2f} ({min(bounded):.2f}-{max(bounded):.2f}) |", flush=True)
+                      f" | {spread(beside, '.0f') + ' img/s' if beside else '-'} | {spread(bounds, '.0f')} img/s | {spread(rates, '.0f')} img/s"
+                      f" | {ratio_spread(rates, loops)} | {ratio_spread(rates, beside) if beside else '-'} | {ratio_spread(rates, bounds)} |", flush=True)
+
 
 
 if __name__ == "__main__":
