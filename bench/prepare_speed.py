@@ -40,8 +40,7 @@ import numpy as np
 
 WRITE_CHUNK = 16 << 20  # the reused buffer the page-cache timing writes from
 # JPEGs each side-by-side loop holds, cycled through as loop_rate cycles through its own: 220 MB,
-# far beyond the caches as the whole set is. With every row (1.8 GB a loop at 7,680), the memory the
-# loops freed just before `prepare` slowed it from 0.88 to 0.78 of the loop (2 workers, 64 px).
+# far beyond the caches as the whole set is, where every row would be 1.8 GB a loop at 7,680.
 SIDE_BY_SIDE_ROWS = 960
 
 
@@ -107,8 +106,9 @@ def page_cache_rate(path: Path, size: int) -> float:
 
 def ratio_spread(rates: list[float], bases: list[float]) -> str:
     """Each timing over the base timed just before it: the median, then the range."""
-    ratios = [rate / base for rate, base in zip(rates, bases)]
-    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+    from bench.data_throughput import spread
+
+    return spread([rate / base for rate, base in zip(rates, bases)], ".2f")
 
 
 def main() -> None:
