@@ -1,10 +1,12 @@
 """Decoded images per second from local parquet shards of 1024x1024 JPEGs.
 
-    python bench/data_throughput.py [--images 96] [--timed 192] [--repeats 3] [--workers 1 2]
+    python bench/data_throughput.py [--images 96] [--rows 960] [--timed 192] [--repeats 3] [--workers 1 2]
 
 Rows: output resolution. Columns: one decoding core in a plain loop (decode_image over the JPEG
 bytes in memory, no DataLoader), then the training pipeline (StreamingImages: datasets streaming +
-StatefulDataLoader workers) per process and per worker, and per worker as a fraction of the loop.
+StatefulDataLoader workers decoding into reused shared memory, train/data/batch_slots.py) per
+process and per worker, and per worker as a fraction of the loop. `--rows` tiles the JPEGs into
+larger parquet files: the pipeline then also pays for reading files of a realistic size.
 Loop and pipelines are timed in turns, `--repeats` times: each cell is the median, the range
 follows in brackets, and each ratio pairs a pipeline with the loop timed just before it, so load
 from other processes on the machine moves both (and no timing overlaps a pipeline's prefetching,
@@ -160,7 +162,9 @@ def spread(values: list[float], form: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=96, help="JPEGs in the shards")
+    parser.add_argument("--images", type=int, default=96, help="JPEGs drawn")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="rows in the shards, tiling the JPEGs (default: one each); CelebA-HQ's files hold thousands")
     parser.add_argument("--timed", type=int, default=192, help="images decoded per timing")
     parser.add_argument("--repeats", type=int, default=3, help="timings per cell, taken in turns")
     parser.add_argument("--warmup", type=int, default=384, help="images a pipeline yields before it is timed")
@@ -183,7 +187,7 @@ def decode_table(args: argparse.Namespace) -> None:
 
     datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory() as tmp:
-        glob, blobs = write_shards(Path(tmp), args.images, shards=max(args.workers))
+        glob, blobs = write_shards(Path(tmp), args.rows or args.images, shards=max(args.workers), distinct=args.images)
         rows = []
         for resolution in args.resolutions:
             pipelines = [Pipeline(glob, resolution, w, args.warmup, args.batch) for w in args.workers]
@@ -198,9 +202,14 @@ def decode_table(args: argparse.Namespace) -> None:
             for pipeline, rate, ratio in zip(pipelines, rates, ratios):
                 per_worker = [r / pipeline.workers for r in rate]
                 cells += [f"{spread(rate, '.0f')} / {spread(per_worker, '.0f')} img/s", f"{spread(ratio, '.2f')}"]
+                # the bench drops each batch at once, so its workers should always find a free slot
+                made_new = pipeline.stream.batches_in_new_memory
+                if made_new:
+                    print(f"{resolution} px, {pipeline.workers} workers: {made_new} batches in new shared memory (no free slot)")
                 pipeline.stream.close()
             rows.append(cells)
-        print(f"{args.images} JPEGs of 1024x1024, {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each on average;"
+        print(f"{args.images} JPEGs of 1024x1024 in {args.rows or args.images} rows of {max(args.workers)} parquet files,"
+              f" {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each on average;"
               f" {args.timed} images a timing, {args.repeats} timings a cell: median (min-max)")
         header = ["output", "1 core, plain decode loop"]
         for w in args.workers:

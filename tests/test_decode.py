@@ -12,6 +12,7 @@ from train.data.decode import (
     ExtremeImage,
     SmallSourceWarning,
     decode_image,
+    decode_pixels,
     max_source_pixels,
 )
 
@@ -90,11 +91,23 @@ def test_unreadable_bytes_raise(data):
 SIDE = 64  # decoded at resolution SIDE: no resize, so pixels compare exactly
 
 
-def test_an_rgb_image_comes_out_channels_first_and_contiguous_with_its_own_pixels():
-    pixels = np.random.default_rng(0).integers(0, 256, (SIDE, SIDE + 8, 3), dtype=np.uint8)  # not square: cropped
+@pytest.mark.parametrize("width", [SIDE + 8, SIDE])  # cropped, or already the size (nothing copied)
+def test_an_rgb_image_comes_out_channels_first_and_contiguous_with_its_own_pixels(width):
+    pixels = np.random.default_rng(0).integers(0, 256, (SIDE, width, 3), dtype=np.uint8)
     out = decode_image(png_bytes(Image.fromarray(pixels)), resolution=SIDE)
     assert out.is_contiguous() and out.shape == (3, SIDE, SIDE)
-    assert np.array_equal(out.numpy(), pixels[:, 4:-4].transpose(2, 0, 1))
+    left = (width - SIDE) // 2
+    assert np.array_equal(out.numpy(), pixels[:, left : left + SIDE].transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("width", [SIDE + 8, SIDE])
+def test_a_mirrored_decode_is_the_image_flipped_written_into_the_rows_given(width):
+    """How decoding workers write a batch (train/data/batch_slots.py): flipped as decoded, into its row."""
+    data = png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 256, (SIDE, width, 3), dtype=np.uint8)))
+    rows = np.zeros((2, 3, SIDE, SIDE), np.uint8)
+    written = decode_pixels(data, SIDE, mirrored=True, out=rows[1])
+    assert np.shares_memory(written, rows[1])
+    assert np.array_equal(rows[1], decode_pixels(data, SIDE)[..., ::-1]) and not rows[0].any()
 
 
 @pytest.mark.parametrize("format", ["PNG", "PPM"])  # Pillow opens a 16-bit PGM as int32 "I": the file says 16 bits

@@ -145,3 +145,18 @@ def test_a_prepared_folder_trains_from_pinned_batches_on_the_gpu(run, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     records = read_metrics(out / "metrics.jsonl")
     assert records[-1]["data_read"] >= 6 * 8 and all(np.isfinite(r["d_loss"]) for r in records)
+
+
+def test_streamed_batches_arrive_pinned_and_their_workers_slots_are_free_at_once(tmp_path):
+    """Decoding workers write into reused slots (train/data/batch_slots.py); pinning copies each
+    batch, so every batch can be held while the slots go on being reused."""
+    from tests.fixtures import write_parquet_shards
+    from tests.test_batch_slots import BATCHES, decoded, stream
+
+    source = stream(write_parquet_shards(tmp_path, rows=120, shards=2), pin_memory=True)
+    try:
+        held = [next(source) for _ in range(BATCHES)]
+        assert all(batch.is_pinned() and torch.equal(batch, decoded(batch)) for batch in held)
+        assert source.batches_in_new_memory == 0
+    finally:
+        source.close()

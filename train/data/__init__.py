@@ -45,9 +45,11 @@ class BatchStream(Protocol):
 
 
 def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, world_size: int,
-                pin_memory: bool = False) -> BatchStream:
+                pin_memory: bool = False, batches_in_hand: int = 1) -> BatchStream:
     """This rank's endless stream of batches of `batch_size`. Generated sources use only the
-    resolution of `options`; the streamed ones (hub, parquet, folder) all of it."""
+    resolution of `options`; the streamed ones (hub, parquet, folder) all of it. `batches_in_hand`:
+    how many batches the caller holds at once, at most (the streamed sources' decoding workers reuse
+    that many more batches' memory: train/data/batch_slots.py)."""
     spec = options.spec
     if spec.kind in ("toy", "synthetic"):
         from train.data.generated import SyntheticImageStream, ToyStream
@@ -66,7 +68,8 @@ def open_stream(options: DataOptions, *, batch_size: int, seed: int, rank: int, 
     # datasets and pyarrow cost seconds to import: only runs that stream encoded images pay them.
     from train.data.streaming import StreamingImages
 
-    return StreamingImages(options, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
+    return StreamingImages(options, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, pin_memory=pin_memory,
+                           batches_in_hand=batches_in_hand)
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -66,19 +66,23 @@ def row_name(cell: dict, data: bytes) -> str:
 
 
 def decode_image(
-    data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255)
+    data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255),
+    *, mirrored: bool = False,
 ) -> torch.Tensor:
     """`decode_pixels` as a tensor sharing its memory: what the data streams batch."""
     import torch  # here rather than at the top (module docstring); after the first call, a dictionary lookup
 
-    return torch.from_numpy(decode_pixels(data, resolution, celeba_crop, background))
+    return torch.from_numpy(decode_pixels(data, resolution, celeba_crop, background, mirrored=mirrored))
 
 
 def decode_pixels(
-    data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255)
+    data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255),
+    *, mirrored: bool = False, out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Optional centre crop of `celeba_crop` pixels (the aligned-CelebA recipe), short side resized to
-    `resolution`, centre crop; returns a contiguous uint8 (3, resolution, resolution). Raises on unreadable bytes.
+    `resolution`, centre crop, then a horizontal flip if `mirrored`; returns a contiguous uint8
+    (3, resolution, resolution): `out` where given (a batch's row, written only once the image has
+    decoded), else a new array. Raises on unreadable bytes.
 
     Pixel values become 8 bits as follows (`_to_rgb`):
     - 8-bit modes (RGB, L, 1, P, CMYK, YCbCr, ...): Pillow's own conversion to RGB.
@@ -114,9 +118,12 @@ def decode_pixels(
         size = (max(resolution, round(image.width * resolution / short)), max(resolution, round(image.height * resolution / short)))
         if size != image.size:
             image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-        image = image.crop((left, top, left + resolution, top + resolution))
-        return _planar(image)
+        if image.size != (resolution, resolution):  # crop() copies even a box that is the whole image
+            left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+            image = image.crop((left, top, left + resolution, top + resolution))
+        if mirrored:  # Pillow reorders the pixels in its own storage: cheaper than flipping the planes after
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return _planar(image, out)
 
 
 def _opened(data: bytes, resolution: int) -> Image.Image:
@@ -145,13 +152,16 @@ def _check_pixels(what: str, pixels: int, resolution: int) -> None:
         raise ExtremeImage(f"{what}: {pixels / 1e6:.1f} Mpx to decode, over the {cap / 1e6:.1f} Mpx cap at --resolution {resolution}")
 
 
-def _planar(image: Image.Image) -> np.ndarray:
-    """An RGB image as a contiguous uint8 (3, H, W) array: the layout batches are stacked in."""
+def _planar(image: Image.Image, out: np.ndarray | None) -> np.ndarray:
+    """An RGB image as a contiguous uint8 (3, H, W) array, `out` if given: the layout batches are stacked in."""
     # Pillow packs one band at a time straight from its pixel storage. np.asarray(image) gives
     # (H, W, 3) instead, and transposing that into a batch took about two thirds as long as the JPEG
     # decode itself at 1024 px (bench/data_throughput.py, issue 13).
-    bands = [np.frombuffer(image.tobytes("raw", band), np.uint8) for band in "RGB"]
-    return np.stack(bands).reshape(3, image.height, image.width)
+    if out is None:
+        out = np.empty((3, image.height, image.width), np.uint8)
+    for plane, band in zip(out, "RGB"):
+        plane[...] = np.frombuffer(image.tobytes("raw", band), np.uint8).reshape(image.height, image.width)
+    return out
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -165,7 +175,8 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image
         samples = (np.asarray(image, dtype=np.int64) + ((1 << (bits - 1)) if signed else 0)) & ((1 << bits) - 1)
         image = Image.fromarray((samples >> (bits - 8)).astype(np.uint8))
     if image.mode not in ALPHA_MODES and "transparency" not in image.info:
-        return image.convert("RGB")
+        # convert() to the mode an image is in already copies it, 4 MB at 1024 px (Pillow keeps RGB as RGBX)
+        return image if image.mode == "RGB" else image.convert("RGB")
     image = image.convert("RGBA")  # turns a palette or colour-key transparency entry into alpha
     flat = Image.new("RGB", image.size, background)
     flat.paste(image, mask=image.getchannel("A"))

@@ -19,10 +19,13 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from train.common.seeds import SeedPurpose, stream_seed
 from train.common.stop_signals import STOP_SIGNALS
-from train.data.decode import ExtremeImage, ExtremeImageWarning, decode_image, image_bytes, row_name
+from train.data.batch_slots import BatchSlots
+from train.data.decode import ExtremeImage, ExtremeImageWarning, decode_pixels, image_bytes, row_name
 from train.data.device_decode import BrokenBatch, decode_batch, encoded_or_decoded
 from train.data.options import DataOptions
 from train.data.specs import EMPTY_PASSES_LIMIT, DataError, DataSpec, DataSpecError, parquet_files
+
+PREFETCH_FACTOR = 2  # batches each worker has under way or waiting (the DataLoader's default)
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -98,37 +101,54 @@ def shard_for_rank(
     return split_dataset_by_node(dataset, rank=rank, world_size=world_size), how
 
 
+class BatchUnderWay:
+    """The rows decoded so far for one batch: into a BatchSlots slot (`slot`, `rows` its array), or
+    as a list (`slot` None: in the rank's own process, in a worker with no free slot, and for JPEGs
+    left encoded for --decode-device)."""
+
+    def __init__(self, slots: BatchSlots | None, worker: int | None):
+        self.slot = slots.take(worker) if slots is not None and worker is not None else None
+        self.rows = slots.rows(self.slot) if self.slot is not None else []
+        self.flipped: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self.flipped)
+
+
 class DecodedBatches(IterableDataset):
     """Runs inside each DataLoader worker: endless epochs of the worker's shards, decoded into
     uint8 batches that carry how many rows were read and skipped to make them."""
 
     def __init__(self, source: datasets.IterableDataset, column: str, options: DataOptions, batch_size: int,
-                 seed: int, rank: int):
+                 seed: int, rank: int, slots: BatchSlots | None = None, send_slot_pixels: bool = False):
         self.source, self.column, self.batch_size, self.seed, self.rank = source, column, batch_size, seed, rank
         self.resolution, self.celeba_crop, self.hflip = options.resolution, options.celeba_crop, options.hflip
         self.background = options.background
         self.batch_decode_device = options.batch_decode_device
+        # slots: where workers decode (batch_slots.py); with send_slot_pixels (pinned batches) a slot's
+        # pixels travel with its number, for the loader's pinning thread to copy.
+        self.slots, self.send_slot_pixels = slots, send_slot_pixels
         self.epoch = 0
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
-        flips = random.Random(stream_seed(self.seed, self.rank, SeedPurpose.DATA_WORKER + (worker.id if worker else 0)))
-        images, flipped, read, skipped, empty_passes = [], [], 0, 0, 0
+        worker_id = worker.id if worker else None
+        flips = random.Random(stream_seed(self.seed, self.rank, SeedPurpose.DATA_WORKER + (worker_id or 0)))
+        batch, read, skipped, empty_passes = BatchUnderWay(self.slots, worker_id), 0, 0, 0
         while True:
             self.source.set_epoch(self.epoch)
             decoded_this_epoch = 0
             for row in self.source:
                 read += 1
-                image = self._decoded(row[self.column])
-                if image is None:
+                # drawn for every row, skipped or not: the same draws whichever way the batch is made
+                mirrored = self.hflip and flips.random() < 0.5
+                if not self._decoded(row[self.column], mirrored, batch):
                     skipped += 1
                     continue
                 decoded_this_epoch += 1
-                images.append(image)
-                flipped.append(self.hflip and flips.random() < 0.5)
-                if len(images) == self.batch_size:
-                    yield {**self._batch(images, flipped), "read": read, "skipped": skipped}
-                    images, flipped, read, skipped = [], [], 0, 0
+                if len(batch) == self.batch_size:
+                    yield {**self._sent(batch), "read": read, "skipped": skipped}
+                    batch, read, skipped = BatchUnderWay(self.slots, worker_id), 0, 0
             # Passes in a row with nothing readable: another would spin forever. Not one pass: with
             # every Nth row per process, a tiny source's share differs from pass to pass and one
             # pass can hold only its broken files.
@@ -139,26 +159,34 @@ class DecodedBatches(IterableDataset):
                 return
             self.epoch += 1
 
-    def _batch(self, images: list[torch.Tensor], flipped: list[bool]) -> dict:
+    def _sent(self, batch: BatchUnderWay) -> dict:
+        if batch.slot is not None:
+            return {"slot": batch.slot, "images": self.slots.pixels[batch.slot]} if self.send_slot_pixels else {"slot": batch.slot}
         if self.batch_decode_device is not None:  # JPEGs still encoded: the rank decodes, then flips
-            return {"encoded": images, "flipped": torch.tensor(flipped)}
+            return {"encoded": batch.rows, "flipped": torch.tensor(batch.flipped)}
         # In a worker, default_collate stacks straight into shared memory; a torch.stack here would
         # be copied there once more when the batch is sent to the rank.
-        return {"images": default_collate([image.flip(-1) if flip else image for image, flip in zip(images, flipped)])}
+        return {"images": default_collate([torch.from_numpy(row) for row in batch.rows])}
 
-    def _decoded(self, cell: dict) -> torch.Tensor | None:
-        """The row's image; None for a row skipped (and counted): corrupt, truncated or not an image,
-        or an image of extreme shape or size, which a warning names as well."""
+    def _decoded(self, cell: dict, mirrored: bool, batch: BatchUnderWay) -> bool:
+        """Adds the row's image to `batch`; False for a row skipped (and counted): corrupt, truncated
+        or not an image, or an image of extreme shape or size, which a warning names as well."""
         data = b""
         try:
             data = image_bytes(cell)
-            decode = decode_image if self.batch_decode_device is None else encoded_or_decoded
-            return decode(data, self.resolution, self.celeba_crop, self.background)
+            if self.batch_decode_device is not None:
+                batch.rows.append(encoded_or_decoded(data, self.resolution, self.celeba_crop, self.background))
+            elif batch.slot is not None:
+                decode_pixels(data, self.resolution, self.celeba_crop, self.background, mirrored=mirrored, out=batch.rows[len(batch)])
+            else:
+                batch.rows.append(decode_pixels(data, self.resolution, self.celeba_crop, self.background, mirrored=mirrored))
         except ExtremeImage as error:
             warnings.warn(f"skipped {row_name(cell, data)}: {error} (counted in data_skipped)", ExtremeImageWarning, stacklevel=1)
-            return None
+            return False
         except Exception:  # never fatal here: the rank judges the count (check_skipped)
-            return None
+            return False
+        batch.flipped.append(mirrored)
+        return True
 
     def state_dict(self) -> dict:
         # datasets returns its live state: copy it, it moves on with the next row
@@ -183,7 +211,9 @@ class StreamingImages:
     """This rank's endless, resumable stream of uint8 image batches from a `datasets` source."""
 
     def __init__(self, options: DataOptions, *, batch_size: int, seed: int, rank: int, world_size: int,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, batches_in_hand: int = 1):
+        """`batches_in_hand`: how many of its batches the consumer holds at once, at most (sizes the
+        workers' reused batch memory, `slots`)."""
         self.spec = spec = options.spec
         self.options = options
         source, column, how = rank_source(options, rank, world_size)
@@ -191,21 +221,40 @@ class StreamingImages:
         # pass is reshuffled.
         source = source.shuffle(seed=seed, buffer_size=options.shuffle_buffer)
         self.workers = min(options.workers, source.num_shards)
+        self.slots = self._batch_slots(options, batch_size, batches_in_hand, rank) if self.workers else None
         if rank == 0:
             print(f"data {spec}: {how}, {self.workers} decoding worker{'s' if self.workers != 1 else ''} per process", flush=True)
         self.split_description = how
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 on torch >= 2.10
             self.loader = StatefulDataLoader(
-                DecodedBatches(source, column, options, batch_size, seed, rank),
+                DecodedBatches(source, column, options, batch_size, seed, rank, self.slots, send_slot_pixels=pin_memory),
                 batch_size=None,
                 num_workers=self.workers,
                 pin_memory=pin_memory,
                 persistent_workers=self.workers > 0,
                 worker_init_fn=ignore_stop_signals,
+                prefetch_factor=PREFETCH_FACTOR if self.workers else None,
             )
         self._batches: Iterator[dict] | None = None
         self.read = self.skipped = 0
+        self.batches_in_new_memory = 0  # from workers that found no free slot (for the bench and tests)
+
+    def _batch_slots(self, options: DataOptions, batch_size: int, batches_in_hand: int, rank: int) -> BatchSlots | None:
+        """The workers' reused batch memory, or None where they send encoded JPEGs or /dev/shm has
+        no room for it (they then make each batch in new shared memory, as a DataLoader does)."""
+        if options.batch_decode_device is not None:
+            return None
+        per_worker = BatchSlots.per_worker_for(PREFETCH_FACTOR, batches_in_hand, self.workers)
+        try:
+            return BatchSlots(self.workers, per_worker, batch_size, options.resolution)
+        except RuntimeError as error:  # torch's "unable to allocate shared memory(shm) for file ...: No space left on device"
+            if rank == 0:
+                size = self.workers * per_worker * batch_size * 3 * options.resolution**2
+                print(f"data: /dev/shm has no room for {size / 2**20:.0f} MB of reused batches"
+                      f" ({str(error).splitlines()[0].rsplit(': ', 1)[-1]}); each batch takes new shared memory instead"
+                      " (in Docker, a larger --shm-size or --ipc=host)", flush=True)
+            return None
 
     def __iter__(self) -> "StreamingImages":
         return self
@@ -228,7 +277,23 @@ class StreamingImages:
             )
         self.read += batch["read"]
         self.skipped += batch["skipped"]
-        return batch["images"] if "images" in batch else self._decoded_here(batch)
+        if "slot" in batch:
+            return self._from_slot(batch)
+        if "images" in batch:
+            self.batches_in_new_memory += self.slots is not None
+            return batch["images"]
+        return self._decoded_here(batch)
+
+    def _from_slot(self, batch: dict) -> torch.Tensor:
+        """A batch in its worker's slot (batch_slots.py): pinned, it is a copy already and the slot
+        is freed now; else the slot itself, freed when the batch and its views are gone."""
+        if "images" not in batch:
+            return self.slots.lease(batch["slot"])
+        images = batch["images"]
+        if not images.is_pinned():  # pinning asked for, but the loader had no accelerator to pin for
+            images = images.clone()
+        self.slots.free(batch["slot"])
+        return images
 
     def _decoded_here(self, batch: dict) -> torch.Tensor:
         """A batch of encoded JPEGs decoded on --decode-device; a JPEG that fails counts as skipped."""

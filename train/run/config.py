@@ -233,6 +233,11 @@ class TrainConfig:
         mode = "none" if self.augment in self.objective_augments else self.augment
         return AugmentOptions(mode, ada_target=self.ada_target, ada_kimg=self.ada_kimg)
 
+    @property
+    def real_batches_per_step(self) -> int:
+        """Real batches a step draws from the rank's stream before its first update (all held at once)."""
+        return self.critic_steps * self.grad_accum
+
     @functools.cached_property
     def data_options(self) -> DataOptions:
         """The data flags as one value, the spec parsed (a folder listed) once; DataSpecError if bad."""

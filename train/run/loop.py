@@ -114,7 +114,7 @@ def _train(config: TrainConfig, make_objective: ObjectiveFactory, accelerator: A
     training = build_training(config, accelerator, make_objective)
     stream = open_stream(config.data_options, batch_size=config.batch_size, seed=config.seed,
                          rank=accelerator.process_index, world_size=accelerator.num_processes,
-                         pin_memory=accelerator.device.type == "cuda")
+                         pin_memory=accelerator.device.type == "cuda", batches_in_hand=config.real_batches_per_step)
     threads = set_threads(config.threads, stream.workers)
     accelerator.print(threads.line())
     profiler = StepProfiler(config.profile, Path(config.out), accelerator.process_index,
@@ -162,7 +162,7 @@ def build_run(config: TrainConfig, training: Training, stream: BatchStream, stop
     state = TrainState(latent_rng=training.latent_rng, stream=stream, window=StatWindow(), objective=training.objective,
                        monitor=CollapseMonitor(collapse_thresholds(config), critic_key=config.collapse_critic_key),
                        run_id=new_run_id(), world_size=accelerator.num_processes)
-    batches = StepBatches(stream, config.data_options.spec, accelerator.device, config.critic_steps * config.grad_accum)
+    batches = StepBatches(stream, config.data_options.spec, accelerator.device, config.real_batches_per_step)
     noise = InstanceNoise(config.instance_noise, config.instance_noise_decay, config.instance_noise_steps,
                           config.instance_noise_real_only)
     updates = with_failpoints(training.updates, failpoints, lambda: state.step, grads_in_engine=bool(config.deepspeed))

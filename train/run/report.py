@@ -54,7 +54,7 @@ class RunReport:
         means = self.state.window.means(self.accelerator)
         counters, end = self._data_counters(step)
         elapsed = time.perf_counter() - self.window_start
-        real_per_step = config.batch_size * config.critic_steps * config.grad_accum * self.accelerator.num_processes
+        real_per_step = config.batch_size * config.real_batches_per_step * self.accelerator.num_processes
         record = {
             "step": step,
             **means,
