@@ -78,10 +78,10 @@ class Pipeline:
     workers are left to refill before anything else is timed, so no window gets work done in
     another's time."""
 
-    def __init__(self, glob: str, resolution: int, workers: int, warmup: int, batch: int):
+    def __init__(self, glob: str, resolution: int, workers: int, warmup: int, batch: int, pin: bool = False):
         options = DataOptions(parse_data_spec(f"parquet:{glob}"), resolution, workers=workers, shuffle_buffer=16)
         with contextlib.redirect_stdout(io.StringIO()):  # its log line names a temporary folder
-            self.stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1)
+            self.stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1, pin_memory=pin)
         self.batch, self.workers = batch, workers
         self.prefetched = workers * self.stream.loader.prefetch_factor
         self.rate(warmup)
@@ -170,12 +170,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=384, help="images a pipeline yields before it is timed")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--pin", action="store_true", help="batches pinned as a CUDA run's are (the loader's pinning thread copies them)")
     parser.add_argument("--resolutions", type=int, nargs="*", default=[64, 256, 1024], help="resolutions of the decode table (none: no table)")
     parser.add_argument("--prepared", type=int, nargs="*", default=[64, 256], help="resolutions of the prepared table (none: no table)")
     parser.add_argument("--prepared-images", type=int, default=4096)
     parser.add_argument("--prepared-timed", type=int, default=8192, help="images per timing of a prepared stream")
     parser.add_argument("--prepared-batch", type=int, default=64)
     args = parser.parse_args()
+    if args.pin and not torch.cuda.is_available():
+        parser.error("--pin: nothing is pinned without CUDA (the loader would hand the slots over unpinned); drop the flag")
     if args.resolutions:
         decode_table(args)
     if args.prepared:
@@ -190,7 +193,7 @@ def decode_table(args: argparse.Namespace) -> None:
         glob, blobs = write_shards(Path(tmp), args.rows or args.images, shards=max(args.workers), distinct=args.images)
         rows = []
         for resolution in args.resolutions:
-            pipelines = [Pipeline(glob, resolution, w, args.warmup, args.batch) for w in args.workers]
+            pipelines = [Pipeline(glob, resolution, w, args.warmup, args.batch, args.pin) for w in args.workers]
             loop_rate(blobs, resolution, args.warmup)  # after the forks: the parent's heap is copy-on-write too
             loop, rates, ratios = [], [[] for _ in pipelines], [[] for _ in pipelines]
             for _ in range(args.repeats):
@@ -208,7 +211,8 @@ def decode_table(args: argparse.Namespace) -> None:
                     print(f"{resolution} px, {pipeline.workers} workers: {made_new} batches in new shared memory (no free slot)")
                 pipeline.stream.close()
             rows.append(cells)
-        print(f"{args.images} JPEGs of 1024x1024 in {args.rows or args.images} rows of {max(args.workers)} parquet files,"
+        print(f"{args.images} JPEGs of 1024x1024 in {args.rows or args.images} rows of {max(args.workers)} parquet files"
+              f"{', batches pinned' if args.pin else ''},"
               f" {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each on average;"
               f" {args.timed} images a timing, {args.repeats} timings a cell: median (min-max)")
         header = ["output", "1 core, plain decode loop"]

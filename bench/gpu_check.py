@@ -24,8 +24,9 @@ Parts, in order, each with its own time box (a part that runs out leaves its rem
    metrics.jsonl (needs deepspeed installed; without it, the reason).
 7. data: bench/decode_device.py (--decode-device cuda's decode_jpeg batches against one CPU core's
    decode_image loop, at 512 and 1024 px), bench/data_throughput.py's prepared table (prepared
-   shards read into pinned batches, 64 and 256 px), and bench/data_wait.py: data_wait_frac of a 64-px
-   DCGAN fed from prepared shards, debug-sized and at its own sizes.
+   shards read into pinned batches, 64 and 256 px), bench/data_wait.py: data_wait_frac of a 64-px
+   DCGAN fed from prepared shards, debug-sized and at its own sizes, and last bench/data_throughput.py's
+   decode table at 1024 px (1 and 4 workers decoding into reused slots, pinned, against the loop).
 
 Writes report.json and report.md to --report (default bench/reports/<device>-<date>/) and prints
 the Markdown.
@@ -120,7 +121,9 @@ def gpu_sizes() -> Sizes:
         data_commands=(("bench/decode_device.py", "--resolutions", "512", "1024", "--images", "64", "--repeats", "3"),
                        ("bench/data_throughput.py", "--resolutions", "--prepared", "64", "256", "--repeats", "3"),
                        ("bench/data_wait.py", "--runs", "2"),
-                       ("bench/data_wait.py", "--runs", "1", "--no-debug", "--images", "2048", "--steps", "300", "--log-every", "20")),
+                       ("bench/data_wait.py", "--runs", "1", "--no-debug", "--images", "2048", "--steps", "300", "--log-every", "20"),
+                       ("bench/data_throughput.py", "--resolutions", "1024", "--workers", "1", "4", "--rows", "960", "--pin",
+                        "--prepared", "--repeats", "3")),
     )
 
 
@@ -438,7 +441,7 @@ def bench_tables(commands: list[tuple[str, ...]], box: TimeBox) -> list[str]:
 def data(box: TimeBox, sizes: Sizes) -> dict:
     """--decode-device cuda's JPEG batches against one CPU core's decode loop (512 and 1024 px), then
     prepared shards read into pinned batches against a copy-only loop (64 and 256 px), then the time a
-    64-px DCGAN fed from prepared shards waits for its data."""
+    64-px DCGAN fed from prepared shards waits for its data, then the workers' 1024-px decode per core."""
     return {"tables": bench_tables(list(sizes.data_commands), box)}
 
 
