@@ -15,6 +15,7 @@ from train.data import DataOptions, open_stream, parse_data_spec
 from train.data.batch_slots import BatchSlots
 from train.data.decode import decode_image
 from train.data.streaming import PREFETCH_FACTOR
+from train.run.batches import StepBatches
 
 BATCHES = 12  # three times the slots a worker has with one batch in hand
 
@@ -121,3 +122,19 @@ def test_a_dev_shm_too_small_for_the_slots_is_said_in_one_line_and_batches_still
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data: /dev/shm has no room for 30 MB of reused batches (No space left on device" in result.stdout
     assert "slots: None batches: [(10, 3, 512, 512), (10, 3, 512, 512), (10, 3, 512, 512)]" in result.stdout
+
+
+def test_a_step_holding_all_its_critic_batches_never_runs_its_worker_out_of_slots(shards):
+    """WGAN-GP draws its 5 critic batches before the step's first update (train/run/batches.py):
+    the loop opens the stream with that many batches in hand, and the worker's slots cover them."""
+    source = stream(shards, batches_in_hand=5)
+    batches = StepBatches(source, source.spec, torch.device("cpu"), batches_per_step=5)
+    try:
+        assert source.slots.per_worker == PREFETCH_FACTOR + 1 + 5
+        for _ in range(6):
+            assert batches.fill() is None
+            for _ in range(5):
+                batches.next_real()
+        assert source.batches_in_new_memory == 0
+    finally:
+        source.close()
