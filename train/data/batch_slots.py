@@ -69,7 +69,8 @@ class BatchSlots:
         self.state.numpy()[slot] = FREE
 
     def lease(self, slot: int) -> torch.Tensor:
-        """The slot as a tensor; the slot is freed once no tensor or view of it remains."""
+        """The slot as a tensor; the slot is freed once no tensor or view of it remains in this
+        process (a batch sent on to another process would need a copy first: nothing here does)."""
         # torch.from_numpy keeps the array it is given alive as long as the storage: a new array
         # object per lease, whose end frees the slot.
         held = self.pixels[slot].numpy()[...]
