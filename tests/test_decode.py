@@ -1,11 +1,14 @@
 """train/data/decode.py: bytes to a square uint8 image at the training resolution."""
 import io
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import ROOT
 from tests.fixtures import bilevel_png, declared_png, jpeg_bytes
 from train.data.decode import (
     MAX_ASPECT,
@@ -219,3 +222,13 @@ def test_the_pixel_cap_follows_the_resolution_and_counts_what_jpeg_draft_decodes
     assert 7_000**2 > max_source_pixels(32)
     assert decode_image(big, resolution=32).shape == (3, 32, 32)
     assert decode_image(bilevel_png(16 * 32, 32), resolution=32).shape == (3, 32, 32)  # 16:1 is still fine
+
+
+def test_a_source_smaller_than_the_resolution_warns_once_a_process_not_once_an_image():
+    """Python shows a warning once per place and text unless its memory of them is reset, which a
+    catch_warnings() around every open did: one line per image in a run's log."""
+    small = png_bytes(Image.new("RGB", (32, 32), (9, 9, 9)))
+    script = f"from train.data.decode import decode_pixels\nfor _ in range(5):\n    decode_pixels({small!r}, 64)\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("SmallSourceWarning: source images are smaller (32px) than --resolution 64") == 1

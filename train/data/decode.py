@@ -4,6 +4,7 @@ No torch at import: `prepare`'s decoding processes use `decode_pixels` and start
 time without it (train/data/prepare_shards.py)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -128,16 +129,23 @@ def decode_pixels(
 
 def _opened(data: bytes, resolution: int) -> Image.Image:
     """The image, its header read and no pixel decoded yet (Pillow's open is lazy)."""
+    _quiet_pillows_size_warning()
     try:
-        with warnings.catch_warnings():  # Pillow's warning at 89 Mpx: ours is the one that says what happens
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:  # Pillow's own limit (179 Mpx), checked before ours can be
         declared = re.search(r"\((\d+) pixels\)", str(error))
         if declared is None:
             raise ExtremeImage(str(error)) from None
         _check_pixels("the size its header declares", int(declared.group(1)), resolution)
         raise
+
+
+@functools.cache
+def _quiet_pillows_size_warning() -> None:
+    """Pillow warns from 89 Mpx; ours is the message that says what happens (ExtremeImage). Filtered
+    once a process: a catch_warnings() around every open reset Python's memory of the warnings
+    already shown, so a dataset of small images printed its SmallSourceWarning once an image."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _check_shape(width: int, height: int) -> None:
