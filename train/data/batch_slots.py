@@ -46,9 +46,6 @@ class BatchSlots:
         it fills among them) and its share of those the consumer holds at once."""
         return prefetch_factor + 1 + math.ceil(batches_in_hand / workers)
 
-    def nbytes(self) -> int:
-        return self.pixels.numel()
-
     def take(self, worker: int) -> int | None:
         """In worker `worker`: a free slot of its own, now taken, or None when all are in use."""
         state = self.state.numpy()

@@ -67,13 +67,12 @@ def row_name(cell: dict, data: bytes) -> str:
 
 
 def decode_image(
-    data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255),
-    *, mirrored: bool = False,
+    data: bytes, resolution: int, celeba_crop: int = 0, background: tuple[int, int, int] = (255, 255, 255)
 ) -> torch.Tensor:
     """`decode_pixels` as a tensor sharing its memory: what the data streams batch."""
     import torch  # here rather than at the top (module docstring); after the first call, a dictionary lookup
 
-    return torch.from_numpy(decode_pixels(data, resolution, celeba_crop, background, mirrored=mirrored))
+    return torch.from_numpy(decode_pixels(data, resolution, celeba_crop, background))
 
 
 def decode_pixels(

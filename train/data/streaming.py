@@ -11,6 +11,7 @@ import warnings
 from typing import Iterator
 
 import datasets
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from datasets.distributed import split_dataset_by_node
@@ -114,6 +115,15 @@ class BatchUnderWay:
     def __len__(self) -> int:
         return len(self.flipped)
 
+    def next_row(self) -> np.ndarray | None:
+        """Where the next image is decoded: its row of the slot, or None (a new array)."""
+        return self.rows[len(self)] if self.slot is not None else None
+
+    def add(self, image: np.ndarray | torch.Tensor, flipped: bool) -> None:
+        if self.slot is None:
+            self.rows.append(image)
+        self.flipped.append(flipped)
+
 
 class DecodedBatches(IterableDataset):
     """Runs inside each DataLoader worker: endless epochs of the worker's shards, decoded into
@@ -174,18 +184,16 @@ class DecodedBatches(IterableDataset):
         data = b""
         try:
             data = image_bytes(cell)
-            if self.batch_decode_device is not None:
-                batch.rows.append(encoded_or_decoded(data, self.resolution, self.celeba_crop, self.background))
-            elif batch.slot is not None:
-                decode_pixels(data, self.resolution, self.celeba_crop, self.background, mirrored=mirrored, out=batch.rows[len(batch)])
+            if self.batch_decode_device is not None:  # flipped on the device, with the batch
+                image = encoded_or_decoded(data, self.resolution, self.celeba_crop, self.background)
             else:
-                batch.rows.append(decode_pixels(data, self.resolution, self.celeba_crop, self.background, mirrored=mirrored))
+                image = decode_pixels(data, self.resolution, self.celeba_crop, self.background, mirrored=mirrored, out=batch.next_row())
         except ExtremeImage as error:
             warnings.warn(f"skipped {row_name(cell, data)}: {error} (counted in data_skipped)", ExtremeImageWarning, stacklevel=1)
             return False
         except Exception:  # never fatal here: the rank judges the count (check_skipped)
             return False
-        batch.flipped.append(mirrored)
+        batch.add(image, mirrored)
         return True
 
     def state_dict(self) -> dict:
