@@ -10,12 +10,16 @@ larger parquet files: the pipeline then also pays for reading files of a realist
 Loop and pipelines are timed in turns, `--repeats` times: each cell is the median, the range
 follows in brackets, and each ratio pairs a pipeline with the loop timed just before it, so load
 from other processes on the machine moves both (and no timing overlaps a pipeline's prefetching,
-see `Pipeline`). Both are timed once warm (`--warmup` images): for
-its first few hundred images a freshly forked worker pays copy-on-write faults on its parent's
-heap (once per run), and so does the parent's loop after the fork. The shards are drawn here
-(smooth random colour fields with detail), never downloaded.
+see `Pipeline`). Both are timed once warm (`--warmup` images): for its first few hundred images a
+freshly forked worker pays copy-on-write faults on its parent's heap (once per run), and so does
+the parent's loop after the fork. The shards are drawn here (smooth random colour fields with
+detail), never downloaded.
 
-A second table (`--prepared`): images per second per process delivered from prepared shards
+Under it, the CPU time an image took over the same timings: the loop's, the workers' and the
+rank's, and loop / workers, how much of a worker's time goes where the loop's does (steadier
+within a run than the rates: time another virtual machine held the core is not counted).
+
+The prepared table (`--prepared`): images per second per process delivered from prepared shards
 (`--data prepared:DIR`) as training reads them (open_stream: train/data/prepared_stream.py), flips on, against
 the decode loop above and against a copy-only loop (np.frombuffer + stack into a pinned batch, the
 least any reader of raw pixels does): the shards are made from the same JPEGs, tiled to
@@ -30,12 +34,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
+from train.common.cores import usable_cores
 from train.data import DataOptions, open_stream, parse_data_spec
 from train.data.decode import decode_image
 from train.data.prepared import Manifest, Preprocessing, ShardRecord, file_crc32, shard_name
+from train.run.threads import choose_threads
 
 
 def face_sized_jpeg(rng: np.random.Generator, size: int = 1024) -> bytes:
@@ -65,20 +72,30 @@ def write_shards(folder: Path, images: int, shards: int = 2, distinct: int | Non
     return str(folder / "*.parquet"), blobs
 
 
-def loop_rate(blobs: list[bytes], resolution: int, images: int) -> float:
-    start = time.perf_counter()
+def loop_rate(blobs: list[bytes], resolution: int, images: int, cpu: list[float] | None = None) -> float:
+    """Images/s of decode_image in this process; appends the CPU seconds an image took to `cpu`."""
+    start, used = time.perf_counter(), time.process_time()
     for i in range(images):
         decode_image(blobs[i % len(blobs)], resolution)
+    if cpu is not None:
+        cpu.append((time.process_time() - used) / images)
     return images / (time.perf_counter() - start)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()  # every thread's: a worker's queue feeder pickles what it sends
+    return times.user + times.system
 
 
 class Pipeline:
     """One StreamingImages, warmed up, timed over as many windows as asked for. Between windows its
     workers fill their prefetch queues; those batches are taken before the clock starts, and the
     workers are left to refill before anything else is timed, so no window gets work done in
-    another's time."""
+    another's time. The process computes with the intra-op threads a trainer with these workers
+    takes (train/run/threads.py), whose spare threads would otherwise spin on the workers' cores."""
 
     def __init__(self, glob: str, resolution: int, workers: int, warmup: int, batch: int, pin: bool = False):
+        self.threads = choose_threads(usable_cores(), 1, workers).threads
         options = DataOptions(parse_data_spec(f"parquet:{glob}"), resolution, workers=workers, shuffle_buffer=16)
         with contextlib.redirect_stdout(io.StringIO()):  # its log line names a temporary folder
             self.stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1, pin_memory=pin)
@@ -87,14 +104,23 @@ class Pipeline:
         self.rate(warmup)
 
     def rate(self, images: int) -> float:
+        """Images/s over `images`; sets `worker_cpu` and `rank_cpu`, the CPU seconds an image took
+        the workers and this process."""
+        torch.set_num_threads(self.threads)
         for _ in range(self.prefetched):
             next(self.stream)
+        workers = [psutil.Process(worker.pid) for worker in self.stream.loader._iterator._workers]
+        worker_cpu, rank_cpu = sum(map(cpu_seconds, workers)), time.process_time()
         batches = max(1, images // self.batch)
         start = time.perf_counter()
         for _ in range(batches):
             next(self.stream)
         rate = batches * self.batch / (time.perf_counter() - start)
+        rank_cpu = time.process_time() - rank_cpu
         time.sleep(2 * self.prefetched * self.batch / rate)
+        self.rank_cpu = rank_cpu / (batches * self.batch)
+        # from the first batch drained to the prefetch refilled: the timed batches and the refill
+        self.worker_cpu = (sum(map(cpu_seconds, workers)) - worker_cpu) / ((batches + self.prefetched) * self.batch)
         return rate
 
 
@@ -177,6 +203,8 @@ def main() -> None:
     parser.add_argument("--prepared-timed", type=int, default=8192, help="images per timing of a prepared stream")
     parser.add_argument("--prepared-batch", type=int, default=64)
     args = parser.parse_args()
+    if min(args.workers) < 1:
+        parser.error(f"--workers {' '.join(map(str, args.workers))}: the table compares decoding workers with the loop; each count must be 1 or more")
     if args.pin and not torch.cuda.is_available():
         parser.error("--pin: nothing is pinned without CUDA (the loader would hand the slots over unpinned); drop the flag")
     if args.resolutions:
@@ -191,16 +219,20 @@ def decode_table(args: argparse.Namespace) -> None:
     datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory() as tmp:
         glob, blobs = write_shards(Path(tmp), args.rows or args.images, shards=max(args.workers), distinct=args.images)
-        rows = []
+        rows, cpu_rows = [], []
         for resolution in args.resolutions:
             pipelines = [Pipeline(glob, resolution, w, args.warmup, args.batch, args.pin) for w in args.workers]
             loop_rate(blobs, resolution, args.warmup)  # after the forks: the parent's heap is copy-on-write too
-            loop, rates, ratios = [], [[] for _ in pipelines], [[] for _ in pipelines]
+            loop, loop_cpu, rates, ratios = [], [], [[] for _ in pipelines], [[] for _ in pipelines]
+            cpu = [([], [], []) for _ in pipelines]  # per pipeline: worker and rank CPU an image, loop / worker
             for _ in range(args.repeats):
-                loop.append(loop_rate(blobs, resolution, args.timed))
-                for pipeline, rate, ratio in zip(pipelines, rates, ratios):
+                loop.append(loop_rate(blobs, resolution, args.timed, loop_cpu))
+                for pipeline, rate, ratio, (worker, rank, of_loop) in zip(pipelines, rates, ratios, cpu):
                     rate.append(pipeline.rate(args.timed))
                     ratio.append(rate[-1] / pipeline.workers / loop[-1])
+                    worker.append(pipeline.worker_cpu * 1e3)
+                    rank.append(pipeline.rank_cpu * 1e3)
+                    of_loop.append(loop_cpu[-1] / pipeline.worker_cpu)
             cells = [f"{resolution}", f"{spread(loop, '.0f')} img/s"]
             for pipeline, rate, ratio in zip(pipelines, rates, ratios):
                 per_worker = [r / pipeline.workers for r in rate]
@@ -211,6 +243,10 @@ def decode_table(args: argparse.Namespace) -> None:
                     print(f"{resolution} px, {pipeline.workers} workers: {made_new} batches in new shared memory (no free slot)")
                 pipeline.stream.close()
             rows.append(cells)
+            cpu_cells = [f"{resolution}", f"{spread([c * 1e3 for c in loop_cpu], '.2f')} ms"]
+            for worker, rank, of_loop in cpu:
+                cpu_cells += [f"{spread(worker, '.2f')} / {spread(rank, '.2f')} ms", f"{spread(of_loop, '.2f')}"]
+            cpu_rows.append(cpu_cells)
         print(f"{args.images} JPEGs of 1024x1024 in {args.rows or args.images} rows of {max(args.workers)} parquet files"
               f"{', batches pinned' if args.pin else ''},"
               f" {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each on average;"
@@ -221,6 +257,14 @@ def decode_table(args: argparse.Namespace) -> None:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for cells in rows:
+            print("| " + " | ".join(cells) + " |")
+        print("\nCPU time an image, the same timings (the workers' includes reading the rows, the rank's receiving the batches):")
+        header = ["output", "plain decode loop"]
+        for w in args.workers:
+            header += [f"{w} worker{'s' if w > 1 else ''}: workers / rank", "loop / workers"]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for cells in cpu_rows:
             print("| " + " | ".join(cells) + " |")
         print()
 
