@@ -1,6 +1,7 @@
 """Decoded images per second from local parquet shards of 1024x1024 JPEGs.
 
     python bench/data_throughput.py [--images 96] [--rows 960] [--timed 192] [--repeats 3] [--workers 1 2]
+                                    [--rows-from-memory] [--no-flips] [--pin] [--prepared 64 256]
 
 Rows: output resolution. Columns: one decoding core in a plain loop (decode_image over the JPEG
 bytes in memory, no DataLoader), then the training pipeline (StreamingImages: datasets streaming +
@@ -18,6 +19,8 @@ detail), never downloaded.
 Under it, the CPU time an image took over the same timings: the loop's, the workers' and the
 rank's, and loop / workers, how much of a worker's time goes where the loop's does (steadier
 within a run than the rates: time another virtual machine held the core is not counted).
+`--rows-from-memory` and `--no-flips` take away what the loop does not do, reading the rows and
+flipping half the images, to show what each costs.
 
 The prepared table (`--prepared`): images per second per process delivered from prepared shards
 (`--data prepared:DIR`) as training reads them (open_stream: train/data/prepared_stream.py), flips on, against
@@ -87,6 +90,23 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+class RowsInMemory:
+    """A worker's rows from the JPEGs in memory instead of `datasets` (--rows-from-memory): what
+    the pipeline costs beyond the loop once reading costs nothing."""
+
+    def __init__(self, blobs: list[bytes], column: str):
+        self.blobs, self.column = blobs, column
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self):
+        return ({self.column: {"bytes": blob, "path": None}} for blob in self.blobs)
+
+    def state_dict(self) -> dict:
+        return {}
+
+
 class Pipeline:
     """One StreamingImages, warmed up, timed over as many windows as asked for. Between windows its
     workers fill their prefetch queues; those batches are taken before the clock starts, and the
@@ -94,11 +114,15 @@ class Pipeline:
     another's time. The process computes with the intra-op threads a trainer with these workers
     takes (train/run/threads.py), whose spare threads would otherwise spin on the workers' cores."""
 
-    def __init__(self, glob: str, resolution: int, workers: int, warmup: int, batch: int, pin: bool = False):
+    def __init__(self, glob: str, resolution: int, workers: int, warmup: int, batch: int, pin: bool = False,
+                 hflip: bool = True, rows_from: list[bytes] | None = None):
         self.threads = choose_threads(usable_cores(), 1, workers).threads
-        options = DataOptions(parse_data_spec(f"parquet:{glob}"), resolution, workers=workers, shuffle_buffer=16)
+        options = DataOptions(parse_data_spec(f"parquet:{glob}"), resolution, workers=workers, shuffle_buffer=16, hflip=hflip)
         with contextlib.redirect_stdout(io.StringIO()):  # its log line names a temporary folder
             self.stream = open_stream(options, batch_size=batch, seed=0, rank=0, world_size=1, pin_memory=pin)
+        if rows_from is not None:  # before the workers start, at the first batch: they take it with them
+            decoding = self.stream.loader.dataset
+            decoding.source = RowsInMemory(rows_from, decoding.column)
         self.batch, self.workers = batch, workers
         self.prefetched = workers * self.stream.loader.prefetch_factor
         self.rate(warmup)
@@ -197,6 +221,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--pin", action="store_true", help="batches pinned as a CUDA run's are (the loader's pinning thread copies them)")
+    parser.add_argument("--no-flips", action="store_true", help="no random horizontal flips (training flips half the images)")
+    parser.add_argument("--rows-from-memory", action="store_true",
+                        help="the workers take the JPEGs from memory, as the loop does, instead of reading them through datasets")
     parser.add_argument("--resolutions", type=int, nargs="*", default=[64, 256, 1024], help="resolutions of the decode table (none: no table)")
     parser.add_argument("--prepared", type=int, nargs="*", default=[64, 256], help="resolutions of the prepared table (none: no table)")
     parser.add_argument("--prepared-images", type=int, default=4096)
@@ -221,7 +248,8 @@ def decode_table(args: argparse.Namespace) -> None:
         glob, blobs = write_shards(Path(tmp), args.rows or args.images, shards=max(args.workers), distinct=args.images)
         rows, cpu_rows = [], []
         for resolution in args.resolutions:
-            pipelines = [Pipeline(glob, resolution, w, args.warmup, args.batch, args.pin) for w in args.workers]
+            pipelines = [Pipeline(glob, resolution, w, args.warmup, args.batch, args.pin, not args.no_flips,
+                                  blobs if args.rows_from_memory else None) for w in args.workers]
             loop_rate(blobs, resolution, args.warmup)  # after the forks: the parent's heap is copy-on-write too
             loop, loop_cpu, rates, ratios = [], [], [[] for _ in pipelines], [[] for _ in pipelines]
             cpu = [([], [], []) for _ in pipelines]  # per pipeline: worker and rank CPU an image, loop / worker
@@ -248,7 +276,8 @@ def decode_table(args: argparse.Namespace) -> None:
                 cpu_cells += [f"{spread(worker, '.2f')} / {spread(rank, '.2f')} ms", f"{spread(of_loop, '.2f')}"]
             cpu_rows.append(cpu_cells)
         print(f"{args.images} JPEGs of 1024x1024 in {args.rows or args.images} rows of {max(args.workers)} parquet files"
-              f"{', batches pinned' if args.pin else ''},"
+              f"{', batches pinned' if args.pin else ''}{', no flips' if args.no_flips else ''}"
+              f"{', the workers taking the JPEGs from memory' if args.rows_from_memory else ''},"
               f" {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each on average;"
               f" {args.timed} images a timing, {args.repeats} timings a cell: median (min-max)")
         header = ["output", "1 core, plain decode loop"]
