@@ -250,53 +250,59 @@ def decode_table(args: argparse.Namespace) -> None:
         for resolution in args.resolutions:
             pipelines = [Pipeline(glob, resolution, w, args.warmup, args.batch, args.pin, not args.no_flips,
                                   blobs if args.rows_from_memory else None) for w in args.workers]
-            loop_rate(blobs, resolution, args.warmup)  # after the forks: the parent's heap is copy-on-write too
-            loop, loop_cpu, rates, ratios = [], [], [[] for _ in pipelines], [[] for _ in pipelines]
-            cpu = [([], [], []) for _ in pipelines]  # per pipeline: worker and rank CPU an image, loop / worker
-            for _ in range(args.repeats):
-                loop.append(loop_rate(blobs, resolution, args.timed, loop_cpu))
-                for pipeline, rate, ratio, (worker, rank, of_loop) in zip(pipelines, rates, ratios, cpu):
-                    rate.append(pipeline.rate(args.timed))
-                    ratio.append(rate[-1] / pipeline.workers / loop[-1])
-                    worker.append(pipeline.worker_cpu * 1e3)
-                    rank.append(pipeline.rank_cpu * 1e3)
-                    of_loop.append(loop_cpu[-1] / pipeline.worker_cpu)
-            cells = [f"{resolution}", f"{spread(loop, '.0f')} img/s"]
-            for pipeline, rate, ratio in zip(pipelines, rates, ratios):
-                per_worker = [r / pipeline.workers for r in rate]
-                cells += [f"{spread(rate, '.0f')} / {spread(per_worker, '.0f')} img/s", f"{spread(ratio, '.2f')}"]
-                # the bench drops each batch at once, so its workers should always find a free slot
-                made_new = pipeline.stream.batches_in_new_memory
-                if made_new:
-                    print(f"{resolution} px, {pipeline.workers} workers: {made_new} batches in new shared memory (no free slot)")
-                pipeline.stream.close()
-            rows.append(cells)
-            cpu_cells = [f"{resolution}", f"{spread([c * 1e3 for c in loop_cpu], '.2f')} ms"]
-            for worker, rank, of_loop in cpu:
-                cpu_cells += [f"{spread(worker, '.2f')} / {spread(rank, '.2f')} ms", f"{spread(of_loop, '.2f')}"]
-            cpu_rows.append(cpu_cells)
+            try:
+                row, cpu_row = timed_in_turns(pipelines, blobs, resolution, args)
+            finally:
+                for pipeline in pipelines:
+                    pipeline.stream.close()
+            rows.append(row)
+            cpu_rows.append(cpu_row)
         print(f"{args.images} JPEGs of 1024x1024 in {args.rows or args.images} rows of {max(args.workers)} parquet files"
               f"{', batches pinned' if args.pin else ''}{', no flips' if args.no_flips else ''}"
               f"{', the workers taking the JPEGs from memory' if args.rows_from_memory else ''},"
               f" {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB each on average;"
               f" {args.timed} images a timing, {args.repeats} timings a cell: median (min-max)")
-        header = ["output", "1 core, plain decode loop"]
-        for w in args.workers:
-            header += [f"{w} worker{'s' if w > 1 else ''}: per process / per worker", "per worker / loop"]
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for cells in rows:
-            print("| " + " | ".join(cells) + " |")
+        print_table(["output", "1 core, plain decode loop"], ["per process / per worker", "per worker / loop"], args.workers, rows)
         print("\nCPU time an image, the same timings (the workers' includes reading the rows, the rank's receiving the batches):")
-        header = ["output", "plain decode loop"]
-        for w in args.workers:
-            header += [f"{w} worker{'s' if w > 1 else ''}: workers / rank", "loop / workers"]
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for cells in cpu_rows:
-            print("| " + " | ".join(cells) + " |")
+        print_table(["output", "plain decode loop"], ["workers / rank", "loop / workers"], args.workers, cpu_rows)
         print()
 
+
+def timed_in_turns(pipelines: list[Pipeline], blobs: list[bytes], resolution: int, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The loop and each pipeline timed in turns: the rates' row of cells and the CPU times' row."""
+    loop_rate(blobs, resolution, args.warmup)  # after the forks: the parent's heap is copy-on-write too
+    loop, loop_cpu = [], []
+    rates, worker_cpu, rank_cpu = ([[] for _ in pipelines] for _ in range(3))
+    for _ in range(args.repeats):
+        loop.append(loop_rate(blobs, resolution, args.timed, loop_cpu))
+        for pipeline, rate, worker, rank in zip(pipelines, rates, worker_cpu, rank_cpu):
+            rate.append(pipeline.rate(args.timed))
+            worker.append(pipeline.worker_cpu)
+            rank.append(pipeline.rank_cpu)
+    row, cpu_row = [f"{resolution}", f"{spread(loop, '.0f')} img/s"], [f"{resolution}", f"{spread(ms(loop_cpu), '.2f')} ms"]
+    for pipeline, rate, worker, rank in zip(pipelines, rates, worker_cpu, rank_cpu):
+        per_worker = [r / pipeline.workers for r in rate]
+        # each ratio pairs a timing with the loop's just before it
+        row += [f"{spread(rate, '.0f')} / {spread(per_worker, '.0f')} img/s", spread([r / base for r, base in zip(per_worker, loop)], ".2f")]
+        cpu_row += [f"{spread(ms(worker), '.2f')} / {spread(ms(rank), '.2f')} ms", spread([base / w for w, base in zip(worker, loop_cpu)], ".2f")]
+        # the bench drops each batch at once, so its workers should always find a free slot
+        if made_new := pipeline.stream.batches_in_new_memory:
+            print(f"{resolution} px, {pipeline.workers} workers: {made_new} batches in new shared memory (no free slot)")
+    return row, cpu_row
+
+
+def ms(seconds: list[float]) -> list[float]:
+    return [s * 1e3 for s in seconds]
+
+
+def print_table(first: list[str], per_pipeline: list[str], workers: list[int], rows: list[list[str]]) -> None:
+    header = list(first)
+    for w in workers:
+        header += [f"{w} worker{'s' if w > 1 else ''}: {per_pipeline[0]}", *per_pipeline[1:]]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()
