@@ -24,6 +24,11 @@ per process (one loop alone runs with the other cores idle, taking the system's 
 Write, loop(s) and prepare are timed in turns, `--repeats` times: each cell is the median, the range
 follows in brackets, and each ratio pairs a prepare timing with the loop and write timed just
 before it, so load from other processes moves them together.
+
+A second table gives the CPU time an image took the loop and prepare's decoding processes (the
+prepare process itself with `--workers 0`), over the same timings (`ProcessesUnder`): how much of
+a decoding process's time goes where the loop's does, whatever else ran on the machine meanwhile
+(time another virtual machine held a core, or a core left idle, is not counted).
 """
 import argparse
 import glob
@@ -44,18 +49,51 @@ WRITE_CHUNK = 16 << 20  # the reused buffer the page-cache timing writes from
 SIDE_BY_SIDE_ROWS = 960
 
 
-def prepare_rate(source: str, to: Path, resolution: int, workers: int, images: int, rows_per_shard: int) -> float:
+def prepare_rate(source: str, to: Path, resolution: int, workers: int, images: int, rows_per_shard: int) -> tuple[float, float]:
+    """Images/s per decoding process, and the CPU seconds an image took the decoding processes."""
     from train.data.prepare import PrepareRequest, prepare
     from train.data.prepared import Preprocessing
 
     request = PrepareRequest(source=f"parquet:{source}", to=to, preprocessing=Preprocessing(resolution), rows_per_shard=rows_per_shard,
                              workers=workers, progress=False)
-    start = time.perf_counter()
-    result = prepare(request)
+    start, used = time.perf_counter(), time.process_time()
+    with ProcessesUnder() as under:
+        result = prepare(request)
     elapsed = time.perf_counter() - start
     assert sum(shard.images for shard in result.manifest.shards) == images, "every row prepared"
     shutil.rmtree(to)
-    return images / elapsed / max(1, workers)
+    cpu = under.cpu_seconds() if workers else time.process_time() - used
+    return images / elapsed / max(1, workers), cpu / images
+
+
+class ProcessesUnder:
+    """The CPU seconds of the processes this process's children started and reaped while it ran:
+    prepare's decoding processes, forked by its forkserver, which reaps each one as it ends (the
+    kernel then adds its time to the forkserver's children's times). Exact to the kernel's clock
+    tick, and nothing samples: a sampling thread here took 7% of two cores from the workers it measured."""
+
+    def __enter__(self) -> "ProcessesUnder":
+        self.before = self._reaped()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.after = self._reaped()
+
+    def cpu_seconds(self) -> float:
+        return sum(seconds - self.before.get(pid, 0.0) for pid, seconds in self.after.items())
+
+    @staticmethod
+    def _reaped() -> dict[int, float]:
+        import psutil
+
+        reaped = {}
+        for child in psutil.Process().children():
+            try:
+                times = child.cpu_times()
+            except psutil.Error:  # ended since it was listed
+                continue
+            reaped[child.pid] = times.children_user + times.children_system
+        return reaped
 
 
 def side_by_side_rate(source: str, resolution: int, processes: int, images: int) -> float:
@@ -138,20 +176,29 @@ def main() -> None:
         print("| output | workers | page cache, new data | plain decode loop, 1 core | loops side by side, per process | loop + writing"
               " | prepare, per decoding process | prepare / loop | prepare / loops side by side | prepare / (loop + writing) |")
         print("|---|---|---|---|---|---|---|---|---|---|")
+        cpu_rows = []
         for resolution in args.resolutions:
             image_bytes = 3 * resolution**2
             for workers in args.workers:
-                writes, loops, beside, rates = [], [], [], []
+                writes, loops, beside, rates, loop_cpu, prepare_cpu = [], [], [], [], [], []
                 for repeat in range(args.repeats):
                     writes.append(page_cache_rate(Path(tmp) / "page-cache.bin", args.images * image_bytes))
-                    loops.append(loop_rate(blobs, resolution, args.images))
+                    loops.append(loop_rate(blobs, resolution, args.images, loop_cpu))
                     if workers > 1:
                         beside.append(side_by_side_rate(source, resolution, workers, args.images))
-                    rates.append(prepare_rate(source, Path(tmp) / "prepared", resolution, workers, args.images, args.rows_per_shard))
+                    rate, cpu = prepare_rate(source, Path(tmp) / "prepared", resolution, workers, args.images, args.rows_per_shard)
+                    rates.append(rate)
+                    prepare_cpu.append(cpu)
                 bounds = [1 / (1 / loop + image_bytes / write) for loop, write in zip(loops, writes)]
                 print(f"| {resolution} | {workers or 'in-process'} | {spread([w / 1e6 for w in writes], ',.0f')} MB/s | {spread(loops, '.0f')} img/s"
                       f" | {spread(beside, '.0f') + ' img/s' if beside else '-'} | {spread(bounds, '.0f')} img/s | {spread(rates, '.0f')} img/s"
                       f" | {ratio_spread(rates, loops)} | {ratio_spread(rates, beside) if beside else '-'} | {ratio_spread(rates, bounds)} |", flush=True)
+                cpu_rows.append(f"| {resolution} | {workers or 'in-process'} | {spread([c * 1e3 for c in loop_cpu], '.2f')} ms"
+                                f" | {spread([c * 1e3 for c in prepare_cpu], '.2f')} ms | {ratio_spread(loop_cpu, prepare_cpu)} |")
+        print("\nCPU time an image, the same timings (prepare's includes reading the rows, writing the pixels and starting its processes):")
+        print("| output | workers | plain decode loop | prepare's decoding processes | loop / prepare |")
+        print("|---|---|---|---|---|")
+        print("\n".join(cpu_rows))
 
 
 
