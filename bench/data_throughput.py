@@ -284,7 +284,9 @@ def timed_in_turns(pipelines: list[Pipeline], blobs: list[bytes], resolution: in
         per_worker = [r / pipeline.workers for r in rate]
         # each ratio pairs a timing with the loop's just before it
         row += [f"{spread(rate, '.0f')} / {spread(per_worker, '.0f')} img/s", spread([r / base for r, base in zip(per_worker, loop)], ".2f")]
-        cpu_row += [f"{spread(ms(worker), '.2f')} / {spread(ms(rank), '.2f')} ms", spread([base / w for w, base in zip(worker, loop_cpu)], ".2f")]
+        # a timing of a few images can round to no clock tick of the workers' CPU: no ratio then
+        shares = [base / w if w else float("nan") for w, base in zip(worker, loop_cpu)]
+        cpu_row += [f"{spread(ms(worker), '.2f')} / {spread(ms(rank), '.2f')} ms", spread(shares, ".2f")]
         # the bench drops each batch at once, so its workers should always find a free slot
         if made_new := pipeline.stream.batches_in_new_memory:
             print(f"{resolution} px, {pipeline.workers} workers: {made_new} batches in new shared memory (no free slot)")

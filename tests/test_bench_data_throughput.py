@@ -11,9 +11,10 @@ from train.data.decode import decode_image
 
 def test_with_rows_from_memory_the_worker_decodes_the_loops_own_jpegs_in_their_order(tmp_path):
     glob, blobs = write_shards(tmp_path, images=4)
-    pipeline = Pipeline(glob, 32, workers=1, warmup=4, batch=2, hflip=False, rows_from=blobs)
+    # warmed up over 64 images: their CPU time, above 0.1 s, is some of the kernel's 10-ms clock ticks
+    pipeline = Pipeline(glob, 32, workers=1, warmup=64, batch=8, hflip=False, rows_from=blobs)
     try:
-        images = torch.cat([next(pipeline.stream) for _ in range(4)])
+        images = torch.cat([next(pipeline.stream) for _ in range(2)])
         assert pipeline.worker_cpu > 0 and pipeline.rank_cpu >= 0
     finally:
         pipeline.stream.close()
@@ -24,8 +25,8 @@ def test_with_rows_from_memory_the_worker_decodes_the_loops_own_jpegs_in_their_o
 
 
 def test_the_decode_table_and_its_cpu_times_print_without_reading_or_flips(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["data_throughput.py", "--images", "4", "--resolutions", "32", "--workers", "1", "--batch", "2",
-                                      "--warmup", "4", "--timed", "4", "--repeats", "1", "--prepared", "--rows-from-memory", "--no-flips"])
+    monkeypatch.setattr(sys, "argv", ["data_throughput.py", "--images", "4", "--resolutions", "32", "--workers", "1", "--batch", "8",
+                                      "--warmup", "16", "--timed", "64", "--repeats", "1", "--prepared", "--rows-from-memory", "--no-flips"])
     main()
     out = capsys.readouterr().out
     assert "no flips, the workers taking the JPEGs from memory" in out
