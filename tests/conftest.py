@@ -30,6 +30,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # The Ctrl-C tests send SIGINT to processes they start. A suite run as a script's background job
+    # (`pytest &` without job control) inherits SIGINT ignored, and those processes would keep
+    # ignoring it, as the entry scripts mean to (train/common/stop_signals.py, `handled`): a handler
+    # here makes theirs the default again, as from a terminal (exec resets a handler, not SIG_IGN).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
