@@ -163,7 +163,7 @@ def main() -> None:
     # Imported here, not at the top: multiprocessing runs this script again in every decoding process
     # (as __mp_main__), and torch and datasets there would add 2 s to each one's start, which
     # `python -m train.data prepare` (its main module imports neither) does not pay.
-    from bench.data_throughput import loop_rate, spread, write_shards
+    from bench.data_throughput import loop_rate, ms, spread, write_shards
 
     if min(args.images, args.repeats, args.rows_per_shard) < 1 or (args.distinct is not None and args.distinct < 1) or min(args.workers) < 0:
         parser.error("--images, --distinct, --repeats and --rows-per-shard must be at least 1, --workers 0 or more")
@@ -193,8 +193,8 @@ def main() -> None:
                 print(f"| {resolution} | {workers or 'in-process'} | {spread([w / 1e6 for w in writes], ',.0f')} MB/s | {spread(loops, '.0f')} img/s"
                       f" | {spread(beside, '.0f') + ' img/s' if beside else '-'} | {spread(bounds, '.0f')} img/s | {spread(rates, '.0f')} img/s"
                       f" | {ratio_spread(rates, loops)} | {ratio_spread(rates, beside) if beside else '-'} | {ratio_spread(rates, bounds)} |", flush=True)
-                cpu_rows.append(f"| {resolution} | {workers or 'in-process'} | {spread([c * 1e3 for c in loop_cpu], '.2f')} ms"
-                                f" | {spread([c * 1e3 for c in prepare_cpu], '.2f')} ms | {ratio_spread(loop_cpu, prepare_cpu)} |")
+                cpu_rows.append(f"| {resolution} | {workers or 'in-process'} | {spread(ms(loop_cpu), '.2f')} ms"
+                                f" | {spread(ms(prepare_cpu), '.2f')} ms | {ratio_spread(loop_cpu, prepare_cpu)} |")
         print("\nCPU time an image, the same timings (prepare's includes reading the rows, writing the pixels and starting its processes):")
         print("| output | workers | plain decode loop | prepare's decoding processes | loop / prepare |")
         print("|---|---|---|---|---|")
