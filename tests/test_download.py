@@ -1,4 +1,6 @@
 """train/data/download.py: local parquet shards that `parquet:` reads like the source."""
+import pytest
+
 from tests.fixtures import row_ids, write_parquet_shards
 from train.data import DataOptions, open_stream, parse_data_spec
 from train.data.__main__ import main
@@ -14,7 +16,21 @@ def test_download_writes_shards_that_train_like_the_source(tmp_path):
     assert sorted(rows) == list(range(120))
 
 
-def test_download_refuses_a_folder_that_already_holds_shards(tmp_path, capsys):
+def test_download_refuses_a_folder_that_already_holds_files(tmp_path, capsys):
     source = write_parquet_shards(tmp_path / "src", rows=10, shards=1)
-    assert main(["download", f"parquet:{source}", "--to", str(tmp_path / "src")]) == 2
-    assert "already holds parquet shards" in capsys.readouterr().err
+    (tmp_path / "pixels").mkdir()
+    (tmp_path / "pixels" / "manifest.json").write_text("{}")  # a prepared dataset's, say: no shards of ours go in there
+    capsys.readouterr()
+    for full in ("src", "pixels"):
+        assert main(["download", f"parquet:{source}", "--to", str(tmp_path / full)]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"error: --to {tmp_path / full}: holds files already; choose a new or empty folder"]
+    assert sorted(p.name for p in (tmp_path / "pixels").iterdir()) == ["manifest.json"]
+
+
+def test_download_refuses_a_shard_size_below_one_row(tmp_path, capsys):
+    source = write_parquet_shards(tmp_path / "src", rows=10, shards=1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(["download", f"parquet:{source}", "--to", str(tmp_path / "copy"), "--rows-per-shard", "0"])
+    assert exit.value.code == 2 and not (tmp_path / "copy").exists()
+    assert capsys.readouterr().err.splitlines() == ["error: argument --rows-per-shard: 0: must be at least 1 (see --help)"]

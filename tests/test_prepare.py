@@ -30,6 +30,7 @@ from train.data import prepare_shards
 from train.data import prepared_stream
 from train.data.prepare import PrepareRequest, prepare
 from train.data.prepared import MANIFEST, Manifest, Preprocessing, PreparedShardWarning, check_prepared
+from train.common.writable import Unwritable
 
 ROWS, ROWS_PER_SHARD = 32, 8
 
@@ -301,13 +302,47 @@ def test_ctrl_c_ends_a_prepare_with_workers_in_one_line_keeping_the_finished_sha
     assert [s.index for s in Manifest.from_json((tmp_path / "pixels" / MANIFEST).read_text()).shards] == [0]
 
 
-def test_a_prepare_into_another_preparation_or_a_full_folder_is_refused(ids, tmp_path):
+@pytest.mark.parametrize("flag, value, made_with", [("--resolution", "64", "32"), ("--rows-per-shard", "7", str(ROWS_PER_SHARD)),
+                                                    ("--alpha-background", "0 0 0", "255 255 255")])
+def test_a_prepare_into_a_preparation_made_with_other_flags_names_both_values(ids, capsys, flag, value, made_with):
     glob = ids.parent / "source" / "*.parquet"
-    with pytest.raises(DataSpecError, match=r"--to .*: it holds a preparation of parquet:.* with other settings"):
-        prepared(f"parquet:{glob}", ids, 64)
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(DataSpecError, match="not empty"):
-        prepared(f"parquet:{glob}", tmp_path)
+    before = sorted(p.stat().st_mtime_ns for p in ids.iterdir())
+    args = {"--resolution": "32", "--rows-per-shard": str(ROWS_PER_SHARD), flag: value}
+    assert data_main(["prepare", f"parquet:{glob}", "--to", str(ids), *(w for f, v in args.items() for w in (f, *v.split()))]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --to {ids}: it holds a preparation of parquet:{glob.resolve()} made with {flag} {made_with}, where this command"
+        f" gives {flag} {value}; rerun with {flag} {made_with} to continue it, or choose an empty folder"]
+    assert sorted(p.stat().st_mtime_ns for p in ids.iterdir()) == before
+
+
+def test_a_prepare_of_another_source_into_a_preparation_or_into_a_full_folder_is_refused(ids, tmp_path):
+    folder = write_image_folder(tmp_path / "faces", rows=2)
+    with pytest.raises(DataSpecError, match=rf"--to {ids}: it holds a preparation of parquet:.*, not of {folder}; choose an empty folder$"):
+        prepared(str(folder), ids)
+    with pytest.raises(Unwritable, match=rf"--to {folder}: holds files already; choose an empty folder, or a preparation's own"):
+        prepared(str(folder), folder)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resolution", "63"], "--resolution 63: no model here trains at it; choose one of 32, 64, 128, 256, 512, 1024"),
+    (["--workers", "-1"], "argument --workers: -1: must be 0 or more (see --help)"),
+    (["--rows-per-shard", "0"], "argument --rows-per-shard: 0: must be at least 1 (see --help)"),
+    (["--limit", "0"], "argument --limit: 0: must be at least 1 (see --help)"),
+    (["--limit", "ten"], "argument --limit: 'ten' is not a whole number (see --help)"),
+    (["--to", "{file}"], "--to {file}: a file; choose an empty folder, or a preparation's own to continue it"),
+    (["--to", "{file}/pixels"], "--to {file}/pixels: {file} is a file; choose an empty folder, or a preparation's own to continue it"),
+])
+def test_bad_prepare_flags_are_refused_in_one_line_before_anything_is_decoded(tmp_path, capsys, args, message):
+    folder = write_image_folder(tmp_path / "faces", rows=2)
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    command = ["prepare", str(folder), "--to", str(tmp_path / "pixels"), "--resolution", "32", *(a.format(file=file) for a in args)]
+    try:
+        code = data_main(command)
+    except SystemExit as exit:  # argparse's own refusals
+        code = exit.code
+    assert code == 2 and capsys.readouterr().err.splitlines() == [f"error: {message.format(file=file)}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces", "notes.txt"] and file.read_text() == "mine"
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -15,12 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from train.common.writable import Unwritable, check_writable, written
+from train.common.writable import Unwritable, check_new_folder, written
 from train.report.metrics import MetricsDamaged
 from train.run.finished import FinishedRun, RunNotFound
 from train.run.hub import hub_repo_id, upload
 from train.run.outcome import BAD_INPUT
-from train.run.published import CARD_FILE, write_published
+from train.run.published import write_published
 
 
 def publish(args: argparse.Namespace) -> None:
@@ -43,9 +43,7 @@ def publish(args: argparse.Namespace) -> None:
 
 def _check_output(output: Path) -> None:
     """A new or empty folder: the upload sends all of it, so nothing else may be in it."""
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise Unwritable(f"--output {output}: {'holds files already' if output.is_dir() else 'a file'}; choose a new or empty folder")
-    check_writable("--output", output / CARD_FILE)
+    check_new_folder("--output", output)
 
 
 def main(argv: list[str] | None = None) -> int:

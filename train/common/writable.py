@@ -38,6 +38,19 @@ def check_writable(flag: str, path: Path) -> None:
         raise Unwritable(f"{flag} {path}: not writable ({reason}); choose another {flag}")
 
 
+def check_new_folder(flag: str, folder: Path, fix: str = "choose a new or empty folder") -> None:
+    """Raise Unwritable unless `folder` is new or empty and files can be made in it (its missing
+    folders made first): a tool that fills a folder and owns it (an upload, a prepared dataset)."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise Unwritable(f"{flag} {folder}: {'holds files already' if folder.is_dir() else 'a file'}; {fix}")
+    existing = nearest_existing(folder.absolute())
+    if not existing.is_dir():
+        raise Unwritable(f"{flag} {folder}: {existing} is a file; {fix}")
+    if reason := not_writable_reason(existing):
+        raise Unwritable(f"{flag} {folder}: not writable ({reason}); {fix}")
+
+
 @contextlib.contextmanager
 def written(flag: str, path: Path) -> Iterator[None]:
     """A block that writes `path`: its OSError (a full disk, a place gone read-only) as Unwritable."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import datasets
 
 from train.common.atomic import atomic_write
+from train.common.writable import check_new_folder, written
 from train.data.specs import DataSpecError, parse_data_spec
 from train.data.streaming import image_column_of, load_source
 
@@ -21,20 +22,20 @@ def download(spec_text: str, to: Path, split: str = "train", rows_per_shard: int
     if not spec.is_streamed:
         raise DataSpecError(f"{spec_text}: only hf:, parquet: and image-folder sources can be downloaded")
     to = Path(to)
-    if to.exists() and any(to.glob("*.parquet")):
-        raise DataSpecError(f"--to {to}: already holds parquet shards; choose an empty folder or remove them")
-    to.mkdir(parents=True, exist_ok=True)
+    check_new_folder("--to", to)
+    with written("--to", to):
+        to.mkdir(parents=True, exist_ok=True)
     source = load_source(spec, split)
     column = image_column_of(source, spec, image_column)
     features = source.features
     source = source.cast_column(column, datasets.Image(decode=False))
-    written, rows = [], []
+    shards, rows = [], []
 
     def flush() -> None:
-        path = to / f"{split}-{len(written):05d}.parquet"
+        path = to / f"{split}-{len(shards):05d}.parquet"
         table = datasets.Dataset.from_list(rows, features=features)
         atomic_write(path, lambda tmp: table.to_parquet(str(tmp)))
-        written.append(path)
+        shards.append(path)
         rows.clear()
 
     for count, row in enumerate(source):
@@ -45,4 +46,4 @@ def download(spec_text: str, to: Path, split: str = "train", rows_per_shard: int
             flush()
     if rows:
         flush()
-    return written
+    return shards

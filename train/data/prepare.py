@@ -19,10 +19,12 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from train.common.failpoints import Failpoints
+from train.common.writable import check_new_folder, written
 from train.data.prepare_shards import Decoder, DecodingProcessDied, ParquetPiece, ShardRows
-from train.data.prepared import MANIFEST, Manifest, Preprocessing
+from train.data.prepared import MANIFEST, Manifest, Preprocessing, first_difference
 from train.data.specs import DataSpec, DataSpecError, parquet_files, parse_data_spec
 from train.data.streaming import image_column_of, load_source
+from train.run.flags import shown
 
 __all__ = ["DecodingProcessDied", "PrepareRequest", "PrepareResult", "prepare"]
 
@@ -114,19 +116,23 @@ def _resumed_or_new(request: PrepareRequest, to: Path, source: str, column: str)
     path = to / MANIFEST
     if path.exists():
         found = Manifest.from_json(path.read_text())
-        if found.settings() != wanted.settings():
-            raise DataSpecError(
-                f"--to {to}: it holds a preparation of {found.source} with other settings ({found.preprocessing},"
-                f" {found.rows_per_shard} rows a shard); rerun with those, or choose an empty folder"
-            )
+        if difference := first_difference(found.settings(), wanted.settings()):
+            raise DataSpecError(_another_preparation(to, found, *difference))
         for stale in to.glob("*.tmp.npy"):  # left by a kill mid-write (atomic_write's temporary name)
             stale.unlink()
         return found
-    if to.exists() and any(to.iterdir()):
-        raise DataSpecError(f"--to {to}: not empty and no {MANIFEST}; choose an empty folder")
-    to.mkdir(parents=True, exist_ok=True)
+    check_new_folder("--to", to, "choose an empty folder, or a preparation's own to continue it")
+    with written("--to", to):
+        to.mkdir(parents=True, exist_ok=True)
     wanted.write(to)  # from here on the folder is this preparation's, even if killed before its first shard
     return wanted
+
+
+def _another_preparation(to: Path, found: Manifest, flag: str, theirs: object, mine: object) -> str:
+    if flag == "SOURCE":
+        return f"--to {to}: it holds a preparation of {theirs}, not of {mine}; choose an empty folder"
+    return (f"--to {to}: it holds a preparation of {found.source} made with {flag} {shown(theirs)}, where this command gives"
+            f" {flag} {shown(mine)}; rerun with {flag} {shown(theirs)} to continue it, or choose an empty folder")
 
 
 def _chunks(cells: Iterable[dict], size: int) -> Iterator[list[dict]]:

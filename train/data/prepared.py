@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from train.common.atomic import atomic_write_text
 from train.data.specs import DataSpecError
+from train.run.flags import shown
 
 if TYPE_CHECKING:
     from train.data.options import DataOptions
@@ -50,17 +51,21 @@ class Preprocessing:
     def of(cls, options: "DataOptions") -> "Preprocessing":
         return cls(options.resolution, options.celeba_crop, tuple(options.background))
 
+    def flags(self) -> dict[str, object]:
+        """These settings by the flags that give them, to training and to prepare alike."""
+        return {"--resolution": self.resolution, "--celeba-crop": self.celeba_crop, "--alpha-background": self.background}
+
     def mismatch(self, other: "Preprocessing") -> str | None:
         """The first flag on which a run (`other`) differs from the preparation, said as both values."""
-        for name, flag in (("resolution", "--resolution"), ("celeba_crop", "--celeba-crop"), ("background", "--alpha-background")):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if mine != theirs:
-                return f"{flag} {_shown(theirs)}: the data was prepared with {flag} {_shown(mine)}"
+        if difference := first_difference(self.flags(), other.flags()):
+            flag, mine, theirs = difference
+            return f"{flag} {shown(theirs)}: the data was prepared with {flag} {shown(mine)}"
         return None
 
 
-def _shown(value: object) -> str:
-    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+def first_difference(mine: dict[str, object], theirs: dict[str, object]) -> tuple[str, object, object] | None:
+    """The first flag two sets of settings give differently, with both values."""
+    return next(((flag, mine[flag], theirs[flag]) for flag in mine if mine[flag] != theirs[flag]), None)
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,10 @@ class Manifest:
     def skipped(self) -> int:
         return sum(shard.skipped for shard in self.shards)
 
-    def settings(self) -> tuple:
-        """What a rerun must give again to continue this preparation."""
-        return self.source, self.split, self.image_column, self.preprocessing, self.rows_per_shard
+    def settings(self) -> dict[str, object]:
+        """What a rerun must give again to continue this preparation, by the flags that give it."""
+        return {"SOURCE": self.source, "--split": self.split, "--image-column": self.image_column, **self.preprocessing.flags(),
+                "--rows-per-shard": self.rows_per_shard}
 
     def to_json(self) -> str:
         record = dataclasses.asdict(self)

@@ -170,6 +170,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def whole_number(minimum: int) -> typing.Callable[[str], int]:
+    """An argparse type for a count outside a config (a tool's own flag): its limit checked as the
+    argument is parsed, said in one line by OneLineParser."""
+    limits = Limits(min=minimum)
+
+    def parsed(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if problem := limits.problem(value):
+            raise argparse.ArgumentTypeError(f"{value}: {problem}")
+        return value
+
+    parsed.__name__ = f"whole number, {limits.described()}"
+    return parsed
+
+
 def build_parser(config_cls: type, description: str) -> argparse.ArgumentParser:
     # SUPPRESS defaults: the namespace then holds only the flags the user gave, which must win.
     parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS)
