@@ -118,6 +118,12 @@ def _timed_loop(source: str, resolution: int, images: int, start, rates) -> None
     import pyarrow.parquet as pq
 
     from bench.data_throughput import loop_rate  # the one loop's own code; its imports (torch) before the clock
+    from train.common.freed_memory import keep_freed_memory
+
+    # A new process's malloc gives freed image buffers back and faults in fresh pages for the next
+    # (train/common/freed_memory.py): 2.2x the CPU an image at 1024 px. The one loop runs in this
+    # process, whose thresholds its own history raised: so must these, to be the same loop.
+    keep_freed_memory()
 
     blobs = []
     for path in sorted(glob.glob(source)):

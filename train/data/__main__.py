@@ -60,6 +60,7 @@ def add_prepare_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     from models.layers import IMAGE_RESOLUTIONS
+    from train.common.freed_memory import keep_freed_memory
     from train.data.prepare import DecodingProcessDied, PrepareRequest, prepare
     from train.data.prepared import Preprocessing
     from train.run.config import TrainConfig
@@ -73,6 +74,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    keep_freed_memory()  # this process decodes with --workers 0 (and a hub source's rows pass through it)
     preprocessing = Preprocessing(args.resolution, args.celeba_crop, tuple(args.alpha_background))
     request = PrepareRequest(args.source, Path(args.to), preprocessing, args.split, args.image_column,
                              args.rows_per_shard, args.workers, args.limit)

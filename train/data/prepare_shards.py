@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from train.common.atomic import atomic_write
 from train.common.cores import usable_cores
+from train.common.freed_memory import keep_freed_memory
 from train.data.decode import decode_pixels, image_bytes, row_name
 from train.data.prepared import Preprocessing, ShardRecord, file_crc32, shard_name
 
@@ -311,6 +312,7 @@ def _start_worker(preprocessing: Preprocessing, ahead: bool, stop, progress) -> 
     # A Ctrl-C reaches the whole process group: the prepare process ends the pool; a worker's own
     # KeyboardInterrupt would only add a traceback per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()
     _set_preprocessing(preprocessing)
     _stop, _progress = stop, progress
     _thread = _decoding_thread() if ahead else None
