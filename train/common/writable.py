@@ -31,11 +31,7 @@ def check_writable(flag: str, path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise Unwritable(f"{flag} {path}: a folder; name a file in it")
-    existing = nearest_existing(path.absolute().parent)
-    if not existing.is_dir():
-        raise Unwritable(f"{flag} {path}: {existing} is a file; choose another {flag}")
-    if reason := not_writable_reason(existing):
-        raise Unwritable(f"{flag} {path}: not writable ({reason}); choose another {flag}")
+    _check_place(flag, path, path.absolute().parent, f"choose another {flag}")
 
 
 def check_new_folder(flag: str, folder: Path, fix: str = "choose a new or empty folder") -> None:
@@ -44,11 +40,17 @@ def check_new_folder(flag: str, folder: Path, fix: str = "choose a new or empty 
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise Unwritable(f"{flag} {folder}: {'holds files already' if folder.is_dir() else 'a file'}; {fix}")
-    existing = nearest_existing(folder.absolute())
+    _check_place(flag, folder, folder.absolute(), fix)
+
+
+def _check_place(flag: str, path: Path, place: Path, fix: str) -> None:
+    """Raise Unwritable, naming `flag` and `path`, when no file can be made at `place` (the nearest
+    folder of it that exists must be a folder, and writable)."""
+    existing = nearest_existing(place)
     if not existing.is_dir():
-        raise Unwritable(f"{flag} {folder}: {existing} is a file; {fix}")
+        raise Unwritable(f"{flag} {path}: {existing} is a file; {fix}")
     if reason := not_writable_reason(existing):
-        raise Unwritable(f"{flag} {folder}: not writable ({reason}); {fix}")
+        raise Unwritable(f"{flag} {path}: not writable ({reason}); {fix}")
 
 
 @contextlib.contextmanager

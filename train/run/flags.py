@@ -184,7 +184,6 @@ def whole_number(minimum: int) -> typing.Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{value}: {problem}")
         return value
 
-    parsed.__name__ = f"whole number, {limits.described()}"
     return parsed
 
 
